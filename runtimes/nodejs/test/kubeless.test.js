@@ -1,0 +1,612 @@
+'use strict';
+
+// Tests of runtimes/nodejs/kubeless.js: each test talks over HTTP to the real server,
+// started as a child process on fixture functions written to a temporary directory
+// (kept out of test/ so that `node --test` does not take them for test files).
+// Run from the repository root: node --test runtimes/nodejs/test/
+
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const http = require('node:http');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const RUNTIME = path.resolve(__dirname, '..', 'kubeless.js');
+const TIMEOUT_SECONDS = 0.6;
+const BODY_LIMIT_MB = 0.01; // 10485 bytes
+const BODY_LIMIT_BYTES = Math.floor(BODY_LIMIT_MB * 1024 * 1024);
+
+const FIXTURES = {
+  'app.js': `
+    const { Readable } = require('node:stream');
+    let counter = 0;
+    const sleep = (ms, value) => new Promise((resolve) => setTimeout(resolve, ms, value));
+
+    function echo(event, context) {
+      const { extensions, ...rest } = event;
+      const { request, response } = extensions;
+      return {
+        keys: Object.keys(event),
+        event: rest,
+        dataKind: Buffer.isBuffer(event.data) ? 'buffer' : typeof event.data,
+        method: request.method,
+        url: request.url,
+        rawBody: Buffer.isBuffer(request.body) ? request.body.toString('latin1') : null,
+        hasResponse: typeof response.setHeader === 'function',
+        context,
+      };
+    }
+
+    const routes = {
+      '/hello': () => 'hello world',
+      '/object': () => ({ ok: true, items: [1, 2] }),
+      '/promise': () => sleep(20, 'resolved later'),
+      '/async': async () => { await sleep(5); return { async: true }; },
+      '/stream': (event) => new Promise((resolve, reject) => {
+        const res = event.extensions.response;
+        res.setHeader('Content-Type', 'text/plain');
+        Readable.from(['one ', 'two ', 'three']).pipe(res).on('finish', resolve).on('error', reject);
+      }),
+      '/throw': () => { throw new Error('boom-sync'); },
+      '/reject': async () => { await sleep(5); throw new Error('boom-async'); },
+      '/slow': () => sleep(${TIMEOUT_SECONDS * 1000 + 300}, 'too late'),
+      '/sleep': () => sleep(300, 'slept'),
+      '/counter': () => String(++counter),
+      '/manual': (event) => {
+        event.extensions.response.writeHead(201, { 'Content-Type': 'text/plain' });
+        event.extensions.response.end('answered by the handler');
+        return 'ignored';
+      },
+      '/dep': () => require('somedep').greet('fn'),
+    };
+
+    exports.route = function (event, context) {
+      const pathname = event.extensions.request.url.split('?')[0];
+      if (pathname === '/this') return { thisIsExports: this === exports };
+      return (routes[pathname] || echo)(event, context);
+    };
+    exports.asyncHello = async function (event, context) {
+      await sleep(5);
+      return { hello: 'async', name: context['function-name'] };
+    };
+    exports.notAFunction = 42;
+  `,
+  'node_modules/somedep/index.js': `
+    exports.greet = (name) => 'hello ' + name + ' from somedep';
+  `,
+  'esm.mjs': `
+    export async function handler(event) { return { esm: true, data: event.data }; }
+  `,
+  'broken.js': `
+    throw new Error('broken at load');
+  `,
+  'typemodule/package.json': '{ "type": "module" }',
+  'typemodule/hello.js': `
+    export const handler = (event) => 'esm in a .js file: ' + event.data;
+  `,
+};
+
+let codeDir;
+
+function writeFixtures() {
+  codeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fnbuild-nodejs-test-'));
+  for (const [name, source] of Object.entries(FIXTURES)) {
+    const file = path.join(codeDir, name);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, source);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+async function waitFor(check, what, timeoutMs = 5000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+// Runs the runtime with only the given environment (plus PATH).
+function spawnRuntime(env) {
+  const child = spawn(process.execPath, [RUNTIME], {
+    env: { PATH: process.env.PATH, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const proc = { child, stdout: '', stderr: '', port: 0 };
+  child.stdout.setEncoding('utf8').on('data', (text) => { proc.stdout += text; });
+  child.stderr.setEncoding('utf8').on('data', (text) => { proc.stderr += text; });
+  proc.exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  return proc;
+}
+
+// Starts a server (on a free port unless the env says otherwise) and waits until /healthz answers.
+async function startServer(env) {
+  const proc = spawnRuntime({ FNBUILD_CODE_DIR: codeDir, PORT: '0', ...env });
+  const exitedEarly = proc.exited.then(({ code }) => {
+    throw new Error(`runtime exited with ${code}: ${proc.stderr}`);
+  });
+  const started = waitFor(() => /serving \S+ on :(\d+)/.exec(proc.stdout), 'the startup line');
+  const match = await Promise.race([started, exitedEarly]);
+  proc.port = Number(match[1]);
+  await waitFor(async () => {
+    const res = await request(proc.port, { path: '/healthz' }).catch(() => null);
+    return res !== null && res.status === 200;
+  }, '/healthz');
+  return proc;
+}
+
+async function stopServer(proc) {
+  if (proc && proc.child.exitCode === null && proc.child.signalCode === null) {
+    proc.child.kill('SIGKILL');
+    await proc.exited;
+  }
+}
+
+async function runToExit(env) {
+  const proc = spawnRuntime({ FNBUILD_CODE_DIR: codeDir, PORT: '0', ...env });
+  const { code } = await proc.exited;
+  return { code, stderr: proc.stderr };
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
+
+// One HTTP request; `chunks` sends the body in pieces (chunked transfer encoding).
+function request(port, { method = 'GET', path: urlPath = '/', headers = {}, body, chunks, agent = false } = {}) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const req = http.request({ host: '127.0.0.1', port, method, path: urlPath, headers, agent }, (res) => {
+      const parts = [];
+      res.on('data', (part) => parts.push(part));
+      res.on('error', reject);
+      res.on('end', () => resolve({
+        status: res.statusCode,
+        headers: res.headers,
+        body: Buffer.concat(parts).toString('utf8'),
+        elapsedMs: Date.now() - started,
+        reusedSocket: req.reusedSocket,
+      }));
+    });
+    req.on('error', reject);
+    for (const chunk of chunks || []) req.write(chunk);
+    req.end(body);
+  });
+}
+
+function json(res) {
+  assert.match(res.headers['content-type'], /^application\/json/);
+  return JSON.parse(res.body);
+}
+
+async function scrapeMetrics(port) {
+  const res = await request(port, { path: '/metrics' });
+  assert.equal(res.status, 200);
+  assert.equal(res.headers['content-type'], 'text/plain; version=0.0.4; charset=utf-8');
+  return { text: res.body, samples: parseMetrics(res.body) };
+}
+
+// Sample name with labels -> value; absent samples count as 0.
+function parseMetrics(text) {
+  const samples = new Map();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    samples.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return { get: (name) => samples.get(name) || 0 };
+}
+
+// ---------------------------------------------------------------------------
+
+describe('nodejs runtime', () => {
+  let app;
+
+  before(async () => {
+    writeFixtures();
+    app = await startServer({
+      MOD_NAME: 'app',
+      FUNC_HANDLER: 'route',
+      FUNC_TIMEOUT: String(TIMEOUT_SECONDS),
+      FUNC_RUNTIME: 'nodejs20',
+      FUNC_MEMORY_LIMIT: '128Mi',
+      REQ_MB_LIMIT: String(BODY_LIMIT_MB),
+    });
+  });
+
+  after(async () => {
+    await stopServer(app);
+    fs.rmSync(codeDir, { recursive: true, force: true });
+  });
+
+  describe('results', () => {
+    it('prints one startup line', () => {
+      assert.equal(app.stdout, `fnbuild nodejs runtime: serving app.route on :${app.port} (timeout ${TIMEOUT_SECONDS}s)\n`);
+    });
+
+    it('sends a string as HTML', async () => {
+      const res = await request(app.port, { path: '/hello' });
+      assert.equal(res.status, 200);
+      assert.equal(res.body, 'hello world');
+      assert.equal(res.headers['content-type'], 'text/html; charset=utf-8');
+      assert.equal(res.headers['content-length'], '11');
+    });
+
+    it('sends an object as JSON', async () => {
+      const res = await request(app.port, { path: '/object' });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['content-type'], 'application/json');
+      assert.deepEqual(JSON.parse(res.body), { ok: true, items: [1, 2] });
+    });
+
+    it('waits for a returned promise', async () => {
+      const res = await request(app.port, { path: '/promise' });
+      assert.equal(res.status, 200);
+      assert.equal(res.body, 'resolved later');
+    });
+
+    it('waits for an async function', async () => {
+      const res = await request(app.port, { path: '/async' });
+      assert.deepEqual(json(res), { async: true });
+    });
+
+    it('lets the handler stream through event.extensions.response', async () => {
+      const res = await request(app.port, { path: '/stream' });
+      assert.equal(res.status, 200);
+      assert.equal(res.headers['content-type'], 'text/plain');
+      assert.equal(res.body, 'one two three');
+    });
+
+    it('sends nothing more when the handler answered by itself', async () => {
+      const stderrBefore = app.stderr;
+      const res = await request(app.port, { path: '/manual' });
+      assert.equal(res.status, 201);
+      assert.equal(res.body, 'answered by the handler');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.equal(app.child.exitCode, null);
+      assert.equal(app.stderr, stderrBefore, 'no error logged');
+      assert.equal((await request(app.port, { path: '/hello' })).body, 'hello world');
+    });
+
+    it('calls the handler with this = its module', async () => {
+      assert.deepEqual(json(await request(app.port, { path: '/this' })), { thisIsExports: true });
+    });
+
+    it('keeps module state between calls', async () => {
+      const first = Number((await request(app.port, { path: '/counter' })).body);
+      const second = Number((await request(app.port, { path: '/counter' })).body);
+      assert.ok(first >= 1);
+      assert.equal(second, first + 1);
+    });
+
+    it('finds dependencies in <code dir>/node_modules', async () => {
+      const res = await request(app.port, { path: '/dep' });
+      assert.equal(res.status, 200);
+      assert.equal(res.body, 'hello fn from somedep');
+    });
+  });
+
+  describe('event and context', () => {
+    it('takes event fields from the headers and parses JSON', async () => {
+      const res = await request(app.port, {
+        method: 'POST',
+        path: '/echo',
+        headers: {
+          'Content-Type': 'application/json; charset=utf-8',
+          'event-id': 'id-123',
+          'event-time': '2024-01-02T03:04:05Z',
+          'event-namespace': 'cli.kubeless.io',
+        },
+        body: '{"name":"fn","n":[1,2]}',
+      });
+      assert.equal(res.status, 200);
+      const echo = json(res);
+      assert.deepEqual(echo.keys, ['data', 'event-id', 'event-type', 'event-time', 'event-namespace', 'extensions']);
+      assert.deepEqual(echo.event, {
+        data: { name: 'fn', n: [1, 2] },
+        'event-id': 'id-123',
+        'event-type': 'application/json; charset=utf-8',
+        'event-time': '2024-01-02T03:04:05Z',
+        'event-namespace': 'cli.kubeless.io',
+      });
+      assert.equal(echo.rawBody, '{"name":"fn","n":[1,2]}');
+      assert.equal(echo.hasResponse, true);
+      assert.deepEqual(echo.context, {
+        'function-name': 'route',
+        timeout: TIMEOUT_SECONDS,
+        runtime: 'nodejs20',
+        'memory-limit': '128Mi',
+      });
+    });
+
+    it('generates id and time, passes text as a string', async () => {
+      const sentAt = Date.now();
+      const res = await request(app.port, {
+        method: 'POST', path: '/echo', headers: { 'Content-Type': 'text/plain' }, body: 'hi there',
+      });
+      const echo = json(res);
+      assert.equal(echo.event.data, 'hi there');
+      assert.equal(echo.dataKind, 'string');
+      assert.equal(echo.event['event-type'], 'text/plain');
+      assert.match(echo.event['event-id'], /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      assert.match(echo.event['event-time'], /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
+      const time = Date.parse(echo.event['event-time']);
+      assert.ok(time >= sentAt - 1000 && time <= Date.now() + 1000, `event-time ${echo.event['event-time']}`);
+      assert.equal('event-namespace' in echo.event, false);
+      const other = json(await request(app.port, { method: 'POST', path: '/echo', body: 'x' }));
+      assert.notEqual(other.event['event-id'], echo.event['event-id']);
+    });
+
+    it('passes form data and bodies without a content type as strings', async () => {
+      const form = json(await request(app.port, {
+        method: 'POST', path: '/echo', headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'a=1&b=2',
+      }));
+      assert.equal(form.event.data, 'a=1&b=2');
+      const untyped = json(await request(app.port, { method: 'POST', path: '/echo', body: 'plain' }));
+      assert.equal(untyped.event.data, 'plain');
+      assert.equal('event-type' in untyped.event, false);
+    });
+
+    it('passes other content types as a Buffer', async () => {
+      const echo = json(await request(app.port, {
+        method: 'POST', path: '/echo', headers: { 'Content-Type': 'application/octet-stream' }, body: Buffer.from([0, 1, 255]),
+      }));
+      assert.equal(echo.dataKind, 'buffer');
+      assert.deepEqual(echo.event.data, { type: 'Buffer', data: [0, 1, 255] });
+    });
+
+    it('prefers the event-type header over the content type', async () => {
+      const echo = json(await request(app.port, {
+        method: 'POST', path: '/echo', headers: { 'Content-Type': 'text/plain', 'event-type': 'com.example.ping' }, body: 'x',
+      }));
+      assert.equal(echo.event['event-type'], 'com.example.ping');
+    });
+
+    it('answers 400 to invalid JSON', async () => {
+      const res = await request(app.port, {
+        method: 'POST', path: '/echo', headers: { 'Content-Type': 'application/json' }, body: '{"broken"',
+      });
+      assert.equal(res.status, 400);
+      assert.match(res.body, /not valid JSON/);
+    });
+  });
+
+  describe('routing', () => {
+    it('answers GET /healthz with OK', async () => {
+      const res = await request(app.port, { path: '/healthz' });
+      assert.equal(res.status, 200);
+      assert.equal(res.body, 'OK');
+    });
+
+    for (const method of ['GET', 'POST', 'PUT', 'PATCH', 'DELETE']) {
+      it(`sends ${method} on any path to the handler`, async () => {
+        const res = await request(app.port, { method, path: '/some/deep/path?x=1', body: method === 'GET' ? undefined : 'b' });
+        const echo = json(res);
+        assert.equal(echo.method, method);
+        assert.equal(echo.url, '/some/deep/path?x=1');
+      });
+    }
+
+    it('sends other methods on /healthz to the handler', async () => {
+      const echo = json(await request(app.port, { method: 'POST', path: '/healthz', body: 'x' }));
+      assert.equal(echo.method, 'POST');
+    });
+  });
+
+  describe('failures', () => {
+    async function expectFailure(urlPath, message) {
+      const res = await request(app.port, { path: urlPath });
+      assert.equal(res.status, 500);
+      assert.equal(res.body, 'Internal Server Error');
+      await waitFor(() => app.stderr.includes(`Error: ${message}\n    at `), `the stack of ${message} on stderr`);
+      assert.match(app.stderr, new RegExp(`app\\.route failed on GET ${urlPath}:\\nError: ${message}\\n\\s+at `));
+    }
+
+    it('answers 500 to a thrown error and logs the stack', () => expectFailure('/throw', 'boom-sync'));
+
+    it('answers 500 to a rejected promise and logs the stack', () => expectFailure('/reject', 'boom-async'));
+
+    it('answers 408 when the timeout passes and ignores the late result', async () => {
+      const { samples: earlier } = await scrapeMetrics(app.port);
+      const res = await request(app.port, { path: '/slow' });
+      assert.equal(res.status, 408);
+      assert.equal(res.body, 'Request timeout exceeded');
+      const timeoutMs = TIMEOUT_SECONDS * 1000;
+      assert.ok(res.elapsedMs >= timeoutMs - 50 && res.elapsedMs < timeoutMs + 500, `answered after ${res.elapsedMs} ms`);
+      assert.match(app.stderr, /app\.route exceeded its timeout of 0\.6s on GET \/slow/);
+      const stderrBefore = app.stderr;
+      await new Promise((resolve) => setTimeout(resolve, 400)); // the handler resolves meanwhile
+      assert.equal(app.child.exitCode, null);
+      assert.equal(app.stderr, stderrBefore);
+      const { samples: later } = await scrapeMetrics(app.port);
+      for (const name of ['calls_total', 'failures_total', 'duration_seconds_count']) {
+        const sample = `function_${name}{method="GET"}`;
+        assert.equal(later.get(sample) - earlier.get(sample), 1, sample);
+      }
+      assert.equal((await request(app.port, { path: '/hello' })).body, 'hello world');
+    });
+
+    it('answers 413 to a body over REQ_MB_LIMIT', async () => {
+      const fits = await request(app.port, { method: 'POST', path: '/echo', body: 'a'.repeat(BODY_LIMIT_BYTES) });
+      assert.equal(json(fits).event.data.length, BODY_LIMIT_BYTES);
+      const declared = await request(app.port, { method: 'POST', path: '/echo', body: 'a'.repeat(BODY_LIMIT_BYTES + 1) });
+      assert.equal(declared.status, 413);
+      const chunk = 'b'.repeat(4000);
+      const chunked = await request(app.port, { method: 'POST', path: '/echo', chunks: [chunk, chunk, chunk] });
+      assert.equal(chunked.status, 413);
+    });
+  });
+
+  describe('metrics', () => {
+    it('counts calls and failures per method', async () => {
+      const { samples: earlier } = await scrapeMetrics(app.port);
+      await request(app.port, { path: '/hello' });
+      await request(app.port, { path: '/hello' });
+      await request(app.port, { method: 'DELETE', path: '/throw' });
+      await request(app.port, { method: 'PUT', path: '/hello', body: 'x' });
+      const { text, samples: later } = await scrapeMetrics(app.port);
+      const delta = (name) => later.get(name) - earlier.get(name);
+
+      for (const line of [
+        '# TYPE function_calls_total counter',
+        '# TYPE function_failures_total counter',
+        '# TYPE function_duration_seconds histogram',
+      ]) assert.ok(text.includes(line), line);
+      assert.equal(delta('function_calls_total{method="GET"}'), 2);
+      assert.equal(delta('function_failures_total{method="GET"}'), 0);
+      assert.equal(delta('function_calls_total{method="DELETE"}'), 1);
+      assert.equal(delta('function_failures_total{method="DELETE"}'), 1);
+      assert.equal(delta('function_calls_total{method="PUT"}'), 1);
+      assert.equal(delta('function_failures_total{method="PUT"}'), 0);
+      assert.equal(delta('function_duration_seconds_count{method="GET"}'), 2);
+      assert.equal(delta('function_duration_seconds_bucket{method="GET",le="+Inf"}'), 2);
+      const buckets = ['0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5', '1', '2.5', '5', '10', '+Inf']
+        .map((le) => later.get(`function_duration_seconds_bucket{method="GET",le="${le}"}`));
+      assert.deepEqual(buckets, [...buckets].sort((x, y) => x - y), 'cumulative buckets');
+      assert.equal(buckets.at(-1), later.get('function_duration_seconds_count{method="GET"}'));
+      assert.ok(buckets[0] >= 2, 'fast calls land in the first bucket');
+      assert.ok(delta('function_duration_seconds_sum{method="GET"}') > 0);
+      // Earlier tests failed on GET /throw, /reject and /slow.
+      assert.ok(later.get('function_failures_total{method="GET"}') >= 3);
+    });
+  });
+
+  describe('connections', () => {
+    it('keeps connections alive', async () => {
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        const first = await request(app.port, { path: '/hello', agent });
+        const second = await request(app.port, { path: '/hello', agent });
+        const third = await request(app.port, { method: 'POST', path: '/echo', body: 'x', agent });
+        assert.equal(first.headers.connection, 'keep-alive');
+        assert.equal(first.headers['keep-alive'], 'timeout=65');
+        assert.equal(first.reusedSocket, false);
+        assert.equal(second.reusedSocket, true);
+        assert.equal(third.reusedSocket, true);
+        assert.equal(third.status, 200);
+      } finally {
+        agent.destroy();
+      }
+    });
+
+    it('finishes calls in flight on SIGTERM and exits 0', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route' });
+      const agent = new http.Agent({ keepAlive: true });
+      try {
+        const inFlight = request(proc.port, { path: '/sleep', agent });
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const signalled = Date.now();
+        proc.child.kill('SIGTERM');
+        const res = await inFlight;
+        assert.equal(res.status, 200);
+        assert.equal(res.body, 'slept');
+        assert.deepEqual(await proc.exited, { code: 0, signal: null });
+        assert.ok(Date.now() - signalled < 2000, 'exits once the calls are done');
+        await assert.rejects(request(proc.port, { path: '/hello' }), { code: 'ECONNREFUSED' });
+      } finally {
+        agent.destroy();
+        await stopServer(proc);
+      }
+    });
+  });
+
+  describe('handler modules', () => {
+    it('calls an async function handler', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'asyncHello' });
+      try {
+        const res = await request(proc.port, { method: 'POST', path: '/', body: 'x' });
+        assert.deepEqual(json(res), { hello: 'async', name: 'asyncHello' });
+      } finally {
+        await stopServer(proc);
+      }
+    });
+
+    it('loads an .mjs module and a .js module under "type": "module"', async () => {
+      const mjs = await startServer({ MOD_NAME: 'esm', FUNC_HANDLER: 'handler' });
+      const typeModule = await startServer({
+        FNBUILD_CODE_DIR: path.join(codeDir, 'typemodule'), MOD_NAME: 'hello', FUNC_HANDLER: 'handler',
+      });
+      try {
+        const res = await request(mjs.port, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '[1]' });
+        assert.deepEqual(json(res), { esm: true, data: [1] });
+        const text = await request(typeModule.port, { method: 'POST', body: 'hi' });
+        assert.equal(text.body, 'esm in a .js file: hi');
+      } finally {
+        await Promise.all([stopServer(mjs), stopServer(typeModule)]);
+      }
+    });
+
+    it('prefers PORT over FUNC_PORT and falls back to FUNC_PORT', async () => {
+      const [port, funcPort] = [await freePort(), await freePort()];
+      const both = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', PORT: String(port), FUNC_PORT: String(funcPort) });
+      try {
+        assert.equal(both.port, port);
+        assert.equal((await request(port, { path: '/hello' })).body, 'hello world');
+        await assert.rejects(request(funcPort, { path: '/hello' }), { code: 'ECONNREFUSED' });
+      } finally {
+        await stopServer(both);
+      }
+      const onlyFuncPort = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', PORT: '', FUNC_PORT: String(funcPort) });
+      try {
+        assert.equal(onlyFuncPort.port, funcPort);
+      } finally {
+        await stopServer(onlyFuncPort);
+      }
+    });
+  });
+
+  describe('start-up errors', () => {
+    it('exits 1 when the module is missing', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'nope', FUNC_HANDLER: 'handler' });
+      assert.equal(code, 1);
+      assert.match(stderr, new RegExp(
+        `^fnbuild runtime: cannot load handler 'nope\\.handler': no module 'nope' in ${codeDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} ` +
+        '\\(files: app\\.js, broken\\.js, esm\\.mjs, node_modules, typemodule\\)\\n$'));
+    });
+
+    it('exits 1 when the function is missing', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'app', FUNC_HANDLER: 'nope' });
+      assert.equal(code, 1);
+      assert.equal(stderr, "fnbuild runtime: cannot load handler 'app.nope': module 'app' has no function 'nope' " +
+        '(exports found: route, asyncHello, notAFunction)\n');
+    });
+
+    it('exits 1 when an export is not a function', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'app', FUNC_HANDLER: 'notAFunction' });
+      assert.equal(code, 1);
+      assert.match(stderr, /module 'app' has no function 'notAFunction'/);
+    });
+
+    it('exits 1 with the stack when loading the module throws', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'broken', FUNC_HANDLER: 'handler' });
+      assert.equal(code, 1);
+      assert.match(stderr, /^fnbuild runtime: cannot load handler 'broken\.handler': loading module 'broken' \(.*broken\.js\) failed:\n/);
+      assert.match(stderr, /Error: broken at load\n\s+at .*broken\.js/);
+    });
+
+    it('exits 2 when MOD_NAME or FUNC_HANDLER is not set', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'app' });
+      assert.equal(code, 2);
+      assert.match(stderr, /FUNC_HANDLER must be set/);
+    });
+
+    it('exits 2 on an invalid FUNC_TIMEOUT', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: 'soon' });
+      assert.equal(code, 2);
+      assert.match(stderr, /invalid FUNC_TIMEOUT="soon"/);
+    });
+  });
+});

@@ -1,0 +1,826 @@
+"""fnbuild's Python function server: runs one Kubeless-style function behind HTTP.
+
+fnbuild copies this file into every Python function image and starts it as
+``python3 -u /opt/fnbuild/runtime/kubeless.py``.  It imports the user's module
+once, then answers HTTP requests on one asyncio event loop:
+
+* ``GET /healthz`` answers ``OK``;
+* ``GET /metrics`` answers Prometheus text (calls, failures and a duration
+  histogram per HTTP method, the metric names Kubeless used);
+* every other path and method calls ``handler(event, context)`` with the
+  ``event`` and ``context`` dicts of the Kubeless Python interface.
+
+Plain ``def`` handlers run in a pool of worker threads, ``async def`` handlers
+run on the event loop; both are bounded by ``FUNC_TIMEOUT`` (answer 408).
+Only the standard library is used, and Python 3.9 or newer is enough.
+
+Environment:
+  FNBUILD_CODE_DIR   directory of the user's code and pip prefix (default /kubeless)
+  MOD_NAME           module to import: <code dir>/<MOD_NAME>.py or a package dir
+  FUNC_HANDLER       name of the function in that module
+  FUNC_TIMEOUT       seconds a call may take (default 180)
+  FUNC_RUNTIME, FUNC_MEMORY_LIMIT   passed to the handler in ``context``
+  PORT, else FUNC_PORT             port to listen on (default 8080)
+  FUNC_THREADS       worker threads for plain ``def`` handlers (default 32)
+  REQ_MB_LIMIT       largest accepted request body in MB (default 100)
+"""
+
+import asyncio
+import collections
+import collections.abc
+import email.utils
+import http
+import importlib.machinery
+import importlib.util
+import inspect
+import io
+import json
+import os
+import queue
+import random
+import signal
+import site
+import sys
+import threading
+import time
+import traceback
+import uuid
+from urllib.parse import parse_qs, unquote, urlsplit
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_CHUNK_LINE_BYTES = 1024
+# While a request is being handled, later (pipelined) bytes are buffered up to
+# this size before the connection stops reading.
+MAX_BUFFERED_BYTES = 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 10.0
+# After answering with 'Connection: close', unread input is discarded for up to
+# this long before the socket closes, so that the client can read the answer
+# (closing with unread input makes the kernel reset the connection).
+LINGER_SECONDS = 2.0
+# Methods that reach the handler (others get 501: this also keeps the metrics
+# method labels few and safe).
+METHODS = frozenset(('GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'))
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+TEXT_HTML = 'text/html; charset=UTF-8'
+TEXT_PLAIN = 'text/plain; charset=utf-8'
+OCTET_STREAM = 'application/octet-stream'
+JSON_TYPE = 'application/json'
+METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
+
+REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+INTERNAL_ERROR = (500, TEXT_PLAIN, b'Internal Server Error')
+TIMEOUT_ERROR = (408, TEXT_PLAIN, b'Request timeout exceeded')
+HEX_DIGITS = b'0123456789abcdefABCDEF'
+
+
+class StartupError(Exception):
+    """A problem that stops the server before it serves; carries the exit status."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+class BadRequest(Exception):
+    """A request refused with an error status (a protocol error also closes the connection)."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.status = status
+
+
+# --- configuration and loading the user's function --------------------------
+
+class Config:
+    """Settings read from the environment."""
+
+    def __init__(self, env):
+        self.code_dir = env.get('FNBUILD_CODE_DIR') or '/kubeless'
+        self.module = required(env, 'MOD_NAME', "the handler's module, e.g. hello")
+        self.function = required(env, 'FUNC_HANDLER', "the handler function's name, e.g. handler")
+        self.timeout = number(env, 'FUNC_TIMEOUT', 180.0)
+        self.port = int(number(env, 'PORT', None) or number(env, 'FUNC_PORT', 8080))
+        self.threads = int(number(env, 'FUNC_THREADS', 32))
+        self.body_limit = int(number(env, 'REQ_MB_LIMIT', 100) * 1024 * 1024)
+        self.context = {
+            'function-name': self.function,
+            'timeout': self.timeout,
+            'runtime': env.get('FUNC_RUNTIME'),
+            'memory-limit': env.get('FUNC_MEMORY_LIMIT'),
+        }
+
+    @property
+    def label(self):
+        return f'{self.module}.{self.function}'
+
+
+def required(env, name, meaning):
+    value = env.get(name, '').strip()
+    if not value:
+        raise StartupError(2, f'{name} is not set (expected {meaning})')
+    return value
+
+
+def number(env, name, default):
+    """A positive number from the environment, or default when unset or empty."""
+    text = env.get(name, '').strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise StartupError(2, f'{name}={text!r} is not a positive number')
+    return value
+
+
+def prepare_sys_path(code_dir):
+    """Put the code dir first, then its pip --prefix site-packages, on sys.path."""
+    script_dir = os.path.dirname(os.path.abspath(__file__))
+    before = [p for p in sys.path if p not in (code_dir, script_dir)]
+    packages = os.path.join(code_dir, 'lib', 'python%d.%d' % sys.version_info[:2], 'site-packages')
+    if os.path.isdir(packages):
+        site.addsitedir(packages)  # also runs the .pth files pip may have written
+    added = [p for p in sys.path if p not in before and p not in (code_dir, script_dir)]
+    sys.path[:] = [code_dir] + added + before
+
+
+def load_handler(config):
+    """Import the user's module from the code dir and return the handler function."""
+    prepare_sys_path(config.code_dir)
+    spec = importlib.machinery.PathFinder.find_spec(config.module, [config.code_dir])
+    if spec is None or spec.origin is None:  # not found, or only a namespace directory
+        raise cannot_load(config, f'no module {config.module!r} in {config.code_dir} '
+                                  f'({describe_dir(config.code_dir)})')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[config.module] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        traceback.print_exc()
+        raise cannot_load(config, f'importing {spec.origin} failed (traceback above)')
+    func = getattr(module, config.function, None)
+    if not callable(func):
+        found = sorted(name for name, value in vars(module).items()
+                       if inspect.isfunction(value) and not name.startswith('_'))
+        raise cannot_load(config, f'module {config.module!r} has no function {config.function!r} '
+                                  f'(functions found: {", ".join(found) or "none"})')
+    return func
+
+
+def cannot_load(config, reason):
+    return StartupError(1, f'cannot load handler {config.label!r}: {reason}')
+
+
+def describe_dir(path):
+    try:
+        names = sorted(name for name in os.listdir(path) if not name.startswith('.'))
+    except OSError as exc:
+        return f'cannot list it: {exc.strerror}'
+    shown = ', '.join(names[:20]) + (', ...' if len(names) > 20 else '')
+    return f'files: {shown or "none"}'
+
+
+# --- what handlers receive ---------------------------------------------------
+
+class Headers(collections.abc.Mapping):
+    """Request headers, looked up case-insensitively; iterates lower-case names."""
+
+    __slots__ = ('_items',)
+
+    def __init__(self, items):
+        self._items = items
+
+    def __getitem__(self, name):
+        return self._items[name.lower()]
+
+    def get(self, name, default=None):
+        return self._items.get(name.lower(), default)
+
+    def __contains__(self, name):
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __repr__(self):
+        return f'Headers({self._items!r})'
+
+
+class Request:
+    """The request in event['extensions']['request']: a small, bottle-compatible subset."""
+
+    __slots__ = ('method', 'raw_path', 'query_string', 'headers', 'body', 'json')
+
+    def __init__(self, method, raw_path, query_string, headers, body, parsed_json):
+        self.method = method
+        self.raw_path = raw_path
+        self.query_string = query_string
+        self.headers = headers
+        self.body = io.BytesIO(body)
+        self.json = parsed_json
+
+    @property
+    def path(self):
+        return unquote(self.raw_path) if '%' in self.raw_path else self.raw_path
+
+    @property
+    def query(self):
+        pairs = parse_qs(self.query_string, keep_blank_values=True)
+        return {name: values[0] for name, values in pairs.items()}
+
+    @property
+    def url(self):
+        scheme = self.headers.get('x-forwarded-proto', 'http')
+        host = self.headers.get('host', 'localhost')
+        query = '?' + self.query_string if self.query_string else ''
+        return f'{scheme}://{host}{self.raw_path}{query}'
+
+    def get_header(self, name, default=None):
+        return self.headers.get(name, default)
+
+
+def make_event(method, raw_path, query_string, headers, body, clock):
+    """The Kubeless event dict; raises BadRequest for an invalid JSON body.
+
+    data is the parsed JSON for an application/json body, else the body as
+    str when it is UTF-8, else bytes; an empty body is always ''.
+    """
+    content_type = headers.get('content-type')
+    parsed_json = None
+    if not body:
+        data = ''
+    elif content_type and content_type.partition(';')[0].strip().lower() == JSON_TYPE:
+        try:
+            data = parsed_json = json.loads(body)
+        except ValueError as exc:
+            raise BadRequest(f'Invalid JSON body: {exc}') from None
+    else:
+        try:
+            data = body.decode('utf-8')
+        except UnicodeDecodeError:
+            data = body
+    request = Request(method, raw_path, query_string, Headers(headers), body, parsed_json)
+    return {
+        'data': data,
+        'event-id': headers.get('event-id') or new_event_id(),
+        'event-type': headers.get('event-type') or content_type,
+        'event-time': headers.get('event-time') or clock.event_time(),
+        'event-namespace': headers.get('event-namespace'),
+        'extensions': {'request': request},
+    }
+
+
+def new_event_id():
+    # A random (version 4) UUID.  Event ids need to be unique, not secret:
+    # the random module avoids uuid4()'s os.urandom system call per request.
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
+class Clock:
+    """The current time as HTTP Date and as event-time; the per-second text is cached."""
+
+    def __init__(self):
+        self._second = 0
+        self._http_date = ''
+        self._rfc3339_second = ''
+
+    def _fraction(self):
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._http_date = email.utils.formatdate(second, usegmt=True)
+            self._rfc3339_second = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(second))
+        return now - second
+
+    def http_date(self):
+        self._fraction()
+        return self._http_date
+
+    def event_time(self):
+        """RFC 3339 in UTC with microseconds, e.g. 2026-11-27T12:00:00.123456Z."""
+        micros = int(self._fraction() * 1e6)
+        return f'{self._rfc3339_second}.{micros:06d}Z'
+
+
+def encode_result(result, label):
+    """(status, content type, body) for a handler's return value."""
+    try:
+        if isinstance(result, str):
+            return 200, TEXT_HTML, result.encode('utf-8')
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            return 200, OCTET_STREAM, bytes(result)
+        if result is None:
+            return 200, TEXT_HTML, b''
+        return 200, JSON_TYPE, json.dumps(result).encode('utf-8')
+    except Exception:
+        log_failure(f'cannot encode the value returned by {label}')
+        return INTERNAL_ERROR
+
+
+def log_failure(what):
+    sys.stderr.write(f'fnbuild runtime: {what}\n{traceback.format_exc()}')
+
+
+# --- running the handler ------------------------------------------------------
+
+class WorkerPool:
+    """Daemon threads running plain ``def`` handlers off the event loop.
+
+    Cheaper than loop.run_in_executor: a job is one queue put, and results
+    go back in batches (the loop is woken once for all results that finish
+    before it gets to them), which saves GIL hand-offs under load.  Daemon
+    threads let the process exit while a timed-out handler is still stuck.
+    """
+
+    def __init__(self, loop, size, func, label):
+        self._loop = loop
+        self._func = func
+        self._label = label
+        self._jobs = queue.SimpleQueue()
+        self._results = collections.deque()
+        self._wakeup_pending = False
+        for index in range(size):
+            threading.Thread(target=self._work, name=f'fnbuild-worker-{index}', daemon=True).start()
+
+    def submit(self, call, event, context):
+        self._jobs.put((call, event, context))
+
+    def _work(self):
+        while True:
+            call, event, context = self._jobs.get()
+            try:
+                result = self._func(event, context)
+            except BaseException:  # a worker thread must survive anything a handler does
+                log_failure(f'handler {self._label} raised an exception')
+                outcome = INTERNAL_ERROR
+            else:
+                outcome = encode_result(result, self._label)
+            self._results.append((call, outcome))
+            if not self._wakeup_pending:
+                self._wakeup_pending = True
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: the server is exiting
+                    return
+
+    def _deliver(self):
+        """On the loop: answer every call whose result is in.
+
+        Workers append their result before they read the flag, so a result
+        is either seen here or schedules another delivery.
+        """
+        self._wakeup_pending = False
+        results = self._results
+        while results:
+            call, outcome = results.popleft()
+            call.finish(outcome)
+
+
+class Call:
+    """One handler invocation: the result or the timeout, whichever comes first, answers."""
+
+    __slots__ = ('runtime', 'conn', 'method', 'started', 'timer', 'task', 'answered')
+
+    def __init__(self, runtime, conn, method):
+        self.runtime = runtime
+        self.conn = conn
+        self.method = method
+        self.started = runtime.loop.time()
+        self.timer = runtime.loop.call_later(runtime.config.timeout, self.expire)
+        self.task = None
+        self.answered = False
+
+    def finish(self, outcome):
+        if self.answered:  # already timed out: the late result is dropped
+            return
+        self.answered = True
+        self.timer.cancel()
+        self._answer(outcome, self.runtime.loop.time() - self.started)
+
+    def task_done(self, task):
+        self.finish(INTERNAL_ERROR if task.cancelled() else task.result())
+
+    def expire(self):
+        # An async handler is cancelled.  A thread cannot be killed in Python:
+        # a plain ``def`` handler keeps running in its worker thread and
+        # whatever it returns later is dropped by finish().  That thread stays
+        # busy meanwhile; once FUNC_THREADS handlers are stuck, new calls wait
+        # in the queue and time out as well.
+        self.answered = True
+        if self.task is not None:
+            self.task.cancel()
+        self._answer(TIMEOUT_ERROR, self.runtime.config.timeout)
+
+    def _answer(self, outcome, seconds):
+        status, content_type, body = outcome
+        self.runtime.metrics.finished(self.method, seconds, failed=status != 200)
+        self.conn.respond(status, content_type, body)
+        self.conn.resume()
+
+
+class Metrics:
+    """Prometheus counters and a duration histogram, per HTTP method (event loop only)."""
+
+    def __init__(self):
+        self.calls = {}
+        self.failures = {}
+        self.buckets = {}  # method -> [count per bucket..., count above the last]
+        self.sums = {}
+
+    def started(self, method):
+        if method not in self.calls:
+            self.calls[method] = self.failures[method] = self.sums[method] = 0
+            self.buckets[method] = [0] * (len(DURATION_BUCKETS) + 1)
+        self.calls[method] += 1
+
+    def finished(self, method, seconds, failed):
+        if failed:
+            self.failures[method] += 1
+        self.sums[method] += seconds
+        counts = self.buckets[method]
+        for index, bound in enumerate(DURATION_BUCKETS):
+            if seconds <= bound:
+                counts[index] += 1
+                return
+        counts[-1] += 1
+
+    def render(self):
+        lines = [
+            '# HELP function_calls_total Number of calls to the function',
+            '# TYPE function_calls_total counter',
+        ]
+        lines += [f'function_calls_total{{method="{m}"}} {n}' for m, n in self.calls.items()]
+        lines += [
+            '# HELP function_failures_total Number of failed calls (errors and timeouts)',
+            '# TYPE function_failures_total counter',
+        ]
+        lines += [f'function_failures_total{{method="{m}"}} {n}' for m, n in self.failures.items()]
+        lines += [
+            '# HELP function_duration_seconds Duration of calls to the function',
+            '# TYPE function_duration_seconds histogram',
+        ]
+        for method, counts in self.buckets.items():
+            lines += self._histogram(method, counts)
+        return ('\n'.join(lines) + '\n').encode('utf-8')
+
+    def _histogram(self, method, counts):
+        total = 0
+        lines = []
+        for bound, count in zip(DURATION_BUCKETS + ('+Inf',), counts):
+            total += count
+            lines.append(f'function_duration_seconds_bucket{{method="{method}",le="{bound}"}} {total}')
+        lines.append(f'function_duration_seconds_sum{{method="{method}"}} {self.sums[method]}')
+        lines.append(f'function_duration_seconds_count{{method="{method}"}} {total}')
+        return lines
+
+
+# --- HTTP/1.1 ------------------------------------------------------------------
+
+def parse_head(head):
+    """(method, target, version, headers) from the bytes before the blank line.
+
+    Header names are lower-cased; repeated headers are joined with ', '.
+    """
+    lines = head.decode('latin-1').split('\r\n')
+    parts = lines[0].split(' ')
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise BadRequest('malformed request line')
+    method, target, version = parts
+    if version != 'HTTP/1.1' and version != 'HTTP/1.0':
+        raise BadRequest(f'unsupported protocol {version!r}', 505 if version.startswith('HTTP/') else 400)
+    if method not in METHODS:
+        raise BadRequest(f'method {method!r} not implemented', 501)
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(':')
+        if not colon or not name or name[0] in ' \t' or name[-1] in ' \t':
+            raise BadRequest('malformed header line')
+        name = name.lower()
+        value = value.strip(' \t')
+        if name in headers:
+            headers[name] += ', ' + value
+        else:
+            headers[name] = value
+    return method, origin_form(target), version, headers
+
+
+def origin_form(target):
+    """The request target as '/path?query' (absolute-form URLs are reduced to it)."""
+    if target[0] == '/':
+        return target
+    parts = urlsplit(target)
+    if not parts.scheme or not parts.netloc:
+        raise BadRequest('malformed request target')
+    return (parts.path or '/') + ('?' + parts.query if parts.query else '')
+
+
+def body_framing(headers, limit):
+    """Content length of the body (an int), or a ChunkedBody decoder."""
+    coding = headers.get('transfer-encoding')
+    length = headers.get('content-length')
+    if coding is not None:
+        if length is not None:
+            raise BadRequest('both Transfer-Encoding and Content-Length')
+        if coding.strip().lower() != 'chunked':
+            raise BadRequest(f'unsupported Transfer-Encoding {coding!r}')
+        return ChunkedBody(limit)
+    if length is None:
+        return 0
+    if not (length.isascii() and length.isdigit()):
+        raise BadRequest('invalid Content-Length')
+    size = int(length)
+    if size > limit:
+        raise BadRequest(f'request body larger than {limit} bytes', 413)
+    return size
+
+
+class ChunkedBody:
+    """Incremental decoder of a chunked request body."""
+
+    __slots__ = ('limit', 'parts', 'size', 'remaining', 'in_trailer')
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.remaining = 0  # bytes of chunk data still expected
+        self.in_trailer = False
+
+    def feed(self, buf):
+        """Consume decoded input from buf; the whole body once complete, else None."""
+        while True:
+            if self.remaining:
+                if not self._take_data(buf):
+                    return None
+                continue
+            end = buf.find(b'\r\n')
+            if end < 0:
+                if len(buf) > (MAX_HEAD_BYTES if self.in_trailer else MAX_CHUNK_LINE_BYTES):
+                    raise BadRequest('malformed chunked body')
+                return None
+            line = bytes(buf[:end])
+            del buf[:end + 2]
+            if self.in_trailer:
+                if not line:
+                    return b''.join(self.parts)
+            else:
+                self._start_chunk(line)
+
+    def _start_chunk(self, line):
+        digits = line.split(b';', 1)[0].strip()
+        if not digits or digits.strip(HEX_DIGITS):
+            raise BadRequest('malformed chunk size')
+        size = int(digits, 16)
+        self.size += size
+        if self.size > self.limit:
+            raise BadRequest(f'request body larger than {self.limit} bytes', 413)
+        self.remaining = size
+        self.in_trailer = size == 0
+
+    def _take_data(self, buf):
+        end = self.remaining
+        if len(buf) < end + 2:
+            return False
+        if buf[end:end + 2] != b'\r\n':
+            raise BadRequest('malformed chunked body')
+        self.parts.append(bytes(buf[:end]))
+        del buf[:end + 2]
+        self.remaining = 0
+        return True
+
+
+def wants_keep_alive(version, headers):
+    connection = headers.get('connection', '').lower()
+    if version == 'HTTP/1.1':
+        return 'close' not in connection
+    return 'keep-alive' in connection
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection; requests on it are answered one at a time, in order."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.transport = None
+        self.buf = bytearray()
+        self.head = None      # (method, target, version, headers) while its body is read
+        self.framing = None   # int length or ChunkedBody of that body
+        self.busy = False     # a handler is running for this connection
+        self.paused = False
+        self.closed = False
+        self.keep_alive = True
+        self.head_only = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.runtime.connections.add(self)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.runtime.connections.discard(self)
+
+    def data_received(self, data):
+        if self.closed:  # lingering after the last answer: input is discarded
+            return
+        self.buf += data
+        if not self.busy:
+            self.process()
+        elif len(self.buf) > MAX_BUFFERED_BYTES and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def process(self):
+        """Handle every complete request in the buffer until one goes to a handler."""
+        try:
+            while not self.busy and not self.closed:
+                request = self.next_request()
+                if request is None:
+                    return
+                self.runtime.dispatch(self, *request)
+        except BadRequest as exc:
+            self.keep_alive = False
+            self.head_only = False
+            self.respond(exc.status, TEXT_PLAIN, f'{exc}\n'.encode('utf-8'))
+
+    def next_request(self):
+        """(method, target, headers, body) of the next complete request, else None."""
+        if self.head is None and not self.read_head():
+            return None
+        framing = self.framing
+        if framing.__class__ is int:
+            if len(self.buf) < framing:
+                return None
+            body = bytes(self.buf[:framing])
+            del self.buf[:framing]
+        else:
+            body = framing.feed(self.buf)
+            if body is None:
+                return None
+        method, target, _, headers = self.head
+        self.head = None
+        return method, target, headers, body
+
+    def read_head(self):
+        buf = self.buf
+        while buf[:2] == b'\r\n':  # empty lines before a request are allowed
+            del buf[:2]
+        end = buf.find(b'\r\n\r\n')
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise BadRequest('request head too large', 431)
+            return False
+        self.head = method, _, version, headers = parse_head(bytes(buf[:end]))
+        del buf[:end + 4]
+        self.keep_alive = wants_keep_alive(version, headers) and not self.runtime.stopping
+        self.head_only = method == 'HEAD'
+        self.framing = body_framing(headers, self.runtime.config.body_limit)
+        if version == 'HTTP/1.1' and headers.get('expect', '').lower() == '100-continue':
+            self.transport.write(b'HTTP/1.1 100 Continue\r\n\r\n')
+        return True
+
+    def respond(self, status, content_type, body):
+        if self.closed:
+            return
+        connection = 'keep-alive' if self.keep_alive else 'close'
+        head = (f'HTTP/1.1 {status} {REASONS[status]}\r\n'
+                f'Content-Type: {content_type}\r\n'
+                f'Content-Length: {len(body)}\r\n'
+                f'Date: {self.runtime.clock.http_date()}\r\n'
+                f'Connection: {connection}\r\n\r\n').encode('latin-1')
+        if self.head_only or not body:
+            self.transport.write(head)
+        elif len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+        if not self.keep_alive:
+            self.close()
+
+    def close(self):
+        """Send FIN after the answer; close fully when the client does, or after a delay."""
+        self.closed = True
+        self.buf.clear()
+        self.transport.write_eof()
+        self.runtime.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def resume(self):
+        """Continue with buffered requests after a handler answered."""
+        self.busy = False
+        if self.closed:
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.buf:
+            self.process()
+
+
+# --- the server ------------------------------------------------------------------
+
+class Runtime:
+    """Routes requests to /healthz, /metrics or the handler, and runs the server."""
+
+    def __init__(self, config, func):
+        self.config = config
+        self.func = func
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.metrics = Metrics()
+        self.clock = Clock()
+        self.connections = set()
+        self.stopping = False
+        self.loop = None
+        self.pool = None
+
+    def dispatch(self, conn, method, target, headers, body):
+        path, _, query_string = target.partition('?')
+        if path == '/healthz' and method in ('GET', 'HEAD'):
+            conn.respond(200, TEXT_PLAIN, b'OK')
+        elif path == '/metrics' and method in ('GET', 'HEAD'):
+            conn.respond(200, METRICS_TYPE, self.metrics.render())
+        else:
+            self.invoke(conn, method, path, query_string, headers, body)
+
+    def invoke(self, conn, method, path, query_string, headers, body):
+        try:
+            event = make_event(method, path, query_string, headers, body, self.clock)
+        except BadRequest as exc:
+            conn.respond(exc.status, TEXT_PLAIN, f'{exc}\n'.encode('utf-8'))
+            return
+        context = dict(self.config.context)
+        self.metrics.started(method)
+        conn.busy = True
+        call = Call(self, conn, method)
+        if self.is_async:
+            call.task = self.loop.create_task(self.run_async(event, context))
+            call.task.add_done_callback(call.task_done)
+        else:
+            self.pool.submit(call, event, context)
+
+    async def run_async(self, event, context):
+        try:
+            result = await self.func(event, context)
+        except Exception:
+            log_failure(f'handler {self.config.label} raised an exception')
+            return INTERNAL_ERROR
+        return encode_result(result, self.config.label)
+
+    async def serve(self):
+        """Serve until SIGTERM or SIGINT, then let in-flight calls finish briefly."""
+        self.loop = asyncio.get_running_loop()
+        if not self.is_async:
+            self.pool = WorkerPool(self.loop, self.config.threads, self.func, self.config.label)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, stop.set)
+        try:
+            server = await self.loop.create_server(
+                lambda: HttpConnection(self), '0.0.0.0', self.config.port, backlog=1024)
+        except OSError as exc:
+            raise StartupError(1, f'cannot listen on port {self.config.port}: {exc.strerror}') from None
+        print(f'fnbuild python runtime: serving {self.config.label} on :{self.config.port} '
+              f'(timeout {self.config.timeout:g}s)')
+        await stop.wait()
+        print('fnbuild python runtime: stopping')
+        server.close()
+        await self.drain()
+
+    async def drain(self):
+        self.stopping = True
+        for conn in list(self.connections):
+            if conn.busy:
+                conn.keep_alive = False  # closes after its answer
+            else:
+                conn.closed = True
+                conn.transport.close()
+        deadline = self.loop.time() + SHUTDOWN_GRACE_SECONDS
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+
+def configure_stdio():
+    """Make handlers' print output reach the logs at once, even without -u."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=True)
+
+
+def main():
+    configure_stdio()
+    try:
+        config = Config(os.environ)
+        runtime = Runtime(config, load_handler(config))
+        asyncio.run(runtime.serve())
+    except StartupError as exc:
+        print(f'fnbuild runtime: {exc}', file=sys.stderr)
+        return exc.status
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""Tests of the Python function server (kubeless.py), run as a real subprocess.
+
+Run from the project root: python3 -m unittest discover -s runtimes/python -v
+The fixture functions are in testdata/; each test class starts its own server
+on a free port with a copy of them as the code dir.
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER = os.path.join(HERE, 'kubeless.py')
+TESTDATA = os.path.join(HERE, 'testdata')
+RFC3339_UTC = re.compile(r'^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$')
+UUID = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$')
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def make_code_dir():
+    """A temp copy of testdata/ with a fake pip --prefix dependency in it."""
+    code_dir = tempfile.mkdtemp(prefix='fnbuild-runtime-test-')
+    shutil.copytree(TESTDATA, code_dir, dirs_exist_ok=True)
+    packages = os.path.join(code_dir, 'lib', 'python%d.%d' % sys.version_info[:2], 'site-packages')
+    os.makedirs(packages)
+    with open(os.path.join(packages, 'mydep.py'), 'w') as out:
+        out.write("VALUE = 'from mydep'\n")
+    return code_dir
+
+
+def server_env(code_dir, module, function, **extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('PORT', 'FUNC_PORT', 'FUNC_TIMEOUT', 'REQ_MB_LIMIT', 'PYTHONUNBUFFERED')}
+    env.update(FNBUILD_CODE_DIR=code_dir, MOD_NAME=module, FUNC_HANDLER=function,
+               FUNC_RUNTIME='python3.11', FUNC_MEMORY_LIMIT='128Mi')
+    env.update(extra)
+    return env
+
+
+class Output:
+    """Lines read from a child's pipe by a background thread."""
+
+    def __init__(self, pipe):
+        self.lines = []
+        self.changed = threading.Condition()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe):
+        for line in pipe:
+            with self.changed:
+                self.lines.append(line)
+                self.changed.notify_all()
+
+    def text(self):
+        with self.changed:
+            return ''.join(self.lines)
+
+    def wait_for(self, needle, timeout=3.0):
+        with self.changed:
+            return self.changed.wait_for(lambda: needle in ''.join(self.lines), timeout)
+
+
+class Server:
+    """The runtime started as a subprocess (without -u, to check it unbuffers itself)."""
+
+    def __init__(self, env, port):
+        self.port = port
+        self.proc = subprocess.Popen([sys.executable, SERVER], env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.stdout = Output(self.proc.stdout)
+        self.stderr = Output(self.proc.stderr)
+        self._wait_ready()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f'server exited {self.proc.returncode}: {self.stderr.text()}')
+            try:
+                if self.request('GET', '/healthz')[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError('server did not answer /healthz')
+
+    def connect(self, timeout=10):
+        return http.client.HTTPConnection('127.0.0.1', self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None):
+        """(status, headers dict with lower-case names, body bytes) on a new connection."""
+        conn = self.connect()
+        try:
+            return send(conn, method, path, body, headers)
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(10)
+        finally:
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+def send(conn, method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+def raw_exchange(port, payload, timeout=5.0):
+    """Send raw bytes and read until the server closes the connection or timeout."""
+    with socket.create_connection(('127.0.0.1', port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b''.join(chunks)
+
+
+def metric(text, name, method):
+    match = re.search(r'^%s\{method="%s"(?:,le="\+Inf")?\} (\S+)$' % (re.escape(name), method), text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+class ServerTestCase(unittest.TestCase):
+    module = 'app'
+    function = 'handler'
+    extra_env = {}
+    port_variable = 'PORT'
+
+    @classmethod
+    def setUpClass(cls):
+        cls.code_dir = make_code_dir()
+        cls.port = free_port()
+        env = server_env(cls.code_dir, cls.module, cls.function, **cls.extra_env)
+        env[cls.port_variable] = str(cls.port)
+        cls.server = Server(env, cls.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        shutil.rmtree(cls.code_dir, ignore_errors=True)
+
+    def call(self, method, path, body=None, headers=None):
+        return self.server.request(method, path, body, headers)
+
+    def echo(self, method='POST', path='/echo', body=None, headers=None):
+        status, response_headers, data = self.call(method, path, body, headers)
+        self.assertEqual(status, 200, data)
+        self.assertEqual(response_headers['content-type'], 'application/json')
+        return json.loads(data)
+
+
+class SyncHandlerTest(ServerTestCase):
+    other_port = free_port()
+    extra_env = {'FUNC_TIMEOUT': '1', 'REQ_MB_LIMIT': '0.01', 'FUNC_PORT': str(other_port)}
+
+    def test_hello_returns_string(self):
+        status, headers, body = self.call('GET', '/hello')
+        self.assertEqual((status, body), (200, b'hello world'))
+        self.assertEqual(headers['content-type'], 'text/html; charset=UTF-8')
+        self.assertEqual(headers['content-length'], '11')
+
+    def test_event_and_context_from_headers(self):
+        result = self.echo(body=b'{"a": [1, 2]}', headers={
+            'Content-Type': 'application/json; charset=utf-8', 'event-id': 'id-1',
+            'event-time': '2020-01-02T03:04:05Z', 'event-namespace': 'cli.kubeless.io',
+            'X-Test': 'yes'})
+        self.assertEqual(result['event'], {
+            'event-id': 'id-1', 'event-time': '2020-01-02T03:04:05Z',
+            'event-namespace': 'cli.kubeless.io',
+            'event-type': 'application/json; charset=utf-8'})
+        self.assertEqual(result['data'], {'a': [1, 2]})
+        self.assertEqual(result['request']['json'], {'a': [1, 2]})
+        self.assertEqual(result['context'], {
+            'function-name': 'handler', 'timeout': 1.0,
+            'runtime': 'python3.11', 'memory-limit': '128Mi'})
+        self.assertEqual(result['request']['x_test'], 'yes')
+        self.assertEqual(result['request']['x_test_mapping'], 'yes')
+        self.assertEqual(result['request']['missing_header'], 'default')
+
+    def test_event_defaults_without_headers(self):
+        first = self.echo(method='GET', path='/echo')
+        second = self.echo(method='GET', path='/echo')
+        event = first['event']
+        self.assertRegex(event['event-id'], UUID)
+        self.assertNotEqual(event['event-id'], second['event']['event-id'])
+        self.assertRegex(event['event-time'], RFC3339_UTC)
+        self.assertIsNone(event['event-namespace'])
+        self.assertIsNone(event['event-type'])
+        self.assertEqual((first['data'], first['data_type']), ('', 'str'))
+
+    def test_event_type_header_wins_over_content_type(self):
+        result = self.echo(body=b'x', headers={'Content-Type': 'text/plain', 'event-type': 'my.type'})
+        self.assertEqual(result['event']['event-type'], 'my.type')
+
+    def test_raw_body_is_text_or_bytes(self):
+        text = self.echo(body='héllo'.encode('utf-8'), headers={'Content-Type': 'text/plain'})
+        self.assertEqual((text['data'], text['data_type']), ('héllo', 'str'))
+        self.assertEqual(text['event']['event-type'], 'text/plain')
+        self.assertIsNone(text['request']['json'])
+        binary = self.echo(body=b'\xff\x00', headers={'Content-Type': 'application/octet-stream'})
+        self.assertEqual((binary['data'], binary['data_type']), ('ff00', 'bytes'))
+        json_text = self.echo(body=b'{"a": 1}', headers={'Content-Type': 'text/plain'})
+        self.assertEqual(json_text['data'], '{"a": 1}')
+
+    def test_invalid_json_is_400(self):
+        status, _, body = self.call('POST', '/echo', b'{"a":', {'Content-Type': 'application/json'})
+        self.assertEqual(status, 400)
+        self.assertIn(b'Invalid JSON', body)
+
+    def test_request_object(self):
+        result = self.echo(method='PUT', path='/echo/a%20b?x=1&x=2&y=', body=b'payload',
+                           headers={'Content-Type': 'text/plain'})
+        request = result['request']
+        self.assertEqual(request['method'], 'PUT')
+        self.assertEqual(request['path'], '/echo/a b')
+        self.assertEqual(request['query_string'], 'x=1&x=2&y=')
+        self.assertEqual(request['query'], {'x': '1', 'y': ''})
+        self.assertEqual(request['url'], f'http://127.0.0.1:{self.port}/echo/a%20b?x=1&x=2&y=')
+        self.assertEqual(request['body'], 'payload')
+
+    def test_return_types(self):
+        status, headers, body = self.call('GET', '/bytes')
+        self.assertEqual((status, body), (200, b'\x00\x01\xfe\xff'))
+        self.assertEqual(headers['content-type'], 'application/octet-stream')
+        status, headers, body = self.call('GET', '/none')
+        self.assertEqual((status, body), (200, b''))
+        status, _, body = self.call('GET', '/unserializable')
+        self.assertEqual((status, body), (500, b'Internal Server Error'))
+
+    def test_exception_is_500_with_traceback_on_stderr(self):
+        status, _, body = self.call('POST', '/fail')
+        self.assertEqual((status, body), (500, b'Internal Server Error'))
+        self.assertTrue(self.server.stderr.wait_for('ValueError: fixture failure marker'))
+        self.assertIn('Traceback (most recent call last)', self.server.stderr.text())
+
+    def test_timeout_is_408(self):
+        started = time.monotonic()
+        status, _, body = self.call('GET', '/sleep?s=4')
+        elapsed = time.monotonic() - started
+        self.assertEqual((status, body), (408, b'Request timeout exceeded'))
+        self.assertGreater(elapsed, 0.9)
+        self.assertLess(elapsed, 2.5)
+        self.assertEqual(self.call('GET', '/hello')[2], b'hello world')
+
+    def test_sync_handlers_run_concurrently(self):
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            results = list(pool.map(lambda _: self.call('GET', '/sleep?s=0.4'), range(5)))
+        self.assertEqual([r[2] for r in results], [b'slept'] * 5)
+        self.assertLess(time.monotonic() - started, 1.4)  # one after the other: 2 s
+
+    def test_state_kept_between_calls(self):
+        first = int(self.call('GET', '/count')[2])
+        second = int(self.call('GET', '/count')[2])
+        self.assertEqual(second, first + 1)
+
+    def test_keep_alive(self):
+        conn = self.server.connect()
+        try:
+            counts = []
+            for _ in range(3):
+                status, headers, body = send(conn, 'GET', '/count')
+                self.assertEqual(headers['connection'], 'keep-alive')
+                counts.append(int(body))
+                sock = conn.sock
+                self.assertIsNotNone(sock)
+            self.assertEqual(counts, [counts[0], counts[0] + 1, counts[0] + 2])
+            send(conn, 'GET', '/hello')
+            self.assertIs(conn.sock, sock)
+        finally:
+            conn.close()
+
+    def test_every_method_and_path_reaches_handler(self):
+        for method in ('GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'):
+            for path in ('/', '/some/deep/path', '/healthz/not'):
+                result = self.echo(method=method, path=path)
+                self.assertEqual((result['request']['method'], result['request']['path']), (method, path))
+        status, headers, body = self.call('HEAD', '/hello')
+        self.assertEqual((status, headers['content-length'], body), (200, '11', b''))
+
+    def test_healthz(self):
+        self.assertEqual(self.call('GET', '/healthz')[::2], (200, b'OK'))
+
+    def test_metrics_count_calls_and_failures_per_method(self):
+        before = self.call('GET', '/metrics')[2].decode()
+        self.call('PATCH', '/hello')
+        self.call('PATCH', '/hello')
+        self.call('PATCH', '/fail')
+        self.call('DELETE', '/hello')
+        status, headers, body = self.call('GET', '/metrics')
+        self.assertEqual(status, 200)
+        self.assertTrue(headers['content-type'].startswith('text/plain; version=0.0.4'))
+        after = body.decode()
+        for name in ('function_calls_total', 'function_failures_total', 'function_duration_seconds'):
+            self.assertIn(f'# HELP {name} ', after)
+        self.assertIn('# TYPE function_calls_total counter', after)
+        self.assertIn('# TYPE function_duration_seconds histogram', after)
+
+        def delta(name, method):
+            return metric(after, name, method) - metric(before, name, method)
+
+        self.assertEqual(delta('function_calls_total', 'PATCH'), 3)
+        self.assertEqual(delta('function_failures_total', 'PATCH'), 1)
+        self.assertEqual(delta('function_duration_seconds_count', 'PATCH'), 3)
+        self.assertEqual(delta('function_duration_seconds_bucket', 'PATCH'), 3)  # le="+Inf"
+        self.assertGreater(delta('function_duration_seconds_sum', 'PATCH'), 0)
+        self.assertEqual(delta('function_calls_total', 'DELETE'), 1)
+        self.assertEqual(delta('function_failures_total', 'DELETE'), 0)
+
+    def test_timeout_counts_as_failure(self):
+        before = metric(self.call('GET', '/metrics')[2].decode(), 'function_failures_total', 'PUT')
+        self.assertEqual(self.call('PUT', '/sleep?s=2')[0], 408)
+        after = metric(self.call('GET', '/metrics')[2].decode(), 'function_failures_total', 'PUT')
+        self.assertEqual(after - before, 1)
+
+    def test_port_wins_over_func_port(self):
+        self.assertTrue(self.server.stdout.wait_for(f'serving app.handler on :{self.port} (timeout 1s)'))
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(('127.0.0.1', self.other_port), timeout=2).close()
+
+    def test_dependencies_on_sys_path(self):
+        result = self.echo(method='GET', path='/dep')
+        self.assertEqual(result, {'value': 'from mydep', 'path0': self.code_dir})
+
+    def test_print_output_appears_promptly(self):
+        self.assertEqual(self.call('GET', '/print?marker=p-4711')[2], b'said')
+        self.assertTrue(self.server.stdout.wait_for('printed: p-4711', timeout=2))
+
+    def test_too_large_body_is_413(self):
+        self.assertEqual(self.echo(body=b'a' * 10000, headers={'Content-Type': 'text/plain'})['data'],
+                         'a' * 10000)
+        status, headers, _ = self.call('POST', '/echo', b'a' * 20000)
+        self.assertEqual((status, headers['connection']), (413, 'close'))
+        chunked = (b'POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+                   b'3000\r\n' + b'a' * 0x3000 + b'\r\n0\r\n\r\n')
+        self.assertTrue(raw_exchange(self.port, chunked).startswith(b'HTTP/1.1 413 '))
+
+    def test_chunked_body_and_pipelining(self):
+        payload = (b'POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n'
+                   b'Content-Type: text/plain\r\n\r\n'
+                   b'5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n'
+                   b'GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+        response = raw_exchange(self.port, payload)
+        self.assertEqual(response.count(b'HTTP/1.1 200 OK'), 2, response)
+        self.assertIn(b'"data": "hello, world"', response)
+        self.assertTrue(response.endswith(b'hello world'))
+
+    def test_http10_closes_after_response(self):
+        response = raw_exchange(self.port, b'GET /hello HTTP/1.0\r\n\r\n')
+        self.assertTrue(response.startswith(b'HTTP/1.1 200 OK\r\n'), response)
+        self.assertIn(b'Connection: close\r\n', response)
+        self.assertTrue(response.endswith(b'hello world'))
+
+    def test_malformed_requests_are_400_and_close(self):
+        for payload in (b'NONSENSE\r\n\r\n', b'GET / HTTP/1.1\r\nBad Header\r\n\r\n',
+                        b'POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n',
+                        b'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'):
+            response = raw_exchange(self.port, payload)
+            self.assertTrue(response.startswith(b'HTTP/1.1 400 '), (payload, response))
+            self.assertIn(b'Connection: close', response)
+        response = raw_exchange(self.port, b'BREW /pot HTTP/1.1\r\n\r\n')
+        self.assertTrue(response.startswith(b'HTTP/1.1 501 '), response)
+
+    def test_expect_100_continue(self):
+        with socket.create_connection(('127.0.0.1', self.port), timeout=5) as sock:
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n'
+                         b'Expect: 100-continue\r\n\r\n')
+            self.assertEqual(sock.recv(100), b'HTTP/1.1 100 Continue\r\n\r\n')
+            sock.sendall(b'abc')
+            self.assertIn(b'"data": "abc"', sock.recv(65536))
+
+
+class AsyncHandlerTest(ServerTestCase):
+    module = 'aio'
+    extra_env = {'FUNC_TIMEOUT': '0.5'}
+    port_variable = 'FUNC_PORT'  # PORT is unset: FUNC_PORT is used
+
+    def test_listens_on_func_port(self):
+        self.assertTrue(self.server.stdout.wait_for(f'serving aio.handler on :{self.port} (timeout 0.5s)'))
+
+    def test_async_handler(self):
+        status, headers, body = self.call('POST', '/', b'{"x": 1}', {'Content-Type': 'application/json'})
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body), {'async': True, 'data': {'x': 1}, 'function': 'handler'})
+
+    def test_async_handlers_run_concurrently(self):
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda _: self.call('GET', '/?sleep=0.3'), range(4)))
+        self.assertEqual([r[2] for r in results], [b'slept'] * 4)
+        self.assertLess(time.monotonic() - started, 0.9)  # one after the other: 1.2 s
+
+    def test_async_timeout_is_408(self):
+        started = time.monotonic()
+        status, _, body = self.call('GET', '/?sleep=5')
+        self.assertEqual((status, body), (408, b'Request timeout exceeded'))
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    def test_async_exception_is_500(self):
+        self.assertEqual(self.call('GET', '/?fail=1')[::2], (500, b'Internal Server Error'))
+        self.assertTrue(self.server.stderr.wait_for('RuntimeError: async failure marker'))
+
+
+class LifecycleTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.code_dir = make_code_dir()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.code_dir, ignore_errors=True)
+
+    def start_failing(self, module, function):
+        env = server_env(self.code_dir, module, function, PORT=str(free_port()))
+        return subprocess.run([sys.executable, SERVER], env=env, capture_output=True, text=True, timeout=10)
+
+    def test_missing_module(self):
+        result = self.start_failing('nothere', 'handler')
+        self.assertEqual(result.returncode, 1)
+        self.assertIn(f"fnbuild runtime: cannot load handler 'nothere.handler': "
+                      f"no module 'nothere' in {self.code_dir} (files: ", result.stderr)
+        self.assertIn('app.py', result.stderr)
+
+    def test_missing_function(self):
+        result = self.start_failing('app', 'nope')
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot load handler 'app.nope': module 'app' has no function 'nope' "
+                      "(functions found: count, dependency, echo, fail, handler, ", result.stderr)
+
+    def test_import_error(self):
+        result = self.start_failing('broken', 'handler')
+        self.assertEqual(result.returncode, 1)
+        self.assertIn('RuntimeError: broken import marker', result.stderr)
+        self.assertIn("cannot load handler 'broken.handler': importing ", result.stderr)
+
+    def test_missing_environment(self):
+        result = self.start_failing('', 'handler')
+        self.assertEqual(result.returncode, 2)
+        self.assertIn('fnbuild runtime: MOD_NAME is not set', result.stderr)
+
+    def test_sigterm_finishes_in_flight_request_and_exits_0(self):
+        port = free_port()
+        server = Server(server_env(self.code_dir, 'app', 'handler', PORT=str(port)), port)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(server.request, 'GET', '/sleep?s=0.5')
+                time.sleep(0.2)
+                server.proc.send_signal(signal.SIGTERM)
+                self.assertEqual(pending.result()[::2], (200, b'slept'))
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertIn('stopping', server.stdout.text())
+
+
+if __name__ == '__main__':
+    unittest.main()

@@ -1,0 +1,2 @@
+"""Test fixture: a module that fails while being imported."""
+raise RuntimeError('broken import marker')

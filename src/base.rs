@@ -1,0 +1,192 @@
+//! Making a runtime base image: an upstream language image (from a registry, an OCI layout,
+//! or a root filesystem directory such as a debootstrap) plus one layer holding the runtime
+//! server, with the config that starts it. Upstream layers are not downloaded when the
+//! upstream is in a registry: they are mounted or copied blob by blob at publish time.
+
+use std::path::{Path, PathBuf};
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::config::{rfc3339, RootFs};
+use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
+use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
+use crate::registry::Registries;
+use crate::runtime::{Runtime, CODE_DIR, SERVER_DIR};
+use crate::transport::publish::{publish, BuiltImage};
+use crate::transport::{BlobSource, Location, SourceImage};
+
+/// Where the upstream image comes from.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    Image(Location),
+    /// `rootfs:DIR`: a root filesystem directory, made into one layer.
+    Rootfs(PathBuf),
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.strip_prefix("rootfs:") {
+            Some(dir) if !dir.is_empty() => Ok(Self::Rootfs(PathBuf::from(dir))),
+            Some(_) => Err(Error::Usage(
+                "rootfs: needs a directory, e.g. rootfs:/srv/rootfs/python".into(),
+            )),
+            None => Ok(Self::Image(s.parse()?)),
+        }
+    }
+}
+
+/// The user the runtime server runs as (Knative and Kubernetes prefer non-root).
+pub const RUNTIME_USER: &str = "1000:1000";
+
+pub struct BaseRequest<'a> {
+    pub runtime: &'a Runtime,
+    pub upstream: Upstream,
+    pub outputs: Vec<Location>,
+    pub source_date_epoch: u64,
+}
+
+/// Builds and publishes a runtime base image; returns the published references.
+pub async fn make_base(
+    request: &BaseRequest<'_>,
+    registries: &Registries,
+    cache: &Cache,
+) -> Result<Vec<String>> {
+    let store = cache.blobs();
+    let options = LayerOptions {
+        mtime: request.source_date_epoch,
+        ..LayerOptions::default()
+    };
+    let created = rfc3339(request.source_date_epoch);
+    let (mut manifest, mut config, blobs) = match &request.upstream {
+        Upstream::Image(location) => {
+            let upstream = SourceImage::load(location, registries, &store).await?;
+            let mut manifest = upstream.manifest.clone();
+            manifest.annotations.clear();
+            if manifest.family()? == MediaFamily::Oci {
+                manifest.annotations.insert(
+                    "org.opencontainers.image.base.digest".into(),
+                    upstream.digest.to_string(),
+                );
+            }
+            (
+                manifest,
+                upstream.config.clone(),
+                Some(upstream.blobs.clone()),
+            )
+        }
+        Upstream::Rootfs(dir) => {
+            let (manifest, config) = rootfs_image(dir, &options, cache, &created)?;
+            (manifest, config, None::<BlobSource>)
+        }
+    };
+    let family = manifest.family()?;
+    let server = server_layer(request.runtime, &options, cache)?;
+    config.created = Some(created.clone());
+    config.config.entrypoint = Some(request.runtime.language.entrypoint());
+    config.config.cmd = None;
+    config.config.user = Some(RUNTIME_USER.to_string());
+    config.config.working_dir = Some(CODE_DIR.to_string());
+    config.set_env([("FUNC_PORT", "8080"), ("PYTHONUNBUFFERED", "1")]);
+    config.set_labels([
+        ("dev.fnbuild.runtime", request.runtime.name.as_str()),
+        (
+            "dev.fnbuild.runtime.language",
+            &request.runtime.language.to_string(),
+        ),
+    ]);
+    config.expose_tcp_port(crate::build::DEFAULT_PORT);
+    config.push_layer(
+        server.diff_id.clone(),
+        &created,
+        format!("fnbuild: {} runtime server", request.runtime.language),
+    );
+    let config_bytes = config.to_bytes();
+    let config_digest = store.insert_bytes(&config_bytes)?;
+    manifest.config = Descriptor::new(family.config(), config_digest, config_bytes.len() as u64);
+    manifest.layers.push(Descriptor::new(
+        family.layer_gzip(),
+        server.digest,
+        server.size,
+    ));
+    publish(
+        &BuiltImage::new(manifest, blobs),
+        &request.outputs,
+        registries,
+        &store,
+    )
+    .await
+}
+
+/// The runtime server file and the (empty, root-owned) code directory.
+fn server_layer(runtime: &Runtime, options: &LayerOptions, cache: &Cache) -> Result<BuiltLayer> {
+    let (file, source) = runtime.language.server();
+    let mut entries = layer::parent_dirs(SERVER_DIR);
+    entries.push(Entry::file(
+        format!("{}/{file}", SERVER_DIR.trim_start_matches('/')),
+        0o644,
+        source.as_bytes().to_vec(),
+    ));
+    entries.push(Entry::directory(CODE_DIR.trim_start_matches('/')));
+    layer::write_layer(entries, options, &cache.blobs())
+}
+
+/// A one-layer image of a root filesystem directory, modes and owners kept.
+fn rootfs_image(
+    dir: &Path,
+    options: &LayerOptions,
+    cache: &Cache,
+    created: &str,
+) -> Result<(Manifest, ImageConfig)> {
+    if !dir.join("bin").exists() && !dir.join("usr").is_dir() {
+        return Err(Error::Usage(format!(
+            "rootfs:{}: not a root filesystem (no /usr or /bin in it)",
+            dir.display()
+        )));
+    }
+    let skip = |p: &Path| {
+        // Kernel file systems and caches have no place in an image.
+        ["proc", "sys", "dev"].iter().any(|d| p == Path::new(d))
+            || p.starts_with("var/cache/apt")
+            || p.starts_with("var/lib/apt/lists")
+    };
+    let mut entries = layer::entries_from_dir(dir, "", Attributes::Preserved, &skip)?;
+    entries.extend(["proc", "sys", "dev"].map(Entry::directory));
+    let built = layer::write_layer(entries, options, &cache.blobs())?;
+    let mut config = ImageConfig {
+        created: Some(created.to_string()),
+        architecture: oci_architecture().to_string(),
+        os: "linux".to_string(),
+        rootfs: RootFs::default(),
+        ..ImageConfig::default()
+    };
+    config.set_env([
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("LANG", "C.UTF-8"),
+    ]);
+    config.push_layer(
+        built.diff_id.clone(),
+        created,
+        format!("fnbuild: root filesystem from {}", dir.display()),
+    );
+    let config_bytes = config.to_bytes();
+    let config_digest: Digest = cache.blobs().insert_bytes(&config_bytes)?;
+    let family = MediaFamily::Oci;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(family.manifest().to_string()),
+        config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
+        layers: vec![Descriptor::new(
+            family.layer_gzip(),
+            built.digest,
+            built.size,
+        )],
+        annotations: Default::default(),
+    };
+    Ok((manifest, config))
+}

@@ -1,0 +1,401 @@
+//! The build: the one place that knows the whole path from a function's source to a
+//! published image (see DESIGN.md). Source → workspace; runtime → base image (manifest and
+//! config only); deps → cached deps layer; code → code layer; config and manifest derived from
+//! the base's; then every output receives the image.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::cache::Cache;
+use crate::deps::{self, DepsFiles, Installer};
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::handler_check;
+use crate::image::config::rfc3339;
+use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
+use crate::image::{Descriptor, ImageConfig, Manifest};
+use crate::registry::Registries;
+use crate::rootfs;
+use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
+use crate::source::{self, FetchOptions, SourceSpec, Workspace};
+use crate::transport::publish::{publish, BuiltImage};
+use crate::transport::{Location, SourceImage};
+
+/// Bumped when the deps layer's content for the same inputs changes, to retire cache entries.
+const DEPS_LAYER_FORMAT: &str = "1";
+/// The port the runtime servers listen on unless `PORT` says otherwise.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// Everything a build needs to know, as the CLI gathered it.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub source: SourceSpec,
+    pub checksum: Option<Digest>,
+    pub limits: source::Limits,
+    pub runtime: String,
+    pub handler: Handler,
+    pub dependencies: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub timeout_seconds: u32,
+    pub base_image: Option<Location>,
+    pub outputs: Vec<Location>,
+    pub installer: Installer,
+    /// Modification time of every layer entry and creation time of the image.
+    pub source_date_epoch: u64,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    pub digest: Digest,
+    /// Per output, the image by digest (`REF@sha256:...`).
+    pub published: Vec<String>,
+    pub source_revision: Option<String>,
+}
+
+/// The environment a build runs in.
+pub struct BuildContext<'a> {
+    pub catalog: &'a Catalog,
+    pub registries: &'a Registries,
+    pub cache: &'a Cache,
+}
+
+pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<BuildOutcome> {
+    let started = Instant::now();
+    let resolved = ctx.catalog.resolve(&request.runtime)?;
+    if let Some(warning) = &resolved.alias_warning {
+        tracing::warn!("{warning}");
+    }
+    let runtime = resolved.runtime;
+    let language = runtime.language;
+
+    let workspace = source::fetch(
+        &request.source,
+        &FetchOptions {
+            checksum: request.checksum.clone(),
+            limits: request.limits,
+            temp_parent: ctx.cache.root().join("tmp"),
+        },
+    )
+    .await?;
+    tracing::info!(source = %request.source, "fetched the function's source");
+    handler_check::check(&workspace.root, &request.handler, language)?;
+
+    let base_location = match &request.base_image {
+        Some(location) => location.clone(),
+        None => runtime.base_image_ref().parse()?,
+    };
+    let store = ctx.cache.blobs();
+    let base = SourceImage::load(&base_location, ctx.registries, &store)
+        .await
+        .map_err(|e| match e {
+            Error::Registry(inner) => Error::Image(format!(
+                "cannot read the base image {base_location} of runtime {}: {inner}",
+                runtime.name
+            )),
+            other => other,
+        })?;
+    tracing::info!(base = %base_location, digest = %base.digest, "read the base image's manifest and config");
+
+    let layer_options = LayerOptions {
+        mtime: request.source_date_epoch,
+        ..LayerOptions::default()
+    };
+    let deps_files = find_deps_files(request, &workspace, language)?;
+    let deps_layer = match &deps_files {
+        Some(files) if files.declares_dependencies()? => Some(
+            deps_layer(
+                files,
+                runtime,
+                &base,
+                request.installer,
+                &layer_options,
+                ctx,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let code_layer = code_layer(&workspace, deps_files.as_ref(), &layer_options, ctx.cache)?;
+
+    let image = assemble(
+        request,
+        runtime,
+        &base,
+        &base_location,
+        &workspace,
+        deps_layer.as_ref(),
+        &code_layer,
+        ctx.cache,
+    )?;
+    let published = publish(&image, &request.outputs, ctx.registries, &store).await?;
+    tracing::info!(digest = %image.digest, elapsed = ?started.elapsed(), "build finished");
+    Ok(BuildOutcome {
+        digest: image.digest,
+        published,
+        source_revision: workspace.origin.revision.clone(),
+    })
+}
+
+/// The deps file: `--dependencies`, else the runtime's deps file in the source, if any.
+fn find_deps_files(
+    request: &BuildRequest,
+    workspace: &Workspace,
+    language: Language,
+) -> Result<Option<DepsFiles>> {
+    let manifest = match &request.dependencies {
+        Some(path) => {
+            if !path.is_file() {
+                return Err(Error::Usage(format!(
+                    "--dependencies {}: no such file (expected a {} file)",
+                    path.display(),
+                    language.deps_file()
+                )));
+            }
+            path.clone()
+        }
+        None => {
+            let candidate = workspace.root.join(language.deps_file());
+            if !candidate.is_file() {
+                return Ok(None);
+            }
+            tracing::info!(
+                file = language.deps_file(),
+                "using the dependencies file found in the source"
+            );
+            candidate
+        }
+    };
+    let lock = manifest.with_file_name("package-lock.json");
+    let lock = (language == Language::Nodejs && lock.is_file()).then_some(lock);
+    Ok(Some(DepsFiles {
+        language,
+        manifest,
+        lock,
+    }))
+}
+
+/// The cache key of a deps layer: what the installed files depend on.
+fn deps_cache_key(
+    files: &DepsFiles,
+    runtime: &Runtime,
+    base: &SourceImage,
+    installer: Installer,
+) -> Result<Digest> {
+    let manifest = Digest::of_file(&files.manifest).io_context("read", &files.manifest)?;
+    let lock = match &files.lock {
+        Some(lock) => Some(Digest::of_file(lock).io_context("read", lock)?),
+        None => None,
+    };
+    let key = serde_json::json!({
+        "format": DEPS_LAYER_FORMAT,
+        "base": base.digest,
+        "runtime": runtime.name,
+        "deps": manifest,
+        "lock": lock,
+        "installer": installer,
+    });
+    Ok(Digest::of(key.to_string().as_bytes()))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DepsCacheEntry {
+    digest: Digest,
+    size: u64,
+    diff_id: Digest,
+}
+
+async fn deps_layer(
+    files: &DepsFiles,
+    runtime: &Runtime,
+    base: &SourceImage,
+    installer: Installer,
+    options: &LayerOptions,
+    ctx: &BuildContext<'_>,
+) -> Result<BuiltLayer> {
+    let key = deps_cache_key(files, runtime, base, installer)?;
+    let entry_path = ctx.cache.deps_entry(&key);
+    let store = ctx.cache.blobs();
+    if let Some(entry) = std::fs::read(&entry_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DepsCacheEntry>(&b).ok())
+    {
+        if store.contains(&entry.digest) {
+            tracing::info!(digest = %entry.digest, "deps layer cache hit: nothing to install");
+            return Ok(BuiltLayer {
+                digest: entry.digest,
+                size: entry.size,
+                diff_id: entry.diff_id,
+            });
+        }
+    }
+    tracing::info!(file = %files.manifest.display(), installer = ?installer, "deps layer cache miss: installing dependencies");
+    let started = Instant::now();
+    let base_rootfs = match installer {
+        Installer::Image => {
+            let layers = base.layer_paths(&store).await?;
+            Some(rootfs::ensure_unpacked(ctx.cache, &base.digest, &layers)?)
+        }
+        Installer::Host => None,
+    };
+    let work = ctx.cache.temp_dir("deps-")?;
+    let out = work.path().join("out");
+    let scratch = work.path().join("scratch");
+    for dir in [&out, &scratch] {
+        std::fs::create_dir(dir).io_context("create", dir)?;
+    }
+    let (files, version, out_dir, scratch_dir) = (
+        files.clone(),
+        runtime.version.clone(),
+        out.clone(),
+        scratch.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        deps::install(
+            installer,
+            &files,
+            &version,
+            base_rootfs.as_deref(),
+            &out_dir,
+            &scratch_dir,
+        )
+    })
+    .await
+    .expect("the install task does not panic")?;
+    tracing::info!(elapsed = ?started.elapsed(), "dependencies installed");
+    let entries = layer::entries_from_dir(&out, CODE_DIR, Attributes::Normalized, &|_| false)?;
+    let built = layer::write_layer(entries, options, &store)?;
+    let entry = DepsCacheEntry {
+        digest: built.digest.clone(),
+        size: built.size,
+        diff_id: built.diff_id.clone(),
+    };
+    std::fs::write(
+        &entry_path,
+        serde_json::to_vec(&entry).expect("a cache entry serializes"),
+    )
+    .io_context("write", &entry_path)?;
+    Ok(built)
+}
+
+/// The code layer: the workspace at the code directory, plus a deps file given from elsewhere.
+fn code_layer(
+    workspace: &Workspace,
+    deps: Option<&DepsFiles>,
+    options: &LayerOptions,
+    cache: &Cache,
+) -> Result<BuiltLayer> {
+    let skip = |p: &Path| p == Path::new(".git");
+    let mut entries =
+        layer::entries_from_dir(&workspace.root, CODE_DIR, Attributes::Normalized, &skip)?;
+    if let Some(files) = deps {
+        if !files.manifest.starts_with(&workspace.root) {
+            let bytes = std::fs::read(&files.manifest).io_context("read", &files.manifest)?;
+            entries.push(Entry::file(
+                format!(
+                    "{}/{}",
+                    CODE_DIR.trim_start_matches('/'),
+                    files.language.deps_file()
+                ),
+                0o644,
+                bytes,
+            ));
+        }
+    }
+    layer::write_layer(entries, options, &cache.blobs())
+}
+
+/// The function image's config and manifest, derived from the base's.
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    request: &BuildRequest,
+    runtime: &Runtime,
+    base: &SourceImage,
+    base_location: &Location,
+    workspace: &Workspace,
+    deps_layer: Option<&BuiltLayer>,
+    code_layer: &BuiltLayer,
+    cache: &Cache,
+) -> Result<BuiltImage> {
+    let family = base.manifest.family()?;
+    let created = rfc3339(request.source_date_epoch);
+    let mut config: ImageConfig = base.config.clone();
+    config.created = Some(created.clone());
+    let timeout = request.timeout_seconds.to_string();
+    let port = DEFAULT_PORT.to_string();
+    config.set_env([
+        ("FUNC_HANDLER", request.handler.function.as_str()),
+        ("MOD_NAME", request.handler.module.as_str()),
+        ("FUNC_RUNTIME", runtime.name.as_str()),
+        ("FUNC_TIMEOUT", timeout.as_str()),
+        ("FUNC_PORT", port.as_str()),
+    ]);
+    config.set_env(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    config.set_labels(request.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    config.expose_tcp_port(DEFAULT_PORT);
+    config.config.working_dir = Some(CODE_DIR.to_string());
+    if config
+        .config
+        .user
+        .as_deref()
+        .is_none_or(|u| u.is_empty() || u == "root" || u == "0")
+    {
+        config.config.user = Some("1000:1000".to_string());
+    }
+    if let Some(deps) = deps_layer {
+        config.push_layer(
+            deps.diff_id.clone(),
+            &created,
+            format!("fnbuild: {} dependencies", runtime.language),
+        );
+    }
+    config.push_layer(
+        code_layer.diff_id.clone(),
+        &created,
+        format!("fnbuild: function code, handler {}", request.handler),
+    );
+
+    let store = cache.blobs();
+    let config_bytes = config.to_bytes();
+    let config_digest = store.insert_bytes(&config_bytes)?;
+    let mut layers = base.manifest.layers.clone();
+    for built in deps_layer.into_iter().chain(std::iter::once(code_layer)) {
+        layers.push(Descriptor::new(
+            family.layer_gzip(),
+            built.digest.clone(),
+            built.size,
+        ));
+    }
+    let mut annotations = std::collections::BTreeMap::new();
+    if family == crate::image::MediaFamily::Oci {
+        annotations.insert("org.opencontainers.image.created".to_string(), created);
+        annotations.insert(
+            "org.opencontainers.image.base.digest".to_string(),
+            base.digest.to_string(),
+        );
+        if let Location::Registry(reference) = base_location {
+            annotations.insert(
+                "org.opencontainers.image.base.name".to_string(),
+                reference.to_string(),
+            );
+        }
+        if let Some(url) = &workspace.origin.url {
+            annotations.insert("org.opencontainers.image.source".to_string(), url.clone());
+        }
+        if let Some(revision) = &workspace.origin.revision {
+            annotations.insert(
+                "org.opencontainers.image.revision".to_string(),
+                revision.clone(),
+            );
+        }
+    }
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(family.manifest().to_string()),
+        config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
+        layers,
+        annotations,
+    };
+    Ok(BuiltImage::new(manifest, Some(base.blobs.clone())))
+}

@@ -1,0 +1,217 @@
+//! The command line: clap definitions only. Kaniko's and Kubeless's names for the same flags
+//! are accepted as aliases (`--destination`, `--from-file`, `--runtime-image`, ...).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::deps::Installer;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fnbuild",
+    version,
+    about = "Builds Kubeless-interface function images and pushes them to a registry, without a Docker daemon",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: text for people, json for build systems.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FNBUILD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "FNBUILD_LOG",
+        alias = "verbosity"
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a function image from source and publish it.
+    Build(BuildArgs),
+    /// Make a runtime base image: an upstream language image plus the runtime server.
+    Base(BaseArgs),
+    /// Run a function image locally (under runc) until interrupted.
+    Run(RunArgs),
+    /// List the runtimes fnbuild builds for.
+    Runtimes(RuntimesArgs),
+    /// Internal: runs a command inside a root filesystem (used for dependency installs).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox { spec: String },
+}
+
+/// Flags for every command that talks to a registry.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// A registry (HOST:PORT) reached over plain HTTP or TLS without verification. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+
+    /// A PEM file of CA certificates to trust for registries, besides the system's. Repeatable.
+    #[arg(
+        long = "registry-ca",
+        value_name = "FILE",
+        alias = "registry-certificate"
+    )]
+    pub registry_ca: Vec<PathBuf>,
+
+    /// Directory (or file) with the Docker config.json holding registry credentials
+    /// [default: $DOCKER_CONFIG, else $HOME/.docker].
+    #[arg(long, value_name = "DIR")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Cache directory for blobs, unpacked base images and deps layers
+    /// [default: $XDG_CACHE_HOME/fnbuild or $HOME/.cache/fnbuild].
+    #[arg(long, value_name = "DIR", env = "FNBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// A runtime catalog file replacing the embedded one (see `fnbuild runtimes -o json`).
+    #[arg(long, value_name = "FILE", env = "FNBUILD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The function's source: a directory, a file, an archive (.zip, .tar, .tar.gz, .tgz,
+    /// .tar.bz2, .tar.xz), an http(s) URL of one, or - for a tar on stdin.
+    #[arg(
+        long,
+        short = 's',
+        value_name = "SRC",
+        alias = "from-file",
+        alias = "context"
+    )]
+    pub source: String,
+
+    /// sha256:HEX the source file or archive must have.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub checksum: Option<String>,
+
+    /// The runtime (see `fnbuild runtimes`); Kubeless names such as python3.7 or nodejs14 are
+    /// accepted.
+    #[arg(long, short = 'r')]
+    pub runtime: String,
+
+    /// MODULE.FUNCTION, e.g. hello.handler for `def handler(event, context)` in hello.py.
+    #[arg(long)]
+    pub handler: String,
+
+    /// The dependencies file (requirements.txt or package.json) [default: the one in the source].
+    #[arg(long, short = 'd', value_name = "FILE")]
+    pub dependencies: Option<PathBuf>,
+
+    /// An environment variable for the function, K=V (or K:V). Repeatable.
+    #[arg(long, short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// An image label, k=v, k:v or a bare k. Repeatable.
+    #[arg(long, short = 'l', value_name = "K=V")]
+    pub label: Vec<String>,
+
+    /// Seconds a call may take before the runtime answers 408 (FUNC_TIMEOUT).
+    #[arg(long, default_value_t = 180, value_name = "SECONDS")]
+    pub timeout: u32,
+
+    /// The runtime base image, replacing the catalog's: REF or oci:DIR[:TAG].
+    #[arg(long, value_name = "REF", alias = "runtime-image")]
+    pub base_image: Option<String>,
+
+    /// Where to push the image: REGISTRY/REPO[:TAG]. Repeatable.
+    #[arg(long, value_name = "REF", alias = "destination")]
+    pub image: Vec<String>,
+
+    /// Write the image to an OCI layout (oci:DIR[:TAG]) or a tarball (tar:FILE). Repeatable.
+    #[arg(long, value_name = "oci:DIR|tar:FILE")]
+    pub output: Vec<String>,
+
+    /// Write the image digest (sha256:...) here once the image is published.
+    #[arg(long, value_name = "FILE")]
+    pub digest_file: Option<PathBuf>,
+
+    /// Write the image reference by digest (REF@sha256:...) here once the image is published.
+    #[arg(long, value_name = "FILE", alias = "image-name-with-digest-file")]
+    pub image_ref_file: Option<PathBuf>,
+
+    /// Who installs dependencies: the base image's own interpreter (image) or this machine's
+    /// pip/npm (host).
+    #[arg(long, value_enum, default_value_t = Installer::Image)]
+    pub deps_installer: Installer,
+
+    /// Largest source, in bytes, once fetched and unpacked.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
+    pub max_source_size: u64,
+
+    /// Most files a source may unpack to.
+    #[arg(long, default_value_t = 100_000, value_name = "COUNT")]
+    pub max_source_files: u64,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BaseArgs {
+    /// The runtime this base image serves (see `fnbuild runtimes`).
+    #[arg(long, short = 'r')]
+    pub runtime: String,
+
+    /// The upstream language image: REF, oci:DIR[:TAG], or rootfs:DIR for a root filesystem
+    /// directory (e.g. made with debootstrap).
+    #[arg(long, value_name = "UPSTREAM")]
+    pub from: String,
+
+    /// Where to publish: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
+    #[arg(long, value_name = "REF", alias = "destination", required = true)]
+    pub image: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The function image: REF or oci:DIR[:TAG].
+    pub image: String,
+
+    /// The port the function answers on (localhost:PORT).
+    #[arg(long, short = 'p', default_value_t = 8080)]
+    pub port: u16,
+
+    /// An environment variable, K=V. Repeatable.
+    #[arg(long, short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimesArgs {
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = ListFormat::Table)]
+    pub output: ListFormat,
+
+    /// A runtime catalog file replacing the embedded one.
+    #[arg(long, value_name = "FILE", env = "FNBUILD_CATALOG")]
+    pub catalog: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}

@@ -1,0 +1,357 @@
+//! The command-line edge: parses arguments, sets up logging, turns flag values into library
+//! requests, runs them, prints results to stdout and errors to stderr, and maps failures to
+//! exit codes (0 success, 1 build failure, 2 usage error).
+
+mod args;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::base::{make_base, BaseRequest};
+use crate::build::{build, BuildContext, BuildRequest};
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::registry::{Registries, TransportOptions};
+use crate::run::{run, RunRequest};
+use crate::runtime::{Catalog, CODE_DIR};
+use crate::source::Limits;
+use crate::transport::Location;
+use args::{
+    BaseArgs, BuildArgs, Cli, Command, ListFormat, LogFormat, RegistryArgs, RunArgs, RuntimesArgs,
+};
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Sandbox { spec } = &cli.command {
+        let err = crate::sandbox::enter_and_exec(spec);
+        eprintln!("error: {err}");
+        return ExitCode::from(1);
+    }
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err, cli.log_format);
+            ExitCode::from(if err.is_usage() { 2 } else { 1 })
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(color).with_target(false).compact().init()
+        }
+    }
+}
+
+fn report(err: &Error, format: LogFormat) {
+    match format {
+        LogFormat::Json => tracing::error!(error = %err, "fnbuild failed"),
+        LogFormat::Text => {
+            let mut message = format!("error: {err}");
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                message.push_str(&format!("\n  caused by: {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{message}");
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Build(args) => run_build(args).await,
+        Command::Base(args) => run_base(args).await,
+        Command::Run(args) => run_image(args).await,
+        Command::Runtimes(args) => list_runtimes(args),
+        Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
+    }
+}
+
+/// The registry clients and cache every registry-facing command uses.
+fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
+    let registries = Registries::new(&TransportOptions {
+        insecure_registries: args.insecure_registries.clone(),
+        ca_certs: args.registry_ca.clone(),
+        docker_config: args.docker_config.clone(),
+    })?;
+    let cache = Cache::open(&args.cache_dir.clone().unwrap_or_else(Cache::default_root))?;
+    let catalog = Catalog::load(args.catalog.as_deref())?;
+    Ok((registries, cache, catalog))
+}
+
+async fn run_build(args: BuildArgs) -> Result<ExitCode> {
+    let (registries, cache, catalog) = setup(&args.registry)?;
+    let mut outputs = Vec::new();
+    for image in &args.image {
+        match image.parse::<Location>()? {
+            location @ Location::Registry(_) => outputs.push(location),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--image {image}: use --output for oci: and tar: outputs"
+                )))
+            }
+        }
+    }
+    for output in &args.output {
+        match output.parse::<Location>()? {
+            Location::Registry(_) => return Err(Error::Usage(format!(
+                "--output {output}: expected oci:DIR[:TAG] or tar:FILE; use --image for a registry"
+            ))),
+            location => outputs.push(location),
+        }
+    }
+    if outputs.is_empty() {
+        return Err(Error::Usage(
+            "nothing to publish to: give --image REF (repeatable), or --output oci:DIR / tar:FILE"
+                .into(),
+        ));
+    }
+    let request = BuildRequest {
+        source: args.source.parse()?,
+        checksum: args
+            .checksum
+            .as_deref()
+            .map(|c| {
+                c.parse()
+                    .map_err(|e| Error::Usage(format!("--checksum: {e}")))
+            })
+            .transpose()?,
+        limits: Limits {
+            max_bytes: args.max_source_size,
+            max_entries: args.max_source_files,
+        },
+        runtime: args.runtime.clone(),
+        handler: args.handler.parse()?,
+        dependencies: args.dependencies.clone(),
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_key_value("--env", e, false))
+            .collect::<Result<_>>()?,
+        labels: args
+            .label
+            .iter()
+            .map(|l| parse_key_value("--label", l, true))
+            .collect::<Result<_>>()?,
+        timeout_seconds: args.timeout,
+        base_image: args.base_image.as_deref().map(str::parse).transpose()?,
+        outputs,
+        installer: args.deps_installer,
+        source_date_epoch: source_date_epoch()?,
+    };
+    if request.timeout_seconds == 0 {
+        return Err(Error::Usage("--timeout must be at least 1 second".into()));
+    }
+    let outcome = build(
+        &request,
+        &BuildContext {
+            catalog: &catalog,
+            registries: &registries,
+            cache: &cache,
+        },
+    )
+    .await?;
+    if let Some(path) = &args.digest_file {
+        write_result(path, &outcome.digest.to_string())?;
+    }
+    if let Some(path) = &args.image_ref_file {
+        write_result(path, &outcome.published[0])?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    for reference in &outcome.published {
+        let _ = writeln!(stdout, "{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_base(args: BaseArgs) -> Result<ExitCode> {
+    let (registries, cache, catalog) = setup(&args.registry)?;
+    let resolved = catalog.resolve(&args.runtime)?;
+    let outputs = args
+        .image
+        .iter()
+        .map(|i| i.parse())
+        .collect::<Result<Vec<Location>>>()?;
+    let request = BaseRequest {
+        runtime: resolved.runtime,
+        upstream: args.from.parse()?,
+        outputs,
+        source_date_epoch: source_date_epoch()?,
+    };
+    for reference in make_base(&request, &registries, &cache).await? {
+        println!("{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_image(args: RunArgs) -> Result<ExitCode> {
+    let (registries, cache, _) = setup(&args.registry)?;
+    let request = RunRequest {
+        image: args.image.parse()?,
+        port: args.port,
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_key_value("--env", e, false))
+            .collect::<Result<_>>()?,
+    };
+    let code = run(&request, &registries, &cache).await?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn list_runtimes(args: RuntimesArgs) -> Result<ExitCode> {
+    let catalog = Catalog::load(args.catalog.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        ListFormat::Json => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&catalog).expect("the catalog serializes")
+            );
+        }
+        ListFormat::Table => {
+            let rows: Vec<[String; 6]> = catalog
+                .runtimes
+                .iter()
+                .map(|r| {
+                    [
+                        r.name.clone(),
+                        format!("{} {}", r.language, r.version),
+                        r.base_image_ref(),
+                        CODE_DIR.to_string(),
+                        format!("{CODE_DIR}/{}", r.language.deps_file()),
+                        r.aliases.join(","),
+                    ]
+                })
+                .collect();
+            let header = [
+                "NAME",
+                "VERSION",
+                "BASE IMAGE",
+                "CODE",
+                "DEPS",
+                "KUBELESS NAMES",
+            ]
+            .map(String::from);
+            let widths: Vec<usize> = (0..6)
+                .map(|i| {
+                    rows.iter()
+                        .chain([&header])
+                        .map(|r| r[i].len())
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            for row in std::iter::once(&header).chain(&rows) {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect();
+                let _ = writeln!(out, "{}", line.join("  ").trim_end());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `K=V` or `K:V` (Kubeless accepts both); with `bare_ok`, a bare `K` means an empty value.
+fn parse_key_value(flag: &str, raw: &str, bare_ok: bool) -> Result<(String, String)> {
+    let split = raw.split_once('=').or_else(|| raw.split_once(':'));
+    let (key, value) = match split {
+        Some((k, v)) => (k, v),
+        None if bare_ok => (raw, ""),
+        None => {
+            return Err(Error::Usage(format!(
+                "{flag} '{raw}': expected KEY=VALUE (or KEY:VALUE)"
+            )))
+        }
+    };
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err(Error::Usage(format!(
+            "{flag} '{raw}': the key must be non-empty and without spaces"
+        )));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// `SOURCE_DATE_EPOCH` (seconds), else 0: the time recorded in layers and configs.
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) if !value.is_empty() => value.parse().map_err(|_| {
+            Error::Usage(format!(
+                "SOURCE_DATE_EPOCH '{value}' is not a whole number of seconds"
+            ))
+        }),
+        _ => Ok(0),
+    }
+}
+
+/// Writes a result file (Tekton results, Kaniko's digest file) atomically.
+fn write_result(path: &Path, content: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let write = || -> std::io::Result<()> {
+        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+        temp.write_all(content.as_bytes())?;
+        temp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().map_err(|e| Error::Io {
+        action: "write result file",
+        path: path.to_path_buf(),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_accept_both_kubeless_forms() {
+        assert_eq!(
+            parse_key_value("--env", "A=b=c", false).unwrap(),
+            ("A".into(), "b=c".into())
+        );
+        assert_eq!(
+            parse_key_value("--env", "A:b", false).unwrap(),
+            ("A".into(), "b".into())
+        );
+        assert_eq!(
+            parse_key_value("--label", "tier", true).unwrap(),
+            ("tier".into(), String::new())
+        );
+        assert!(parse_key_value("--env", "A", false)
+            .unwrap_err()
+            .to_string()
+            .contains("expected KEY=VALUE"));
+    }
+}

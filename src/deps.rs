@@ -1,0 +1,440 @@
+//! Installing a function's dependencies (requirements.txt, package.json) into a directory that
+//! becomes the deps layer. By default the install runs inside the base image's own root
+//! filesystem with its own interpreter and package manager (`sandbox`), so native wheels and
+//! modules match the image; `--deps-installer host` uses this machine's pip or npm instead.
+//!
+//! The package managers' settings are passed through (index URL, proxy, CA bundle, pip.conf,
+//! .npmrc): copied into a scratch directory mounted at /tmp, never into the output.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, IoContext, Result};
+use crate::runtime::{Language, CODE_DIR};
+use crate::sandbox::{Bind, SandboxSpec};
+
+/// Lines of installer output kept for the error message of a failed install.
+const TAIL_LINES: usize = 30;
+
+/// Environment variables passed through to the installer as they are.
+const PASSTHROUGH_ENV: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_TRUSTED_HOST",
+    "PIP_DEFAULT_TIMEOUT",
+    "PIP_RETRIES",
+    "PIP_NO_BINARY",
+    "PIP_ONLY_BINARY",
+    "PIP_PREFER_BINARY",
+    "NPM_CONFIG_REGISTRY",
+    "NPM_CONFIG_STRICT_SSL",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+/// Variables naming a CA bundle; the first one set is copied in and all point at the copy.
+const CA_BUNDLE_ENV: &[&str] = &[
+    "PIP_CERT",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_CAFILE",
+];
+/// Kubeless's name for the npm registry setting.
+const KUBELESS_NPM_REGISTRY_ENV: &str = "NPM_REGISTRY";
+
+/// Which package manager installs the dependencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Installer {
+    /// The base image's own interpreter, run inside its root filesystem (chroot).
+    Image,
+    /// This machine's pip or npm.
+    Host,
+}
+
+/// The dependency files of a function.
+#[derive(Debug, Clone)]
+pub struct DepsFiles {
+    pub language: Language,
+    /// requirements.txt or package.json.
+    pub manifest: PathBuf,
+    /// package-lock.json next to package.json, if any.
+    pub lock: Option<PathBuf>,
+}
+
+impl DepsFiles {
+    /// Whether the file declares anything to install (an empty requirements.txt or a
+    /// package.json without dependencies needs no deps layer).
+    pub fn declares_dependencies(&self) -> Result<bool> {
+        let text = fs::read_to_string(&self.manifest).io_context("read", &self.manifest)?;
+        match self.language {
+            Language::Python => Ok(text
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .any(|l| !l.is_empty())),
+            Language::Nodejs => {
+                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    Error::Deps(format!(
+                        "{} is not valid JSON: {e}",
+                        self.manifest.display()
+                    ))
+                })?;
+                Ok(json
+                    .get("dependencies")
+                    .and_then(|d| d.as_object())
+                    .is_some_and(|d| !d.is_empty()))
+            }
+        }
+    }
+}
+
+/// Installs the dependencies into `out` (laid out as under /kubeless), using `scratch` for
+/// temporary files. `base_rootfs` is required for [`Installer::Image`].
+pub fn install(
+    installer: Installer,
+    files: &DepsFiles,
+    python_version: &str,
+    base_rootfs: Option<&Path>,
+    out: &Path,
+    scratch: &Path,
+) -> Result<()> {
+    let manifest_name = files.language.deps_file();
+    fs::copy(&files.manifest, out.join(manifest_name)).io_context("copy", &files.manifest)?;
+    if let Some(lock) = &files.lock {
+        fs::copy(lock, out.join("package-lock.json")).io_context("copy", lock)?;
+    }
+    let settings = Settings::collect(scratch)?;
+    let result =
+        match installer {
+            Installer::Image => {
+                let root = base_rootfs.expect("the image installer is given the base rootfs");
+                let spec = SandboxSpec {
+                    root: root.to_path_buf(),
+                    binds: vec![
+                        Bind {
+                            source: out.to_path_buf(),
+                            target: CODE_DIR.into(),
+                            read_only: false,
+                        },
+                        Bind {
+                            source: scratch.to_path_buf(),
+                            target: "/tmp".into(),
+                            read_only: false,
+                        },
+                        Bind {
+                            source: "/etc/resolv.conf".into(),
+                            target: "/etc/resolv.conf".into(),
+                            read_only: true,
+                        },
+                    ],
+                    workdir: CODE_DIR.into(),
+                    env: settings.env("/tmp"),
+                    args: install_args(files, CODE_DIR, None),
+                };
+                run_installer(spec.command()?, files.language, &settings)
+            }
+            Installer::Host => {
+                tracing::warn!(
+                "installing dependencies with this machine's {} (--deps-installer host): native \
+                 modules are built for this machine, not for the base image",
+                if files.language == Language::Python { "pip" } else { "npm" }
+            );
+                let mut command = Command::new(
+                    &install_args(files, &out.to_string_lossy(), Some(python_version))[0],
+                );
+                command
+                    .args(&install_args(files, &out.to_string_lossy(), Some(python_version))[1..])
+                    .current_dir(out)
+                    .envs(settings.env(&scratch.to_string_lossy()));
+                run_installer(command, files.language, &settings)
+            }
+        };
+    // The dependency files belong to the code layer, not the deps layer.
+    for name in [manifest_name, "package-lock.json"] {
+        let _ = fs::remove_file(out.join(name));
+    }
+    result
+}
+
+/// The install command. Python installs with `--target` into the Kubeless prefix's
+/// site-packages for the interpreter's own version (computed by that interpreter, or given for
+/// the host installer).
+fn install_args(files: &DepsFiles, code_dir: &str, python_version: Option<&str>) -> Vec<String> {
+    match files.language {
+        Language::Python => {
+            let pip = "--no-cache-dir --no-compile --disable-pip-version-check --no-warn-script-location \
+                       --no-input --progress-bar off";
+            let target = |version: &str| format!("{code_dir}/lib/python{version}/site-packages");
+            match python_version {
+                Some(version) => {
+                    let mut args = vec![
+                        "python3".into(),
+                        "-m".into(),
+                        "pip".into(),
+                        "install".into(),
+                    ];
+                    args.extend(pip.split_whitespace().map(String::from));
+                    args.extend([
+                        "--target".into(),
+                        target(version),
+                        "-r".into(),
+                        format!("{code_dir}/requirements.txt"),
+                    ]);
+                    args
+                }
+                None => {
+                    let script = format!(
+                        "import runpy, sys\n\
+                         version = '%d.%d' % sys.version_info[:2]\n\
+                         sys.argv = ['pip', 'install'] + {pip:?}.split() + ['--target', '{code_dir}/lib/python' + version + '/site-packages', '-r', '{code_dir}/requirements.txt']\n\
+                         runpy.run_module('pip', run_name='__main__', alter_sys=True)\n"
+                    );
+                    vec!["python3".into(), "-c".into(), script]
+                }
+            }
+        }
+        Language::Nodejs => {
+            let verb = if files.lock.is_some() {
+                "ci"
+            } else {
+                "install"
+            };
+            [
+                "npm",
+                verb,
+                "--omit=dev",
+                "--no-audit",
+                "--no-fund",
+                "--no-update-notifier",
+                "--loglevel=warn",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()
+        }
+    }
+}
+
+/// Package-manager settings taken from this process's environment and home directory.
+struct Settings {
+    pairs: Vec<(String, String)>,
+    /// Files copied into the scratch directory: (env var, file name).
+    files: Vec<(&'static str, &'static str)>,
+    /// Secrets that must not appear in installer output shown to the user.
+    secrets: Vec<String>,
+}
+
+impl Settings {
+    fn collect(scratch: &Path) -> Result<Self> {
+        let mut pairs: Vec<(String, String)> = PASSTHROUGH_ENV
+            .iter()
+            .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
+            .collect();
+        if let Ok(registry) = std::env::var(KUBELESS_NPM_REGISTRY_ENV) {
+            if std::env::var("NPM_CONFIG_REGISTRY").is_err() {
+                pairs.push(("NPM_CONFIG_REGISTRY".into(), registry));
+            }
+        }
+        let secrets = pairs.iter().filter_map(|(_, v)| url_password(v)).collect();
+        let mut files = Vec::new();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let copy = |from: &Path, name: &str| -> Result<()> {
+            let dest = scratch.join(name);
+            fs::copy(from, &dest).io_context("copy", from)?;
+            Ok(())
+        };
+        if let Some(ca) = CA_BUNDLE_ENV
+            .iter()
+            .find_map(|n| std::env::var_os(n))
+            .map(PathBuf::from)
+        {
+            if ca.is_file() {
+                copy(&ca, "fnbuild-ca.pem")?;
+                files.extend(CA_BUNDLE_ENV.iter().map(|n| (*n, "fnbuild-ca.pem")));
+            }
+        }
+        let pip_conf = std::env::var_os("PIP_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let home = home.as_ref()?;
+                [".config/pip/pip.conf", ".pip/pip.conf"]
+                    .iter()
+                    .map(|p| home.join(p))
+                    .find(|p| p.is_file())
+            });
+        if let Some(conf) = pip_conf.filter(|p| p.is_file()) {
+            copy(&conf, "fnbuild-pip.conf")?;
+            files.push(("PIP_CONFIG_FILE", "fnbuild-pip.conf"));
+        }
+        let npmrc = std::env::var_os("NPM_CONFIG_USERCONFIG")
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(".npmrc")));
+        if let Some(rc) = npmrc.filter(|p| p.is_file()) {
+            copy(&rc, "fnbuild-npmrc")?;
+            files.push(("NPM_CONFIG_USERCONFIG", "fnbuild-npmrc"));
+        }
+        Ok(Self {
+            pairs,
+            files,
+            secrets,
+        })
+    }
+
+    /// The installer's environment, with copied files under `scratch_in_view` (the scratch
+    /// directory as the installer sees it).
+    fn env(&self, scratch_in_view: &str) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
+            ("HOME".to_string(), scratch_in_view.to_string()),
+            ("TMPDIR".to_string(), scratch_in_view.to_string()),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+            ("PIP_BREAK_SYSTEM_PACKAGES".to_string(), "1".to_string()),
+            ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+            (
+                "NPM_CONFIG_CACHE".to_string(),
+                format!("{scratch_in_view}/npm-cache"),
+            ),
+            (
+                "NPM_CONFIG_UPDATE_NOTIFIER".to_string(),
+                "false".to_string(),
+            ),
+        ];
+        env.extend(self.pairs.iter().cloned());
+        for (name, file) in &self.files {
+            env.push((name.to_string(), format!("{scratch_in_view}/{file}")));
+        }
+        env
+    }
+
+    fn redact(&self, line: &str) -> String {
+        self.secrets.iter().fold(line.to_string(), |acc, secret| {
+            acc.replace(secret.as_str(), "****")
+        })
+    }
+}
+
+/// The password in a `scheme://user:password@host` URL, if any.
+fn url_password(value: &str) -> Option<String> {
+    let rest = value.split_once("://")?.1;
+    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+/// Runs the installer, logging its output and returning its tail on failure.
+fn run_installer(mut command: Command, language: Language, settings: &Settings) -> Result<()> {
+    let tool = match language {
+        Language::Python => "pip",
+        Language::Nodejs => "npm",
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|e| Error::Deps(format!("cannot start {tool} to install dependencies: {e}")))?;
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let tail = tail.clone();
+        let secrets = settings.secrets.clone();
+        std::thread::spawn(move || {
+            let redactor = Settings {
+                pairs: Vec::new(),
+                files: Vec::new(),
+                secrets,
+            };
+            for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
+                let line = redactor.redact(&line);
+                tracing::debug!(target: "fnbuild::deps::output", "{line}");
+                let mut tail = tail.lock().unwrap();
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        })
+    })
+    .collect();
+    let status = child
+        .wait()
+        .map_err(|e| Error::Deps(format!("{tool} did not finish: {e}")))?;
+    for reader in readers {
+        let _ = reader.join();
+    }
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.lock().unwrap().iter().cloned().collect();
+    Err(Error::Deps(format!(
+        "installing the function's dependencies with {tool} failed ({status}); its last output:\n  {}",
+        tail.join("\n  ")
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_requirements_declare_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("requirements.txt");
+        fs::write(&file, "# nothing\n\n").unwrap();
+        let files = DepsFiles {
+            language: Language::Python,
+            manifest: file.clone(),
+            lock: None,
+        };
+        assert!(!files.declares_dependencies().unwrap());
+        fs::write(&file, "requests==2.32.3 # http\n").unwrap();
+        assert!(files.declares_dependencies().unwrap());
+    }
+
+    #[test]
+    fn package_json_without_dependencies_declares_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("package.json");
+        fs::write(&file, r#"{"name":"f","devDependencies":{"x":"1"}}"#).unwrap();
+        let files = DepsFiles {
+            language: Language::Nodejs,
+            manifest: file.clone(),
+            lock: None,
+        };
+        assert!(!files.declares_dependencies().unwrap());
+        fs::write(&file, r#"{"dependencies":{"left-pad":"1.3.0"}}"#).unwrap();
+        assert!(files.declares_dependencies().unwrap());
+    }
+
+    #[test]
+    fn url_passwords_are_found_for_redaction() {
+        assert_eq!(
+            url_password("https://bob:t0ken@pypi.local/simple").as_deref(),
+            Some("t0ken")
+        );
+        assert_eq!(url_password("https://pypi.local/simple"), None);
+    }
+}

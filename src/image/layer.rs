@@ -1,0 +1,367 @@
+//! Reproducible layers: a list of entries (directories, files, symlinks) written as one sorted
+//! tar stream with fixed owners, modes and times, gzip-compressed on the way to the blob store.
+//! The uncompressed digest (diff ID) and the compressed digest are both computed in the same
+//! single pass, so a layer of any size needs only a small, fixed amount of memory.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::cache::BlobStore;
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{Error, IoContext, Result};
+
+/// What one entry of a layer holds.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Directory,
+    /// A file whose content is read from this path when the layer is written.
+    File(PathBuf),
+    /// A file whose content is given here.
+    Bytes(Vec<u8>),
+    Symlink(PathBuf),
+}
+
+/// One entry of a layer, at a path relative to the image root (no leading `/`).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: String,
+    pub mode: u32,
+    pub content: Content,
+    /// Owner (uid, gid); `None` takes the layer's default owner.
+    pub owner: Option<(u64, u64)>,
+}
+
+impl Entry {
+    pub fn directory(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            mode: 0o755,
+            content: Content::Directory,
+            owner: None,
+        }
+    }
+
+    pub fn file(path: impl Into<String>, mode: u32, bytes: Vec<u8>) -> Self {
+        Self {
+            path: path.into(),
+            mode,
+            content: Content::Bytes(bytes),
+            owner: None,
+        }
+    }
+}
+
+/// How entries are written: who owns them and when they were made.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerOptions {
+    /// Modification time of every entry (seconds since the epoch; `SOURCE_DATE_EPOCH`).
+    pub mtime: u64,
+    pub uid: u64,
+    pub gid: u64,
+    pub compression: Compression,
+}
+
+impl Default for LayerOptions {
+    fn default() -> Self {
+        Self {
+            mtime: 0,
+            uid: 0,
+            gid: 0,
+            compression: Compression::new(6),
+        }
+    }
+}
+
+/// A layer stored in the blob store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltLayer {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// Digest of the uncompressed tar stream.
+    pub diff_id: Digest,
+}
+
+/// The directory entries leading to `prefix` (`a/b` gives `a` and `a/b`).
+pub fn parent_dirs(prefix: &str) -> Vec<Entry> {
+    let mut dirs = Vec::new();
+    let mut path = String::new();
+    for part in prefix.split('/').filter(|p| !p.is_empty()) {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(part);
+        dirs.push(Entry::directory(path.clone()));
+    }
+    dirs
+}
+
+/// How `entries_from_dir` treats modes and owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attributes {
+    /// 0755 for directories and executable files, 0644 for other files, the layer's owner:
+    /// for function code and deps, whose on-disk modes are accidents of a checkout.
+    Normalized,
+    /// Modes (setuid, sticky bits included) and owners as on disk: for a whole root filesystem.
+    Preserved,
+}
+
+/// Every file, directory and symlink below `src`, placed under `prefix`; `skip` names
+/// relative paths (files or whole directories) to leave out.
+pub fn entries_from_dir(
+    src: &Path,
+    prefix: &str,
+    attributes: Attributes,
+    skip: &dyn Fn(&Path) -> bool,
+) -> Result<Vec<Entry>> {
+    let mut entries = parent_dirs(prefix);
+    let prefix = prefix.trim_matches('/');
+    let walker = Walker {
+        root: src,
+        prefix,
+        attributes,
+        skip,
+    };
+    walker.walk(Path::new(""), &mut entries)?;
+    Ok(entries)
+}
+
+struct Walker<'a> {
+    root: &'a Path,
+    prefix: &'a str,
+    attributes: Attributes,
+    skip: &'a dyn Fn(&Path) -> bool,
+}
+
+impl Walker<'_> {
+    fn walk(&self, relative: &Path, entries: &mut Vec<Entry>) -> Result<()> {
+        let (root, prefix, skip) = (self.root, self.prefix, self.skip);
+        let dir = root.join(relative);
+        let listing = fs::read_dir(&dir).io_context("read directory", &dir)?;
+        for item in listing {
+            let item = item.io_context("read directory", &dir)?;
+            let rel = relative.join(item.file_name());
+            if skip(&rel) {
+                continue;
+            }
+            let full = root.join(&rel);
+            let meta = fs::symlink_metadata(&full).io_context("read", &full)?;
+            let path = join_image_path(prefix, &rel)?;
+            let kind = meta.file_type();
+            let preserved = self.attributes == Attributes::Preserved;
+            let owner = preserved.then(|| (u64::from(meta.uid()), u64::from(meta.gid())));
+            let mode = |normalized: u32| {
+                if preserved {
+                    meta.mode() & 0o7777
+                } else {
+                    normalized
+                }
+            };
+            let (mode, content) = if kind.is_symlink() {
+                let target = fs::read_link(&full).io_context("read symlink", &full)?;
+                (0o777, Content::Symlink(target))
+            } else if kind.is_dir() {
+                (mode(0o755), Content::Directory)
+            } else if kind.is_file() {
+                let executable = meta.permissions().mode() & 0o111 != 0;
+                (
+                    mode(if executable { 0o755 } else { 0o644 }),
+                    Content::File(full),
+                )
+            } else {
+                // Sockets, FIFOs and devices: the container runtime provides /dev; left out.
+                continue;
+            };
+            let is_dir = matches!(content, Content::Directory);
+            entries.push(Entry {
+                path,
+                mode,
+                content,
+                owner,
+            });
+            if is_dir {
+                self.walk(&rel, entries)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join_image_path(prefix: &str, rel: &Path) -> Result<String> {
+    let rel = rel.to_str().ok_or_else(|| {
+        Error::Source(format!(
+            "file name {} is not valid UTF-8; image layers need UTF-8 paths",
+            rel.display()
+        ))
+    })?;
+    Ok(if prefix.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{prefix}/{rel}")
+    })
+}
+
+/// Writes the entries, sorted by path, as a gzip-compressed layer into the blob store.
+pub fn write_layer(
+    mut entries: Vec<Entry>,
+    options: &LayerOptions,
+    store: &BlobStore,
+) -> Result<BuiltLayer> {
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+
+    let blob = store.writer()?;
+    let gzip = GzEncoder::new(blob, options.compression);
+    let mut tar = tar::Builder::new(HashingWriter::new(gzip));
+    for entry in &entries {
+        append_entry(&mut tar, entry, options)?;
+    }
+    let tar_out = tar.into_inner().io_context("write layer", "(tar stream)")?;
+    let (diff_id, _, gzip) = tar_out.finish();
+    let blob = gzip
+        .finish()
+        .io_context("compress layer", "(gzip stream)")?;
+    let (digest, size) = blob.commit()?;
+    Ok(BuiltLayer {
+        digest,
+        size,
+        diff_id,
+    })
+}
+
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    entry: &Entry,
+    options: &LayerOptions,
+) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    let (uid, gid) = entry.owner.unwrap_or((options.uid, options.gid));
+    header.set_mtime(options.mtime);
+    header.set_uid(uid);
+    header.set_gid(gid);
+    header.set_mode(entry.mode);
+    let written = match &entry.content {
+        Content::Directory => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{}/", entry.path), io::empty())
+        }
+        Content::Bytes(bytes) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            tar.append_data(&mut header, &entry.path, bytes.as_slice())
+        }
+        Content::File(source) => {
+            let file = fs::File::open(source).io_context("read", source)?;
+            let size = file.metadata().io_context("read", source)?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(size);
+            // `take` guards against a file that grows while it is read: the header's size wins.
+            tar.append_data(&mut header, &entry.path, file.take(size))
+        }
+        Content::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, &entry.path, target)
+        }
+    };
+    written.io_context("add to layer", &entry.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Cache;
+
+    fn read_layer(store: &BlobStore, layer: &BuiltLayer) -> Vec<(String, u32, u64, Vec<u8>)> {
+        let file = fs::File::open(store.path(&layer.digest)).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = e.path().unwrap().to_string_lossy().into_owned();
+                let mode = e.header().mode().unwrap();
+                let mtime = e.header().mtime().unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (path, mode, mtime, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn layer_from_dir_is_sorted_normalised_and_reproducible() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("b.py"), "print(1)").unwrap();
+        fs::create_dir(src.path().join("a")).unwrap();
+        fs::write(src.path().join("a/run.sh"), "#!/bin/sh").unwrap();
+        fs::set_permissions(
+            src.path().join("a/run.sh"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        fs::write(src.path().join("skip.me"), "x").unwrap();
+        std::os::unix::fs::symlink("b.py", src.path().join("link.py")).unwrap();
+
+        let cache_dir = tempfile::tempdir().unwrap();
+        let store = Cache::open(cache_dir.path()).unwrap().blobs();
+        let skip = |p: &Path| p == Path::new("skip.me");
+        let options = LayerOptions {
+            mtime: 42,
+            ..LayerOptions::default()
+        };
+        let build = || {
+            let entries =
+                entries_from_dir(src.path(), "kubeless", Attributes::Normalized, &skip).unwrap();
+            write_layer(entries, &options, &store).unwrap()
+        };
+        let first = build();
+        // Touch the files: times and permissions on disk must not change the layer.
+        fs::set_permissions(src.path().join("b.py"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(build(), first);
+
+        let entries = read_layer(&store, &first);
+        let paths: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "kubeless/",
+                "kubeless/a/",
+                "kubeless/a/run.sh",
+                "kubeless/b.py",
+                "kubeless/link.py"
+            ]
+        );
+        assert_eq!(entries[2].1, 0o755);
+        assert_eq!(entries[3].1, 0o644);
+        assert_eq!(entries[3].3, b"print(1)");
+        assert!(entries.iter().all(|e| e.2 == 42));
+    }
+
+    #[test]
+    fn diff_id_is_the_digest_of_the_uncompressed_stream() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let store = Cache::open(cache_dir.path()).unwrap().blobs();
+        let layer = write_layer(
+            vec![Entry::file("x", 0o644, b"abc".to_vec())],
+            &LayerOptions::default(),
+            &store,
+        )
+        .unwrap();
+        let file = fs::File::open(store.path(&layer.digest)).unwrap();
+        let (diff_id, _) = Digest::of_reader(flate2::read::GzDecoder::new(file)).unwrap();
+        assert_eq!(diff_id, layer.diff_id);
+        assert_eq!(
+            fs::metadata(store.path(&layer.digest)).unwrap().len(),
+            layer.size
+        );
+    }
+}

@@ -1,0 +1,26 @@
+//! fnbuild: builds images that serve the Kubeless function interface and pushes them to an OCI
+//! registry without a Docker daemon.
+//!
+//! The path of a build (see `build`): a `source` is fetched into a workspace, the `runtime`
+//! catalog names the base image, `deps` are installed inside the base image's own root
+//! filesystem, `image` makes the deps and code layers and the new config and manifest, and an
+//! output (a `registry`, an OCI layout or a tarball, see `transport`) receives the result.
+
+pub mod base;
+pub mod build;
+pub mod cache;
+pub mod cli;
+pub mod deps;
+pub mod digest;
+pub mod error;
+pub mod handler_check;
+pub mod image;
+pub mod registry;
+pub mod rootfs;
+pub mod run;
+pub mod runtime;
+pub mod sandbox;
+pub mod source;
+pub mod transport;
+
+pub use error::{Error, Result};

@@ -1,0 +1,325 @@
+//! Unpacking image layers into a root filesystem, as a container runtime would: layers in
+//! order, whiteouts (`.wh.NAME`, `.wh..wh..opq`) honoured, owners and modes kept. Paths are
+//! resolved inside the root (a symlink to `/usr` means the root's `/usr`, never the host's),
+//! so no layer can write outside it. A rootfs is unpacked once per key into the cache and
+//! reused; it is made under a temporary name and moved into place when complete.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// Symlinks followed while resolving one path before giving up (as Linux does).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// Returns the root filesystem unpacked from `layers` (compressed or plain tar files, in
+/// order), unpacking it into the cache under `key` the first time.
+pub fn ensure_unpacked(cache: &Cache, key: &Digest, layers: &[PathBuf]) -> Result<PathBuf> {
+    let dest = cache.rootfs_dir(key);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let temp = cache.temp_dir("rootfs-")?;
+    let root = temp.path().join("root");
+    fs::create_dir(&root).io_context("create", &root)?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
+        .io_context("set mode of", &root)?;
+    let started = std::time::Instant::now();
+    for layer in layers {
+        apply_layer(layer, &root)?;
+    }
+    match fs::rename(&root, &dest) {
+        Ok(()) => {}
+        // Another build unpacked the same image meanwhile: use theirs.
+        Err(_) if dest.is_dir() => {}
+        Err(e) => return Err(e).io_context("move rootfs into place at", &dest),
+    }
+    tracing::info!(layers = layers.len(), elapsed = ?started.elapsed(), "unpacked image root filesystem");
+    Ok(dest)
+}
+
+/// Applies one layer (gzip-compressed or plain tar) on top of `root`.
+pub fn apply_layer(layer: &Path, root: &Path) -> Result<()> {
+    let file = fs::File::open(layer).io_context("open layer", layer)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let head = reader.fill_buf().io_context("read layer", layer)?;
+    let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(Error::Image(format!(
+            "layer {} is zstd-compressed; fnbuild reads gzip and plain tar layers",
+            layer.display()
+        )));
+    } else {
+        Box::new(reader)
+    };
+    let mut archive = tar::Archive::new(stream);
+    let bad = |e: std::io::Error| {
+        Error::Image(format!(
+            "layer {} is not a readable tar: {e}",
+            layer.display()
+        ))
+    };
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.into_owned();
+        apply_entry(&mut entry, &path, root).map_err(|e| match e {
+            Error::Io {
+                action,
+                path: p,
+                source,
+            } => Error::Image(format!(
+                "layer {}: entry {}: cannot {action} {}: {source}",
+                layer.display(),
+                path.display(),
+                p.display()
+            )),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_entry<R: Read>(entry: &mut tar::Entry<R>, path: &Path, root: &Path) -> Result<()> {
+    let Some((parent_rel, name)) = split_entry_path(path) else {
+        return Ok(()); // the root itself ("./")
+    };
+    let parent = resolve_in_root(root, &parent_rel)?;
+    let name_str = name.to_string_lossy();
+    if name_str == OPAQUE_WHITEOUT {
+        for child in fs::read_dir(&parent).io_context("read directory", &parent)? {
+            let child = child.io_context("read directory", &parent)?;
+            remove_any(&child.path())?;
+        }
+        return Ok(());
+    }
+    if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+        let victim = parent.join(hidden);
+        if fs::symlink_metadata(&victim).is_ok() {
+            remove_any(&victim)?;
+        }
+        return Ok(());
+    }
+    let target = parent.join(&name);
+    let header = entry.header();
+    let mode = header.mode().unwrap_or(0o644) & 0o7777;
+    let (uid, gid) = (
+        header.uid().unwrap_or(0) as u32,
+        header.gid().unwrap_or(0) as u32,
+    );
+    let existing = fs::symlink_metadata(&target).ok();
+    match header.entry_type() {
+        tar::EntryType::Directory => {
+            if existing.as_ref().is_some_and(|m| !m.is_dir()) {
+                remove_any(&target)?;
+            }
+            if !target.is_dir()
+                || existing
+                    .as_ref()
+                    .is_some_and(|m| m.file_type().is_symlink())
+            {
+                fs::create_dir(&target).io_context("create directory", &target)?;
+            }
+            set_owner_and_mode(&target, uid, gid, mode)?;
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            if existing.is_some() {
+                remove_any(&target)?;
+            }
+            let mut out = fs::File::create(&target).io_context("create", &target)?;
+            std::io::copy(entry, &mut out).io_context("write", &target)?;
+            set_owner_and_mode(&target, uid, gid, mode)?;
+        }
+        tar::EntryType::Symlink => {
+            if existing.is_some() {
+                remove_any(&target)?;
+            }
+            let link = entry
+                .link_name()
+                .map_err(|e| Error::Image(format!("bad symlink entry {}: {e}", path.display())))?
+                .unwrap_or_default();
+            std::os::unix::fs::symlink(&*link, &target).io_context("create symlink", &target)?;
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+                .io_context("set owner of", &target)?;
+        }
+        tar::EntryType::Link => {
+            let link = entry
+                .link_name()
+                .map_err(|e| Error::Image(format!("bad hard link entry {}: {e}", path.display())))?
+                .unwrap_or_default()
+                .into_owned();
+            let Some((link_parent, link_name)) = split_entry_path(&link) else {
+                return Ok(());
+            };
+            let source = resolve_in_root(root, &link_parent)?.join(link_name);
+            if existing.is_some() {
+                remove_any(&target)?;
+            }
+            fs::hard_link(&source, &target).io_context("create hard link", &target)?;
+        }
+        // Device nodes and FIFOs: the container runtime provides /dev; nothing else needs them.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Splits an entry path into its normalised parent (relative to the root) and its name.
+fn split_entry_path(path: &Path) -> Option<(PathBuf, OsString)> {
+    let mut parts: Vec<OsString> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(p) => parts.push(p.to_os_string()),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let name = parts.pop()?;
+    Some((parts.iter().collect(), name))
+}
+
+/// The host path of `relative` inside `root`, following symlinks as if `root` were `/`,
+/// creating missing directories.
+pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut pending: VecDeque<OsString> = relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate = root.join(&resolved).join(&part);
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(Error::Image(format!(
+                        "too many levels of symlinks resolving {}",
+                        relative.display()
+                    )));
+                }
+                let target = fs::read_link(&candidate).io_context("read symlink", &candidate)?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                for component in target.components().rev() {
+                    match component {
+                        Component::Normal(p) => pending.push_front(p.to_os_string()),
+                        Component::ParentDir => pending.push_front(OsString::from("..")),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(meta) if meta.is_dir() => resolved.push(&part),
+            Ok(_) => {
+                return Err(Error::Image(format!(
+                    "{} is a file where a directory is needed",
+                    resolved.join(&part).display()
+                )))
+            }
+            Err(_) => {
+                fs::create_dir(&candidate).io_context("create directory", &candidate)?;
+                resolved.push(&part);
+            }
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).io_context("read", path)?;
+    if meta.is_dir() {
+        fs::remove_dir_all(path).io_context("remove", path)
+    } else {
+        fs::remove_file(path).io_context("remove", path)
+    }
+}
+
+fn set_owner_and_mode(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).io_context("set owner of", path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).io_context("set mode of", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::layer::{write_layer, Content, Entry, LayerOptions};
+
+    fn layer(cache: &Cache, entries: Vec<Entry>) -> PathBuf {
+        let built = write_layer(entries, &LayerOptions::default(), &cache.blobs()).unwrap();
+        cache.blobs().path(&built.digest)
+    }
+
+    #[test]
+    fn layers_stack_with_whiteouts_and_symlinks_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let base = layer(
+            &cache,
+            vec![
+                Entry::directory("usr"),
+                Entry::directory("usr/lib"),
+                Entry {
+                    path: "lib".into(),
+                    mode: 0o777,
+                    content: Content::Symlink("/usr/lib".into()),
+                    owner: None,
+                },
+                Entry::file("usr/lib/old.so", 0o644, b"old".to_vec()),
+                Entry::directory("etc"),
+                Entry::file("etc/a", 0o644, b"a".to_vec()),
+                Entry::file("etc/b", 0o644, b"b".to_vec()),
+            ],
+        );
+        let top = layer(
+            &cache,
+            vec![
+                // Written through the absolute symlink: must land in the root's /usr/lib.
+                Entry::file("lib/new.so", 0o755, b"new".to_vec()),
+                Entry::file("usr/lib/.wh.old.so", 0o644, Vec::new()),
+                Entry::file("etc/.wh..wh..opq", 0o644, Vec::new()),
+                Entry::file("etc/c", 0o644, b"c".to_vec()),
+            ],
+        );
+        let root = ensure_unpacked(&cache, &Digest::of(b"key"), &[base, top]).unwrap();
+        assert_eq!(fs::read(root.join("usr/lib/new.so")).unwrap(), b"new");
+        assert!(!root.join("usr/lib/old.so").exists());
+        assert!(!root.join("etc/a").exists() && !root.join("etc/b").exists());
+        assert_eq!(fs::read(root.join("etc/c")).unwrap(), b"c");
+        assert_eq!(
+            fs::metadata(root.join("usr/lib/new.so"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn resolving_dot_dot_cannot_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("../../../..", root.join("up")).unwrap();
+        let resolved = resolve_in_root(&root, Path::new("up/etc")).unwrap();
+        assert_eq!(resolved, root.join("etc"));
+    }
+}

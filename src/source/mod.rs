@@ -1,0 +1,242 @@
+//! Fetching a function's source into a workspace: a local directory, file or archive, an
+//! http(s) URL of a file or archive, or a tar stream on stdin. A `sha256:` checksum, when
+//! given, is verified over the bytes fetched before anything is unpacked. The workspace is
+//! what the code layer is made from; its origin (URL, revision) goes into image annotations.
+
+pub mod archive;
+mod http;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+pub use archive::{ArchiveKind, Limits};
+
+/// Where a function's source comes from, as given to `--source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A local directory, file or archive.
+    Path(PathBuf),
+    /// An http(s) URL of a file or an archive.
+    Url(String),
+    /// A tar stream (plain or compressed) on standard input, given as `-`.
+    Stdin,
+}
+
+impl FromStr for SourceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "-" {
+            return Ok(Self::Stdin);
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Ok(Self::Url(s.to_string()));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(Error::Usage(format!(
+                "--source '{s}': the scheme '{scheme}://' is not supported; accepted: a local \
+                 directory, file or archive, an http(s):// URL, or - for a tar on stdin"
+            )));
+        }
+        if s.is_empty() {
+            return Err(Error::Usage("--source is empty".into()));
+        }
+        Ok(Self::Path(PathBuf::from(s)))
+    }
+}
+
+impl std::fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Url(u) => f.write_str(&http::redact(u)),
+            Self::Stdin => f.write_str("stdin"),
+        }
+    }
+}
+
+/// Where the fetched source came from, recorded in the image's annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// `org.opencontainers.image.source`: a URL without credentials.
+    pub url: Option<String>,
+    /// `org.opencontainers.image.revision`: a commit, version or checksum.
+    pub revision: Option<String>,
+}
+
+/// A fetched source: the directory holding the function's files.
+#[derive(Debug)]
+pub struct Workspace {
+    /// The function's files; the code layer holds everything below it.
+    pub root: PathBuf,
+    pub origin: Origin,
+    /// The temporary directory the source was fetched into, removed when dropped.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub checksum: Option<Digest>,
+    pub limits: Limits,
+    /// A directory for temporary files (the cache's, so large sources stay off small /tmp).
+    pub temp_parent: PathBuf,
+}
+
+/// Fetches a source into a workspace.
+pub async fn fetch(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
+    match spec {
+        SourceSpec::Path(path) => fetch_path(path, options),
+        SourceSpec::Url(url) => {
+            let temp = temp_dir(options)?;
+            let file = http::download(url, temp.path(), options.limits.max_bytes).await?;
+            let mut workspace = from_file(&file, options, temp)?;
+            workspace.origin.url = Some(http::redact(url));
+            Ok(workspace)
+        }
+        SourceSpec::Stdin => {
+            if options.checksum.is_some() {
+                return Err(Error::Usage(
+                    "--checksum cannot be verified for a stream on stdin; pass a file instead"
+                        .into(),
+                ));
+            }
+            let temp = temp_dir(options)?;
+            let dest = temp.path().join("src");
+            fs::create_dir(&dest).io_context("create", &dest)?;
+            let limits = options.limits;
+            let dest_clone = dest.clone();
+            tokio::task::spawn_blocking(move || {
+                archive::unpack_tar_reader(std::io::stdin().lock(), "stdin", &dest_clone, limits)
+            })
+            .await
+            .expect("the unpacking task does not panic")?;
+            Ok(Workspace {
+                root: single_top_dir(dest),
+                origin: Origin::default(),
+                _temp: Some(temp),
+            })
+        }
+    }
+}
+
+fn temp_dir(options: &FetchOptions) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("source-")
+        .tempdir_in(&options.temp_parent)
+        .io_context("create temporary directory in", &options.temp_parent)
+}
+
+fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Workspace> {
+    let meta = fs::metadata(path).map_err(|e| {
+        Error::Source(format!(
+            "{}: {} (expected a directory, a file or an archive)",
+            path.display(),
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file or directory".to_string()
+            } else {
+                e.to_string()
+            }
+        ))
+    })?;
+    if meta.is_dir() {
+        if options.checksum.is_some() {
+            return Err(Error::Usage(format!(
+                "--checksum applies to a file or an archive, but {} is a directory",
+                path.display()
+            )));
+        }
+        return Ok(Workspace {
+            root: path.to_path_buf(),
+            origin: Origin::default(),
+            _temp: None,
+        });
+    }
+    from_file(path, options, temp_dir(options)?)
+}
+
+/// A downloaded or local file: verified, then unpacked if it is an archive, else placed alone.
+fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Result<Workspace> {
+    let digest = Digest::of_file(file).io_context("read", file)?;
+    if let Some(expected) = &options.checksum {
+        if &digest != expected {
+            return Err(Error::Source(format!(
+                "checksum mismatch for {}: it is {digest}, but --checksum says {expected}",
+                file.file_name().map_or_else(
+                    || file.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            )));
+        }
+    }
+    let dest = temp.path().join("src");
+    fs::create_dir(&dest).io_context("create", &dest)?;
+    let root = match ArchiveKind::of_file(file)? {
+        Some(kind) => {
+            archive::unpack_file(file, kind, &dest, options.limits)?;
+            single_top_dir(dest)
+        }
+        None => {
+            let name = file
+                .file_name()
+                .ok_or_else(|| Error::Source(format!("{} has no file name", file.display())))?;
+            let size = fs::metadata(file).io_context("read", file)?.len();
+            if size > options.limits.max_bytes {
+                return Err(Error::Source(format!(
+                    "{} is {size} bytes, more than the limit of {} (raise it with --max-source-size)",
+                    file.display(),
+                    options.limits.max_bytes
+                )));
+            }
+            fs::copy(file, dest.join(name)).io_context("copy", file)?;
+            dest
+        }
+    };
+    Ok(Workspace {
+        root,
+        origin: Origin {
+            url: None,
+            revision: Some(digest.to_string()),
+        },
+        _temp: Some(temp),
+    })
+}
+
+/// An archive holding one top-level directory and nothing else (as GitHub and `git archive
+/// --prefix` make them) is read from inside that directory.
+fn single_top_dir(dir: PathBuf) -> PathBuf {
+    let entries: Vec<_> = match fs::read_dir(&dir) {
+        Ok(list) => list.filter_map(|e| e.ok()).collect(),
+        Err(_) => return dir,
+    };
+    match entries.as_slice() {
+        [only] if only.file_type().is_ok_and(|t| t.is_dir()) => {
+            tracing::info!(dir = %only.file_name().to_string_lossy(), "the archive holds one directory; using its content as the function");
+            only.path()
+        }
+        _ => dir,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_recognised() {
+        assert_eq!("-".parse::<SourceSpec>().unwrap(), SourceSpec::Stdin);
+        assert!(matches!(
+            "https://x/f.zip".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Url(_)
+        ));
+        assert!(matches!(
+            "./fn".parse::<SourceSpec>().unwrap(),
+            SourceSpec::Path(_)
+        ));
+        let err = "ftp://x/y".parse::<SourceSpec>().unwrap_err().to_string();
+        assert!(err.contains("'ftp://' is not supported"), "{err}");
+    }
+}

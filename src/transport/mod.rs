@@ -1,0 +1,239 @@
+//! Where images are read from and written to, interchangeably: a registry (`REF`), an OCI
+//! image layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`, written only). Reading an image
+//! fetches just its manifest and config; layers stay where they are until something needs
+//! them (`Blobs::local_path`). Writing is `publish`.
+
+pub mod layout;
+pub mod publish;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::cache::BlobStore;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::image::{self, Descriptor, ImageConfig, Manifest};
+use crate::registry::{Reference, Registries, RegistryClient};
+
+/// An image location as written on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Registry(Reference),
+    /// `oci:DIR[:TAG]`: an OCI image layout directory, optionally naming a tag in it.
+    Layout {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    /// `tar:FILE`: a tarball readable as `docker-archive:` and `oci-archive:`.
+    Tarball(PathBuf),
+}
+
+impl FromStr for Location {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(rest) = s.strip_prefix("oci:") {
+            let (dir, tag) = split_layout_tag(rest);
+            if dir.is_empty() {
+                return Err(Error::Usage(format!(
+                    "'{s}': oci: needs a directory, e.g. oci:./out or oci:./out:v1"
+                )));
+            }
+            return Ok(Self::Layout {
+                dir: PathBuf::from(dir),
+                tag,
+            });
+        }
+        if let Some(file) = s.strip_prefix("tar:") {
+            if file.is_empty() {
+                return Err(Error::Usage(format!(
+                    "'{s}': tar: needs a file name, e.g. tar:./hello.tar"
+                )));
+            }
+            return Ok(Self::Tarball(PathBuf::from(file)));
+        }
+        s.parse::<Reference>()
+            .map(Self::Registry)
+            .map_err(|e| Error::Usage(format!("{e}; or oci:DIR[:TAG], or tar:FILE")))
+    }
+}
+
+/// `DIR:TAG` where the part after the last `:` is a tag (no `/`), else all of it is the dir.
+fn split_layout_tag(s: &str) -> (&str, Option<String>) {
+    match s.rsplit_once(':') {
+        Some((dir, tag)) if !tag.is_empty() && !tag.contains('/') && !dir.is_empty() => {
+            (dir, Some(tag.to_string()))
+        }
+        _ => (s, None),
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Registry(r) => write!(f, "{r}"),
+            Self::Layout {
+                dir,
+                tag: Some(tag),
+            } => write!(f, "oci:{}:{tag}", dir.display()),
+            Self::Layout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
+            Self::Tarball(file) => write!(f, "tar:{}", file.display()),
+        }
+    }
+}
+
+/// Where the blobs of an image that was read can be found.
+#[derive(Clone)]
+pub enum BlobSource {
+    Registry {
+        client: Arc<RegistryClient>,
+        repository: String,
+    },
+    Layout(PathBuf),
+}
+
+/// An image whose manifest and config are known; its layers are fetched on demand.
+#[derive(Clone)]
+pub struct SourceImage {
+    pub location: Location,
+    pub manifest: Manifest,
+    pub digest: Digest,
+    pub config: ImageConfig,
+    pub blobs: BlobSource,
+}
+
+impl SourceImage {
+    /// Reads an image's manifest (choosing this platform's from an index) and config.
+    pub async fn load(
+        location: &Location,
+        registries: &Registries,
+        store: &BlobStore,
+    ) -> Result<Self> {
+        let (manifest_bytes, digest, blobs) = match location {
+            Location::Registry(reference) => {
+                let client = registries.client(&reference.registry)?;
+                let repo = &reference.repository;
+                let mut fetched = client
+                    .get_manifest(repo, &reference.manifest_reference())
+                    .await?;
+                if image::is_index(&fetched.media_type) {
+                    let index: image::Index = image::parse_json("the image index", &fetched.bytes)?;
+                    let chosen = index.manifest_for_this_platform()?;
+                    fetched = client
+                        .get_manifest(repo, &chosen.digest.to_string())
+                        .await?;
+                }
+                let source = BlobSource::Registry {
+                    client,
+                    repository: repo.clone(),
+                };
+                (fetched.bytes, fetched.digest, source)
+            }
+            Location::Layout { dir, tag } => {
+                let (bytes, digest) = layout::read_manifest(dir, tag.as_deref())?;
+                (bytes, digest, BlobSource::Layout(dir.clone()))
+            }
+            Location::Tarball(file) => {
+                return Err(Error::Usage(format!(
+                "tar:{} can only be written; to read an image use a registry reference or oci:DIR",
+                file.display()
+            )))
+            }
+        };
+        let manifest: Manifest =
+            image::parse_json(&format!("the manifest of {location}"), &manifest_bytes)?;
+        manifest.family()?;
+        let config_path = local_blob(&blobs, &manifest.config, store).await?;
+        let config_bytes = std::fs::read(&config_path)
+            .map_err(|e| Error::Image(format!("cannot read config of {location}: {e}")))?;
+        let config: ImageConfig =
+            image::parse_json(&format!("the config of {location}"), &config_bytes)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::Image(format!(
+                "{location}: the config lists {} layers but the manifest {}",
+                config.rootfs.diff_ids.len(),
+                manifest.layers.len()
+            )));
+        }
+        Ok(Self {
+            location: location.clone(),
+            manifest,
+            digest,
+            config,
+            blobs,
+        })
+    }
+
+    /// Local paths of all the image's layers, downloading the ones the cache lacks.
+    pub async fn layer_paths(&self, store: &BlobStore) -> Result<Vec<PathBuf>> {
+        let mut paths = Vec::with_capacity(self.manifest.layers.len());
+        for layer in &self.manifest.layers {
+            paths.push(local_blob(&self.blobs, layer, store).await?);
+        }
+        Ok(paths)
+    }
+}
+
+/// A local file holding the blob: in the layout, in the cache, or downloaded into the cache.
+pub async fn local_blob(
+    source: &BlobSource,
+    descriptor: &Descriptor,
+    store: &BlobStore,
+) -> Result<PathBuf> {
+    let digest = &descriptor.digest;
+    match source {
+        BlobSource::Layout(dir) => {
+            let path = layout::blob_path(dir, digest);
+            if path.is_file() {
+                Ok(path)
+            } else if store.contains(digest) {
+                Ok(store.path(digest))
+            } else {
+                Err(Error::Image(format!(
+                    "{} lacks blob {digest}",
+                    dir.display()
+                )))
+            }
+        }
+        BlobSource::Registry { client, repository } => {
+            if !store.contains(digest) {
+                tracing::info!(digest = %digest, size = descriptor.size, from = %format!("{}/{repository}", client.registry()), "downloading blob");
+                client.download_blob(repository, digest, store).await?;
+            }
+            Ok(store.path(digest))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            "oci:./out:v1".parse::<Location>().unwrap(),
+            Location::Layout {
+                dir: "./out".into(),
+                tag: Some("v1".into())
+            }
+        );
+        assert_eq!(
+            "oci:/tmp/x".parse::<Location>().unwrap(),
+            Location::Layout {
+                dir: "/tmp/x".into(),
+                tag: None
+            }
+        );
+        assert_eq!(
+            "tar:f.tar".parse::<Location>().unwrap(),
+            Location::Tarball("f.tar".into())
+        );
+        assert!(matches!(
+            "localhost:5000/a:b".parse::<Location>().unwrap(),
+            Location::Registry(_)
+        ));
+        assert!("oci:".parse::<Location>().is_err());
+    }
+}
