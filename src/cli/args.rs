@@ -47,6 +47,8 @@ pub enum Command {
     Base(BaseArgs),
     /// Run a function image locally (under runc) until interrupted.
     Run(RunArgs),
+    /// Copy an image between registries, OCI layouts and tarballs, keeping its digest.
+    Push(PushArgs),
     /// List the runtimes fnbuild builds for.
     Runtimes(RuntimesArgs),
     /// Internal: runs a command inside a root filesystem (used for dependency installs).
@@ -194,6 +196,19 @@ pub struct RunArgs {
     /// An environment variable, K=V. Repeatable.
     #[arg(long, short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image to copy: REF or oci:DIR[:TAG].
+    pub from: String,
+
+    /// Where to copy it: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
+    #[arg(required = true)]
+    pub to: Vec<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

@@ -18,9 +18,11 @@ use crate::registry::{Registries, TransportOptions};
 use crate::run::{run, RunRequest};
 use crate::runtime::{Catalog, CODE_DIR};
 use crate::source::Limits;
-use crate::transport::Location;
+use crate::transport::publish::{publish, BuiltImage};
+use crate::transport::{Location, SourceImage};
 use args::{
-    BaseArgs, BuildArgs, Cli, Command, ListFormat, LogFormat, RegistryArgs, RunArgs, RuntimesArgs,
+    BaseArgs, BuildArgs, Cli, Command, ListFormat, LogFormat, PushArgs, RegistryArgs, RunArgs,
+    RuntimesArgs,
 };
 
 pub fn main() -> ExitCode {
@@ -86,6 +88,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Build(args) => run_build(args).await,
         Command::Base(args) => run_base(args).await,
         Command::Run(args) => run_image(args).await,
+        Command::Push(args) => push_image(args).await,
         Command::Runtimes(args) => list_runtimes(args),
         Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
     }
@@ -118,9 +121,11 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     }
     for output in &args.output {
         match output.parse::<Location>()? {
-            Location::Registry(_) => return Err(Error::Usage(format!(
+            Location::Registry(_) => {
+                return Err(Error::Usage(format!(
                 "--output {output}: expected oci:DIR[:TAG] or tar:FILE; use --image for a registry"
-            ))),
+            )))
+            }
             location => outputs.push(location),
         }
     }
@@ -221,6 +226,22 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
     };
     let code = run(&request, &registries, &cache).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+async fn push_image(args: PushArgs) -> Result<ExitCode> {
+    let (registries, cache, _) = setup(&args.registry)?;
+    let from: Location = args.from.parse()?;
+    let to = args
+        .to
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<Location>>>()?;
+    let store = cache.blobs();
+    let source = SourceImage::load(&from, &registries, &store).await?;
+    for reference in publish(&BuiltImage::copy_of(&source), &to, &registries, &store).await? {
+        println!("{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list_runtimes(args: RuntimesArgs) -> Result<ExitCode> {

@@ -98,6 +98,8 @@ pub enum BlobSource {
 pub struct SourceImage {
     pub location: Location,
     pub manifest: Manifest,
+    /// The manifest exactly as stored (its digest is over these bytes).
+    pub manifest_bytes: Vec<u8>,
     pub digest: Digest,
     pub config: ImageConfig,
     pub blobs: BlobSource,
@@ -159,6 +161,7 @@ impl SourceImage {
         Ok(Self {
             location: location.clone(),
             manifest,
+            manifest_bytes,
             digest,
             config,
             blobs,

@@ -46,6 +46,16 @@ impl BuiltImage {
             .unwrap_or(crate::image::OCI_MANIFEST)
     }
 
+    /// An existing image, copied as it is: its manifest bytes are kept, so its digest is too.
+    pub fn copy_of(source: &super::SourceImage) -> Self {
+        Self {
+            manifest: source.manifest.clone(),
+            manifest_bytes: source.manifest_bytes.clone(),
+            digest: source.digest.clone(),
+            base_blobs: Some(source.blobs.clone()),
+        }
+    }
+
     /// The config and the layers, in that order.
     fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         std::iter::once(&self.manifest.config).chain(&self.manifest.layers)

@@ -1,0 +1,276 @@
+//! Fixtures for building and running function images in tests: the runtime base images (made
+//! once per test cache from the debootstrap root filesystems with `fnbuild base`, kept as OCI
+//! layouts), a registry preloaded with them, `fnbuild build` invocations, and functions
+//! running under `fnbuild run` (runc) that are stopped when dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{fnbuild, free_port, rootfs, test_cache, wait_http_ok, Registry, RegistryOptions};
+
+/// The catalog names of the runtimes the tests build for.
+pub const PYTHON: &str = "python3.13";
+pub const NODEJS: &str = "nodejs20";
+
+fn lang_of(runtime: &str) -> &'static str {
+    if runtime.starts_with("python") {
+        "python"
+    } else {
+        "nodejs"
+    }
+}
+
+/// The runtime base image of `runtime` as an OCI layout, made with `fnbuild base --from
+/// rootfs:` the first time and kept in the test cache, keyed by what it is made from (the
+/// runtime server and fnbuild's layering code), so a change to either makes a new one.
+pub fn base_layout(runtime: &str) -> PathBuf {
+    let lang = lang_of(runtime);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut hasher = Sha256::new();
+    for file in [
+        format!(
+            "runtimes/{lang}/kubeless.{}",
+            if lang == "python" { "py" } else { "js" }
+        ),
+        "src/base.rs".to_string(),
+        "src/image/layer.rs".to_string(),
+        "src/image/config.rs".to_string(),
+    ] {
+        hasher.update(std::fs::read(Path::new(root).join(&file)).expect("reading a source file"));
+    }
+    let key = hex::encode(&hasher.finalize()[..8]);
+    let dir = test_cache()
+        .join("base-images")
+        .join(format!("{runtime}-{key}"));
+    if dir.join("index.json").is_file() {
+        return dir;
+    }
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let temp = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = fnbuild()
+        .args(["base", "--runtime", runtime, "--from"])
+        .arg(format!("rootfs:{}", rootfs(lang).display()))
+        .arg("--image")
+        .arg(format!("oci:{}", temp.path().join("layout").display()))
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fnbuild base failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test binary may have made it meanwhile; either copy is the same image.
+    let _ = std::fs::rename(temp.path().join("layout"), &dir);
+    dir
+}
+
+/// The reference the catalog gives a runtime's base image in `registry`.
+pub fn base_ref(registry: &Registry, runtime: &str) -> String {
+    match lang_of(runtime) {
+        "python" => format!("{}/fnbuild/runtime-python:3.13", registry.host()),
+        _ => format!("{}/fnbuild/runtime-nodejs:20", registry.host()),
+    }
+}
+
+/// A plain registry holding the base images of `runtimes` under their catalog names.
+pub fn registry_with_bases(runtimes: &[&str]) -> Registry {
+    let registry = Registry::start(RegistryOptions::default());
+    for runtime in runtimes {
+        let cache = tempfile::tempdir().unwrap();
+        let out = fnbuild()
+            .arg("push")
+            .arg(format!("oci:{}", base_layout(runtime).display()))
+            .arg(base_ref(&registry, runtime))
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fnbuild push failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    registry
+}
+
+/// `fnbuild build` with the registry as the base registry (`FNBUILD_BASE_REGISTRY`) and the
+/// given cache directory; extra arguments follow.
+pub fn build_cmd(registry: &Registry, cache_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = fnbuild();
+    cmd.arg("build")
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .env("FNBUILD_BASE_REGISTRY", registry.host())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs a command and returns its output, asserting success.
+pub fn success(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command expected to fail; returns its exit code and stderr.
+pub fn failure(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().unwrap();
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded but should have failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `REF@sha256:...` line a successful build printed.
+pub fn printed_ref(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        line.contains("@sha256:"),
+        "expected REF@sha256:... on stdout, got {stdout:?}"
+    );
+    line
+}
+
+/// A function image running under `fnbuild run`; stopped (SIGTERM) when dropped.
+pub struct RunningFunction {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningFunction {
+    /// Starts the image and waits until /healthz answers.
+    pub fn start(image: &str, cache_dir: &Path, env: &[&str]) -> RunningFunction {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("run.log");
+        let mut cmd = fnbuild();
+        cmd.args(["run", image, "--port", &port.to_string(), "--cache-dir"])
+            .arg(cache_dir);
+        for e in env {
+            cmd.args(["--env", e]);
+        }
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let running = RunningFunction {
+            child,
+            port,
+            log,
+            _dir: dir,
+        };
+        if !wait_http_ok(&running.url("/healthz"), Duration::from_secs(60)) {
+            panic!(
+                "the function did not become healthy; its log:\n{}",
+                running.log()
+            );
+        }
+        running
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the function and waits for `fnbuild run` to exit; returns its log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.log()
+    }
+
+    fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningFunction {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A blocking HTTP call: (status, content type, body).
+pub fn call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    let (method, url, body) = (method.to_string(), url.to_string(), body.to_vec());
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut request = client.request(method.parse().unwrap(), &url).body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        (status, content_type, response.bytes().unwrap().to_vec())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Writes files into a new directory.
+pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Prepares this machine for the tests; idempotent, used by CI (.ci/run, through tests/run.sh)
+# and by developers. Needs root.
+#
+#   1. installs the Debian packages the tests use, when one of their commands is missing
+#      (apt-get update runs once first, and only then);
+#   2. builds the runtime root filesystems (Debian trixie minbase + python3/pip, + nodejs/npm)
+#      into $FNBUILD_TEST_CACHE/rootfs/{python,nodejs} when they are not complete yet, both
+#      at the same time.
+#
+# Re-running it when everything is there takes well under a second.
+#
+#   usage: tests/setup.sh               do both steps
+#          tests/setup.sh --packages    print the Debian packages the tests need, one a line
+#
+# Environment: FNBUILD_TEST_CACHE (default /var/cache/fnbuild-test).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${FNBUILD_TEST_CACHE:-/var/cache/fnbuild-test}
+marker=.fnbuild-rootfs-complete
+
+# command -> Debian package providing it.
+declare -A package_of=(
+    [docker-registry]=docker-registry
+    [runc]=runc
+    [skopeo]=skopeo
+    [debootstrap]=debootstrap
+    [htpasswd]=apache2-utils
+    [openssl]=openssl
+    [git]=git
+    [curl]=curl
+    [python3]=python3
+    [node]=nodejs
+)
+# Stable order for printing and installing.
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node)
+
+if [[ ${1:-} == --packages ]]; then
+    for c in "${commands[@]}"; do
+        echo "${package_of[$c]}"
+    done
+    exit 0
+elif [[ $# -gt 0 ]]; then
+    echo "usage: $0 [--packages]" >&2
+    exit 2
+fi
+
+# --- 1. packages ------------------------------------------------------------------------
+missing=()
+for c in "${commands[@]}"; do
+    if ! command -v "$c" >/dev/null 2>&1; then
+        missing+=("${package_of[$c]}")
+    fi
+done
+# debootstrap needs the Debian archive keys to check what it downloads.
+if [[ ! -e /usr/share/keyrings/debian-archive-keyring.gpg ]]; then
+    missing+=(debian-archive-keyring)
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+    if [[ $EUID -ne 0 ]]; then
+        echo "setup.sh: missing packages (${missing[*]}); run as root to install them" >&2
+        exit 1
+    fi
+    echo "setup.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- 2. runtime root filesystems -------------------------------------------------------
+langs=()
+for lang in python nodejs; do
+    if [[ ! -e $cache/rootfs/$lang/$marker ]]; then
+        langs+=("$lang")
+    fi
+done
+if [[ ${#langs[@]} -eq 0 ]]; then
+    exit 0
+fi
+if [[ $EUID -ne 0 ]]; then
+    echo "setup.sh: building the test rootfs needs root (debootstrap, chroot)" >&2
+    exit 1
+fi
+
+mkdir -p "$cache/rootfs" "$cache/logs"
+# One builder at a time (two test runs started together must not build into each other).
+exec 9>"$cache/.setup.lock"
+flock 9
+# Another setup.sh may have built them while we waited for the lock.
+todo=()
+for lang in "${langs[@]}"; do
+    [[ -e $cache/rootfs/$lang/$marker ]] || todo+=("$lang")
+done
+[[ ${#todo[@]} -gt 0 ]] || exit 0
+
+start=$SECONDS
+declare -A pid_of log_of
+for lang in "${todo[@]}"; do
+    log_of[$lang]=$cache/logs/rootfs-$lang.log
+    echo "setup.sh: building the $lang rootfs (log: ${log_of[$lang]})"
+    bash "$here/support/make-rootfs.sh" "$lang" "$cache/rootfs/$lang" >"${log_of[$lang]}" 2>&1 9>&- &
+    pid_of[$lang]=$!
+done
+
+failed=()
+for lang in "${todo[@]}"; do
+    if wait "${pid_of[$lang]}"; then
+        tail -n 1 "${log_of[$lang]}"
+    else
+        failed+=("$lang")
+    fi
+done
+for lang in "${failed[@]}"; do
+    echo "setup.sh: building the $lang rootfs FAILED; its log (${log_of[$lang]}):" >&2
+    sed 's/^/    /' "${log_of[$lang]}" >&2
+done
+if [[ ${#failed[@]} -gt 0 ]]; then
+    exit 1
+fi
+echo "setup.sh: rootfs ready in $((SECONDS - start)) s"
