@@ -253,7 +253,7 @@ impl Settings {
         };
         if let Some(ca) = CA_BUNDLE_ENV
             .iter()
-            .find_map(|n| std::env::var_os(n))
+            .find_map(std::env::var_os)
             .map(PathBuf::from)
         {
             if ca.is_file() {

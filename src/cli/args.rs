@@ -19,7 +19,7 @@ pub struct Cli {
     pub command: Command,
 
     /// Log format: text for people, json for build systems.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FNBUILD_LOG_FORMAT")]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FNBUILD_LOG_FORMAT", hide_env_values = true)]
     pub log_format: LogFormat,
 
     /// Log level: error, warn, info, debug or trace (or a RUST_LOG-style filter).
@@ -28,6 +28,7 @@ pub struct Cli {
         global = true,
         default_value = "info",
         env = "FNBUILD_LOG",
+        hide_env_values = true,
         alias = "verbosity"
     )]
     pub log_level: String,
@@ -42,7 +43,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build a function image from source and publish it.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Make a runtime base image: an upstream language image plus the runtime server.
     Base(BaseArgs),
     /// Run a function image locally (under runc) until interrupted.
@@ -78,11 +79,21 @@ pub struct RegistryArgs {
 
     /// Cache directory for blobs, unpacked base images and deps layers
     /// [default: $XDG_CACHE_HOME/fnbuild or $HOME/.cache/fnbuild].
-    #[arg(long, value_name = "DIR", env = "FNBUILD_CACHE_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "FNBUILD_CACHE_DIR",
+        hide_env_values = true
+    )]
     pub cache_dir: Option<PathBuf>,
 
     /// A runtime catalog file replacing the embedded one (see `fnbuild runtimes -o json`).
-    #[arg(long, value_name = "FILE", env = "FNBUILD_CATALOG")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FNBUILD_CATALOG",
+        hide_env_values = true
+    )]
     pub catalog: Option<PathBuf>,
 }
 
@@ -221,7 +232,12 @@ pub struct RuntimesArgs {
     pub output: ListFormat,
 
     /// A runtime catalog file replacing the embedded one.
-    #[arg(long, value_name = "FILE", env = "FNBUILD_CATALOG")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FNBUILD_CATALOG",
+        hide_env_values = true
+    )]
     pub catalog: Option<PathBuf>,
 }
 

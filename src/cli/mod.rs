@@ -85,7 +85,7 @@ fn report(err: &Error, format: LogFormat) {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Build(args) => run_build(args).await,
+        Command::Build(args) => run_build(*args).await,
         Command::Base(args) => run_base(args).await,
         Command::Run(args) => run_image(args).await,
         Command::Push(args) => push_image(args).await,
