@@ -38,6 +38,8 @@ pub struct BuildRequest {
     pub env: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
     pub timeout_seconds: u32,
+    /// `FUNC_MEMORY_LIMIT`, when known.
+    pub memory_limit_bytes: Option<u64>,
     pub base_image: Option<Location>,
     pub outputs: Vec<Location>,
     pub installer: Installer,
@@ -331,6 +333,9 @@ fn assemble(
         ("FUNC_TIMEOUT", timeout.as_str()),
         ("FUNC_PORT", port.as_str()),
     ]);
+    if let Some(bytes) = request.memory_limit_bytes {
+        config.set_env([("FUNC_MEMORY_LIMIT", bytes.to_string().as_str())]);
+    }
     config.set_env(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     config.set_labels(request.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     config.expose_tcp_port(DEFAULT_PORT);

@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod handler_check;
 pub mod image;
+pub mod quantity;
 pub mod registry;
 pub mod rootfs;
 pub mod run;

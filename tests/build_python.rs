@@ -74,6 +74,8 @@ fn echo_function_is_built_pushed_and_serves_the_kubeless_interface() {
             "team=payments",
             "--timeout",
             "30",
+            "--memory",
+            "128Mi",
             "--image",
             &image,
             "--digest-file",
@@ -166,6 +168,7 @@ fn echo_function_is_built_pushed_and_serves_the_kubeless_interface() {
     assert_eq!(echoed["context"]["function-name"], "handler");
     assert_eq!(echoed["context"]["timeout"], 30.0);
     assert_eq!(echoed["context"]["runtime"], "python3.13");
+    assert_eq!(echoed["context"]["memory-limit"], "134217728");
     assert_eq!(echoed["greeting"], "hello");
 
     // Plain text stays raw; module state is kept between calls.

@@ -135,6 +135,11 @@ pub struct BuildArgs {
     #[arg(long, short = 'l', value_name = "K=V")]
     pub label: Vec<String>,
 
+    /// The memory the function may use (a Kubernetes quantity such as 128Mi), given to it in
+    /// bytes as FUNC_MEMORY_LIMIT.
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory: Option<String>,
+
     /// Seconds a call may take before the runtime answers 408 (FUNC_TIMEOUT).
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub timeout: u32,

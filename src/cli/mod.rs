@@ -163,6 +163,11 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             .map(|l| parse_key_value("--label", l, true))
             .collect::<Result<_>>()?,
         timeout_seconds: args.timeout,
+        memory_limit_bytes: args
+            .memory
+            .as_deref()
+            .map(crate::quantity::memory_bytes)
+            .transpose()?,
         base_image: args.base_image.as_deref().map(str::parse).transpose()?,
         outputs,
         installer: args.deps_installer,
