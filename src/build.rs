@@ -83,6 +83,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     .await?;
     tracing::info!(source = %request.source, "fetched the function's source");
     handler_check::check(&workspace.root, &request.handler, language)?;
+    let deps_files = find_deps_files(request, &workspace, language)?;
 
     let base_location = match &request.base_image {
         Some(location) => location.clone(),
@@ -104,7 +105,6 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         mtime: request.source_date_epoch,
         ..LayerOptions::default()
     };
-    let deps_files = find_deps_files(request, &workspace, language)?;
     let deps_layer = match &deps_files {
         Some(files) if files.declares_dependencies()? => Some(
             deps_layer(

@@ -110,7 +110,7 @@ impl Registries {
                 self.http.clone()
             },
             https_url: format!("https://{host}"),
-            http_fallback: insecure.then(|| format!("http://{host}")),
+            http_fallback: (insecure || is_loopback(registry)).then(|| format!("http://{host}")),
             base_url: tokio::sync::OnceCell::new(),
             credential: self.docker.credential_for(registry)?,
             config_path: self.docker.path().map(Path::to_path_buf),
@@ -120,13 +120,18 @@ impl Registries {
         Ok(client)
     }
 
-    /// Plain HTTP is allowed for `--insecure-registry` hosts and for the loopback host, as
-    /// Docker and crane allow it.
+    /// `--insecure-registry` hosts: plain HTTP, or TLS without verification.
     fn is_insecure(&self, registry: &str) -> bool {
         let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
         self.insecure.iter().any(|r| r == registry || r == host)
-            || matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
+}
+
+/// Loopback registries may fall back to plain HTTP (TLS is still verified when they speak
+/// it), as Docker and crane allow.
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 fn base_http_builder() -> reqwest::ClientBuilder {
@@ -208,6 +213,11 @@ impl RegistryClient {
                         StatusCode::UNAUTHORIZED => parse_challenge(response.headers()),
                         status if status.is_success() => Challenge::Anonymous,
                         status => {
+                            // A TLS registry answers plain HTTP with an error: the HTTPS
+                            // failure is the one that explains what is wrong.
+                            if let Some(https_error) = last_error {
+                                return Err(https_error);
+                            }
                             return Err(RegistryError::Refused {
                                 registry: self.registry.clone(),
                                 method: "GET",
@@ -215,7 +225,7 @@ impl RegistryClient {
                                 status: status.as_u16(),
                                 detail: "this is not an OCI distribution registry API endpoint"
                                     .into(),
-                            })
+                            });
                         }
                     };
                     tracing::debug!(registry = %self.registry, %url, ?challenge, "registry reached");
@@ -234,7 +244,7 @@ impl RegistryClient {
             Challenge::Anonymous => Ok(None),
             Challenge::Basic => match &self.credential {
                 Some(credential) => Ok(Some(credential.basic_header())),
-                None => Err(self.unauthorized(scope, "the registry requires credentials")),
+                None => Err(self.unauthorized(scope, "it requires credentials")),
             },
             Challenge::Bearer { realm, service } => {
                 let key = scope_strings(scope).join(" ");
@@ -322,18 +332,21 @@ impl RegistryClient {
 
     fn unauthorized(&self, scope: Scope<'_>, detail: &str) -> RegistryError {
         let repository = scope.first().map_or("", |s| s.0).to_string();
-        let hint = match (&self.credential, &self.config_path) {
-            (Some(c), Some(path)) => format!(
-                "the credentials for user '{}' come from {}; check them, or log in again",
-                c.username,
-                path.display()
-            ),
-            _ => format!(
-                "no credentials for {} were found; put them in a Docker config.json \
-                 (--docker-config DIR, DOCKER_CONFIG, or $HOME/.docker/config.json)",
-                self.registry
-            ),
+        let Some(credential) = &self.credential else {
+            return RegistryError::CredentialsRequired {
+                registry: self.registry.clone(),
+                repository,
+                detail: detail.to_string(),
+            };
         };
+        let source = self.config_path.as_ref().map_or_else(
+            || "the Docker config".to_string(),
+            |p| p.display().to_string(),
+        );
+        let hint = format!(
+            "the credentials for user '{}' come from {source}; check them, or log in again",
+            credential.username
+        );
         RegistryError::Unauthorized {
             registry: self.registry.clone(),
             repository,
@@ -364,9 +377,7 @@ impl RegistryClient {
                     tracing::warn!(registry = %self.registry, status = %response.status(), attempt, "registry busy or failing; retrying in {delay:?}");
                 }
                 Ok(response) => return Ok(response),
-                Err(e) if last || !(e.is_connect() || e.is_timeout() || e.is_request()) => {
-                    return Err(self.unreachable(&e))
-                }
+                Err(e) if last || is_permanent(&e) => return Err(self.unreachable(&e)),
                 Err(e) => {
                     tracing::warn!(registry = %self.registry, attempt, "{}; retrying in {delay:?}", describe_reqwest(&e));
                 }
@@ -740,6 +751,16 @@ fn with_auth(request: RequestBuilder, auth: Option<&str>) -> RequestBuilder {
         Some(value) => request.header(AUTHORIZATION, value),
         None => request,
     }
+}
+
+/// Connection errors worth no retry: TLS failures (an untrusted certificate, a server that
+/// does not speak TLS) and errors that are not about the network at all.
+fn is_permanent(e: &reqwest::Error) -> bool {
+    let detail = describe_reqwest(e).to_ascii_lowercase();
+    !(e.is_connect() || e.is_timeout() || e.is_request())
+        || detail.contains("certificate")
+        || detail.contains("invalidcontenttype")
+        || detail.contains("tls")
 }
 
 fn is_retryable(status: StatusCode) -> bool {

@@ -30,6 +30,17 @@ pub enum RegistryError {
         hint: String,
     },
 
+    #[error(
+        "registry {registry} needs credentials for {repository} ({detail}), and none were found\n\
+         hint: put them in a Docker config.json: --docker-config DIR, DOCKER_CONFIG, or \
+         $HOME/.docker/config.json"
+    )]
+    CredentialsRequired {
+        registry: String,
+        repository: String,
+        detail: String,
+    },
+
     #[error("registry {registry} denied access to {repository}: {detail}")]
     Denied {
         registry: String,
