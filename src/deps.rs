@@ -138,6 +138,7 @@ pub fn install(
                     workdir: CODE_DIR.into(),
                     env: settings.env("/tmp"),
                     args: install_args(files, CODE_DIR, None),
+                    user: None,
                 };
                 run_installer(spec.command()?, files.language, &settings)
             }

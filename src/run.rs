@@ -1,18 +1,22 @@
 //! Running a function image locally for testing: its layers are unpacked once per image
-//! digest into the cache, and the runtime server is started under runc with the image's
-//! entrypoint, env, user and working directory, sharing the host's network so it answers on
-//! `localhost:PORT`. It runs until interrupted; Ctrl-C or SIGTERM stop the container.
+//! digest into the cache, and the runtime server is started with the image's entrypoint, env,
+//! user and working directory, sharing the host's network so it answers on `localhost:PORT`:
+//! under runc when it is installed, else in a chroot (`sandbox`) as the image's user. It runs
+//! until interrupted; Ctrl-C or SIGTERM stop the function.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 
 use serde_json::json;
 
 use crate::cache::Cache;
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::rootfs;
+use crate::sandbox::{Bind, SandboxSpec};
 use crate::transport::{Location, SourceImage};
 
 pub struct RunRequest {
@@ -21,29 +25,53 @@ pub struct RunRequest {
     pub env: Vec<(String, String)>,
 }
 
+/// The function's process as the image config describes it.
+struct Process {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: String,
+    uid: u32,
+    gid: u32,
+}
+
 /// Runs the image until it exits or is interrupted; returns its exit code.
 pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -> Result<i32> {
-    let runc = find_runc()?;
     let store = cache.blobs();
     let image = SourceImage::load(&request.image, registries, &store).await?;
     let layers = image.layer_paths(&store).await?;
     let root = rootfs::ensure_unpacked(cache, &image.digest, &layers)?;
+    let process = process_of(&image.config, &root, request)?;
+    let status = match find_runc() {
+        Some(runc) => {
+            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function under runc; Ctrl-C stops it");
+            run_with_runc(&runc, &process, &root, &image.digest, cache).await?
+        }
+        None => {
+            tracing::warn!("runc is not installed: running the function in a chroot as its user, without the isolation of a container");
+            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function; Ctrl-C stops it");
+            run_in_chroot(&process, &root, cache).await?
+        }
+    };
+    Ok(status.code().unwrap_or(0))
+}
+
+async fn run_with_runc(
+    runc: &Path,
+    process: &Process,
+    root: &Path,
+    digest: &Digest,
+    cache: &Cache,
+) -> Result<ExitStatus> {
     let bundle = cache.temp_dir("run-")?;
-    let spec = runtime_spec(&image.config, &root, request)?;
     let spec_path = bundle.path().join("config.json");
+    let spec = runtime_spec(process, root);
     std::fs::write(
         &spec_path,
         serde_json::to_vec_pretty(&spec).expect("a runtime spec serializes"),
     )
     .io_context("write", &spec_path)?;
-    let id = format!(
-        "fnbuild-{}-{}",
-        &image.digest.hex()[..12],
-        std::process::id()
-    );
-    tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function under runc; Ctrl-C stops it");
-
-    let mut child = tokio::process::Command::new(&runc)
+    let id = format!("fnbuild-{}-{}", &digest.hex()[..12], std::process::id());
+    let mut child = tokio::process::Command::new(runc)
         .args(["run", "--bundle"])
         .arg(bundle.path())
         .arg(&id)
@@ -51,49 +79,95 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Run(format!("cannot start {}: {e}", runc.display())))?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .io_context("listen for", "SIGINT")?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .io_context("listen for", "SIGTERM")?;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status.io_context("wait for", &runc)?,
-            _ = interrupt.recv() => stop(&runc, &id).await,
-            _ = terminate.recv() => stop(&runc, &id).await,
-        }
+    let runc_command = |args: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(runc);
+        command.args(args).arg(&id).stderr(Stdio::null());
+        command
     };
-    let _ = tokio::process::Command::new(&runc)
-        .args(["delete", "--force", &id])
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    Ok(status.code().unwrap_or(0))
+    // SIGTERM to the container's init process: the runtime server.
+    let status = supervise(&mut child, || async {
+        runc_command(&["kill"])
+            .arg("TERM")
+            .status()
+            .await
+            .map(|_| ())
+    })
+    .await?;
+    let _ = runc_command(&["delete", "--force"]).status().await;
+    Ok(status)
 }
 
-/// Asks the container to stop (SIGTERM to its init process: the runtime server).
-async fn stop(runc: &Path, id: &str) {
-    tracing::info!("stopping the function");
-    let _ = tokio::process::Command::new(runc)
-        .args(["kill", id, "TERM"])
-        .stderr(Stdio::null())
-        .status()
-        .await;
+async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<ExitStatus> {
+    let scratch = cache.temp_dir("run-tmp-")?;
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .io_context("set mode of", scratch.path())?;
+    let spec = SandboxSpec {
+        root: root.to_path_buf(),
+        binds: vec![
+            Bind {
+                source: scratch.path().to_path_buf(),
+                target: "/tmp".into(),
+                read_only: false,
+            },
+            Bind {
+                source: "/etc/resolv.conf".into(),
+                target: "/etc/resolv.conf".into(),
+                read_only: true,
+            },
+        ],
+        workdir: process.cwd.clone(),
+        env: process.env.clone(),
+        args: process.args.clone(),
+        user: Some((process.uid, process.gid)),
+    };
+    let mut child = tokio::process::Command::from(spec.command()?)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Run(format!("cannot start the function: {e}")))?;
+    let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    supervise(&mut child, || async move {
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        Ok(())
+    })
+    .await
 }
 
-fn find_runc() -> Result<PathBuf> {
+/// Waits for the function to exit; SIGINT or SIGTERM to fnbuild asks it to stop.
+async fn supervise<F, Fut>(child: &mut tokio::process::Child, stop: F) -> Result<ExitStatus>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = std::io::Result<()>>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).io_context("listen for", "SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).io_context("listen for", "SIGTERM")?;
+    loop {
+        let stopping = tokio::select! {
+            status = child.wait() => return status.io_context("wait for", "the function"),
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        if stopping {
+            tracing::info!("stopping the function");
+            let _ = stop().await;
+        }
+    }
+}
+
+fn find_runc() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("runc"))
         .find(|p| p.is_file())
-        .ok_or_else(|| Error::Run("runc was not found on PATH; install it (e.g. apt-get install runc) to run function images locally".into()))
 }
 
-/// The OCI runtime spec for the function's container.
-fn runtime_spec(
-    config: &ImageConfig,
-    root: &Path,
-    request: &RunRequest,
-) -> Result<serde_json::Value> {
+fn process_of(config: &ImageConfig, root: &Path, request: &RunRequest) -> Result<Process> {
     let c = &config.config;
     let args: Vec<String> = c
         .entrypoint
@@ -107,24 +181,54 @@ fn runtime_spec(
             "the image has neither an entrypoint nor a command".into(),
         ));
     }
-    let mut env: Vec<String> = c.env.clone().unwrap_or_default();
-    let mut set = |key: &str, value: &str| {
-        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-        env.push(format!("{key}={value}"));
-    };
-    set("PORT", &request.port.to_string());
-    for (key, value) in &request.env {
-        set(key, value);
+    let mut env: Vec<(String, String)> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            e.split_once('=')
+                .map_or((e.clone(), String::new()), |(k, v)| {
+                    (k.to_string(), v.to_string())
+                })
+        })
+        .collect();
+    let port = request.port.to_string();
+    for (key, value) in std::iter::once(("PORT", port.as_str()))
+        .chain(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value.to_string()));
     }
     let (uid, gid) = resolve_user(root, c.user.as_deref().unwrap_or(""))?;
-    Ok(json!({
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    Ok(Process {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+/// The OCI runtime spec for the function's container.
+fn runtime_spec(process: &Process, root: &Path) -> serde_json::Value {
+    let env: Vec<String> = process
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": { "uid": uid, "gid": gid },
-            "args": args,
+            "user": { "uid": process.uid, "gid": process.gid },
+            "args": process.args,
             "env": env,
-            "cwd": c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into()),
+            "cwd": process.cwd,
             "noNewPrivileges": true,
             "capabilities": { "bounding": [], "effective": [], "permitted": [] }
         },
@@ -143,7 +247,7 @@ fn runtime_spec(
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    }))
+    })
 }
 
 /// `UID[:GID]` or a user name from the image's /etc/passwd; empty means root.

@@ -1,7 +1,8 @@
 //! Running a command inside an unpacked root filesystem (chroot in a private mount namespace,
-//! as Kaniko runs RUN steps), used to install dependencies with the base image's own
-//! interpreter and package manager. The root is mounted read-only, so the cached rootfs stays
-//! clean; only the directories bound in (the output, a scratch /tmp) are writable.
+//! as Kaniko runs RUN steps): dependency installs with the base image's own interpreter and
+//! package manager, and `fnbuild run` where runc is missing. The root is mounted read-only,
+//! so the cached rootfs stays clean; only the directories bound in (an output, a scratch /tmp)
+//! are writable.
 //!
 //! The parent builds the command with [`SandboxSpec::command`]; it re-executes this binary's
 //! hidden `__sandbox` subcommand, which calls [`enter_and_exec`] to set up the mounts, chroot
@@ -37,15 +38,18 @@ pub struct SandboxSpec {
     pub workdir: String,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// The user and group to run as (root when `None`).
+    pub user: Option<(u32, u32)>,
 }
 
 impl SandboxSpec {
     /// Creates the mount points in the root and returns the command that runs the spec.
     pub fn command(&self) -> Result<Command> {
         if !nix::unistd::geteuid().is_root() {
-            return Err(Error::Deps(
-                "installing dependencies inside the base image needs root (to chroot, as Kaniko \
-                 does); run as root, or pass --deps-installer host to use this machine's pip/npm"
+            return Err(Error::Usage(
+                "running a command inside an image's root filesystem needs root (to chroot, as \
+                 Kaniko does): run fnbuild as root (for dependency installs, --deps-installer \
+                 host uses this machine's pip/npm instead)"
                     .into(),
             ));
         }
@@ -75,8 +79,8 @@ pub fn enter_and_exec(spec_json: &str) -> Error {
     match try_enter(spec_json) {
         Ok(mut command) => {
             let err = command.exec();
-            Error::Deps(format!(
-                "cannot run {:?} inside the base image: {err}",
+            Error::Run(format!(
+                "cannot run {:?} inside the image's root filesystem: {err}",
                 command.get_program()
             ))
         }
@@ -88,7 +92,9 @@ fn try_enter(spec_json: &str) -> Result<Command> {
     let spec: SandboxSpec = serde_json::from_str(spec_json)
         .map_err(|e| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild: {e}")))?;
     let fail = |what: &str, e: nix::Error| {
-        Error::Deps(format!("cannot {what} for the dependency install: {e}"))
+        Error::Run(format!(
+            "cannot {what} inside the image's root filesystem: {e}"
+        ))
     };
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| fail("create a mount namespace", e))?;
@@ -130,6 +136,12 @@ fn try_enter(spec_json: &str) -> Result<Command> {
     remount_read_only(&spec.root).map_err(|e| fail("make the root read-only", e))?;
     nix::unistd::chroot(&spec.root).map_err(|e| fail("chroot into the base image", e))?;
     std::env::set_current_dir(&spec.workdir).io_context("enter", &spec.workdir)?;
+    if let Some((uid, gid)) = spec.user {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        nix::unistd::setgroups(&[gid]).map_err(|e| fail("drop supplementary groups", e))?;
+        nix::unistd::setgid(gid).map_err(|e| fail("switch group", e))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| fail("switch user", e))?;
+    }
     let mut command = Command::new(&spec.args[0]);
     command
         .args(&spec.args[1..])

@@ -568,3 +568,45 @@ fn layout_and_tarball_outputs_are_read_by_skopeo_and_base_layers_are_mounted() {
     let (status, _, body) = call("GET", &function.url("/"), &[], b"");
     assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
 }
+
+#[test]
+fn without_runc_the_function_runs_in_a_chroot_as_the_images_user() {
+    let base = base_layout(PYTHON);
+    let src = function_dir(&[(
+        "who.py",
+        "import os\n\ndef handler(event, context):\n    return {'uid': os.getuid(), 'gid': os.getgid(), 'cwd': os.getcwd()}\n",
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}:who", out_dir.path().display());
+    success(
+        common::fnbuild()
+            .args([
+                "build",
+                "--source",
+                src.path().to_str().unwrap(),
+                "--runtime",
+                PYTHON,
+                "--handler",
+                "who.handler",
+            ])
+            .arg("--base-image")
+            .arg(format!("oci:{}", base.display()))
+            .args(["--output", &layout, "--cache-dir"])
+            .arg(cache.path()),
+    );
+    // A PATH without runc on it.
+    let bin = tempfile::tempdir().unwrap();
+    let mut cmd = common::fnbuild();
+    cmd.env("PATH", bin.path());
+    let function = RunningFunction::start_with(cmd, &layout, cache.path(), &[]);
+    let (status, _, body) = call("GET", &function.url("/"), &[], b"");
+    assert_eq!(status, 200);
+    let who: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        who,
+        serde_json::json!({"uid": 1000, "gid": 1000, "cwd": "/kubeless"})
+    );
+    let log = function.stop();
+    assert!(log.contains("runc is not installed"), "{log}");
+}

@@ -163,10 +163,19 @@ pub struct RunningFunction {
 impl RunningFunction {
     /// Starts the image and waits until /healthz answers.
     pub fn start(image: &str, cache_dir: &Path, env: &[&str]) -> RunningFunction {
+        Self::start_with(fnbuild(), image, cache_dir, env)
+    }
+
+    /// Starts the image with `fnbuild` prepared by the caller (its environment, say).
+    pub fn start_with(
+        mut cmd: Command,
+        image: &str,
+        cache_dir: &Path,
+        env: &[&str],
+    ) -> RunningFunction {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("run.log");
-        let mut cmd = fnbuild();
         cmd.args(["run", image, "--port", &port.to_string(), "--cache-dir"])
             .arg(cache_dir);
         for e in env {
