@@ -38,6 +38,8 @@ pub struct BuildRequest {
     pub env: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
     pub timeout_seconds: u32,
+    /// `FUNC_PORT`: where the runtime listens when Knative's `PORT` is not set.
+    pub port: u16,
     /// `FUNC_MEMORY_LIMIT`, when known.
     pub memory_limit_bytes: Option<u64>,
     pub base_image: Option<Location>,
@@ -325,7 +327,7 @@ fn assemble(
     let mut config: ImageConfig = base.config.clone();
     config.created = Some(created.clone());
     let timeout = request.timeout_seconds.to_string();
-    let port = DEFAULT_PORT.to_string();
+    let port = request.port.to_string();
     config.set_env([
         ("FUNC_HANDLER", request.handler.function.as_str()),
         ("MOD_NAME", request.handler.module.as_str()),
@@ -338,7 +340,7 @@ fn assemble(
     }
     config.set_env(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     config.set_labels(request.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    config.expose_tcp_port(DEFAULT_PORT);
+    config.expose_tcp_port(request.port);
     config.config.working_dir = Some(CODE_DIR.to_string());
     if config
         .config

@@ -1,6 +1,6 @@
 //! The functions of `examples/`, written the way Kubeless's own examples are (helloget,
 //! hellowithdata, hellowithdeps), built with the flags a Kubeless user types
-//! (`--from-file`, `-d`, `-e K:V`, `-l k`, Kubeless runtime names) and called the way
+//! (`--from-file`/`-f`, `-d`, `-e K:V`, `-l k`, Kubeless runtime names) and called the way
 //! `kubeless function call` calls them (POST with `event-id`, `event-time` and
 //! `event-namespace: cli.kubeless.io`).
 
@@ -115,8 +115,14 @@ fn kubeless_examples_build_and_answer_as_they_did_on_kubeless() {
             &ex.runtime[..4]
         );
         let file = example(ex.from_file);
+        // Kubeless users type both spellings of the source flag.
+        let source_flag = if ex.runtime.starts_with("node") {
+            "-f"
+        } else {
+            "--from-file"
+        };
         let mut args = vec![
-            "--from-file",
+            source_flag,
             &file,
             "--handler",
             ex.handler,

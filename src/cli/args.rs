@@ -64,7 +64,8 @@ pub struct RegistryArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
 
-    /// A PEM file of CA certificates to trust for registries, besides the system's. Repeatable.
+    /// A PEM file of CA certificates to trust for registries, besides the system's (Kaniko's
+    /// REGISTRY=FILE form is accepted too). Repeatable.
     #[arg(
         long = "registry-ca",
         value_name = "FILE",
@@ -106,6 +107,7 @@ pub struct BuildArgs {
         short = 's',
         value_name = "SRC",
         alias = "from-file",
+        short_alias = 'f',
         alias = "context"
     )]
     pub source: String,
@@ -139,6 +141,10 @@ pub struct BuildArgs {
     /// bytes as FUNC_MEMORY_LIMIT.
     #[arg(long, value_name = "QUANTITY")]
     pub memory: Option<String>,
+
+    /// The port the function listens on when Knative's PORT is not set (FUNC_PORT).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
 
     /// Seconds a call may take before the runtime answers 408 (FUNC_TIMEOUT).
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]

@@ -98,7 +98,11 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
     let registries = Registries::new(&TransportOptions {
         insecure_registries: args.insecure_registries.clone(),
-        ca_certs: args.registry_ca.clone(),
+        ca_certs: args
+            .registry_ca
+            .iter()
+            .map(|ca| kaniko_certificate_path(ca))
+            .collect(),
         docker_config: args.docker_config.clone(),
     })?;
     let cache = Cache::open(&args.cache_dir.clone().unwrap_or_else(Cache::default_root))?;
@@ -163,6 +167,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             .map(|l| parse_key_value("--label", l, true))
             .collect::<Result<_>>()?,
         timeout_seconds: args.timeout,
+        port: args.port,
         memory_limit_bytes: args
             .memory
             .as_deref()
@@ -306,6 +311,15 @@ fn list_runtimes(args: RuntimesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Kaniko's `--registry-certificate REGISTRY=FILE` names the file after the `=`; a plain
+/// file name is taken as it is.
+fn kaniko_certificate_path(value: &Path) -> PathBuf {
+    match value.to_str().and_then(|v| v.split_once('=')) {
+        Some((_, file)) if !value.exists() => PathBuf::from(file),
+        _ => value.to_path_buf(),
+    }
+}
+
 /// `K=V` or `K:V` (Kubeless accepts both); with `bare_ok`, a bare `K` means an empty value.
 fn parse_key_value(flag: &str, raw: &str, bare_ok: bool) -> Result<(String, String)> {
     let split = raw.split_once('=').or_else(|| raw.split_once(':'));
@@ -360,6 +374,18 @@ fn write_result(path: &Path, content: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kaniko_registry_certificate_form_names_the_file() {
+        assert_eq!(
+            kaniko_certificate_path(Path::new("my.registry=/certs/ca.pem")),
+            PathBuf::from("/certs/ca.pem")
+        );
+        assert_eq!(
+            kaniko_certificate_path(Path::new("/certs/ca.pem")),
+            PathBuf::from("/certs/ca.pem")
+        );
+    }
 
     #[test]
     fn key_values_accept_both_kubeless_forms() {
