@@ -13,8 +13,8 @@ use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
 use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
 use crate::registry::Registries;
 use crate::runtime::{Runtime, CODE_DIR, SERVER_DIR};
-use crate::transport::publish::{publish, BuiltImage};
-use crate::transport::{BlobSource, Location, SourceImage};
+use crate::transport::publish::{publish, BuiltImage, Inherited};
+use crate::transport::{Location, SourceImage};
 
 /// Where the upstream image comes from.
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub async fn make_base(
         ..LayerOptions::default()
     };
     let created = rfc3339(request.source_date_epoch);
-    let (mut manifest, mut config, blobs) = match &request.upstream {
+    let (mut manifest, mut config, inherited) = match &request.upstream {
         Upstream::Image(location) => {
             let upstream = SourceImage::load(location, registries, &store).await?;
             let mut manifest = upstream.manifest.clone();
@@ -74,12 +74,12 @@ pub async fn make_base(
             (
                 manifest,
                 upstream.config.clone(),
-                Some(upstream.blobs.clone()),
+                Some(Inherited::layers_of(&upstream)),
             )
         }
         Upstream::Rootfs(dir) => {
             let (manifest, config) = rootfs_image(dir, &options, cache, &created)?;
-            (manifest, config, None::<BlobSource>)
+            (manifest, config, None::<Inherited>)
         }
     };
     let family = manifest.family()?;
@@ -112,7 +112,7 @@ pub async fn make_base(
         server.size,
     ));
     publish(
-        &BuiltImage::new(manifest, blobs),
+        &BuiltImage::new(manifest, inherited),
         &request.outputs,
         registries,
         &store,

@@ -18,7 +18,7 @@ use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
 use crate::source::{self, FetchOptions, SourceSpec, Workspace};
-use crate::transport::publish::{publish, BuiltImage};
+use crate::transport::publish::{publish, BuiltImage, Inherited};
 use crate::transport::{Location, SourceImage};
 
 /// Bumped when the deps layer's content for the same inputs changes, to retire cache entries.
@@ -238,8 +238,8 @@ async fn deps_layer(
     let started = Instant::now();
     let base_rootfs = match installer {
         Installer::Image => {
-            let layers = base.layer_paths(&store).await?;
-            Some(rootfs::ensure_unpacked(ctx.cache, &base.digest, &layers)?)
+            let layers = base.layer_files(&store).await?;
+            Some(rootfs::ensure_unpacked(ctx.cache, &layers)?)
         }
         Installer::Host => None,
     };
@@ -404,5 +404,5 @@ fn assemble(
         layers,
         annotations,
     };
-    Ok(BuiltImage::new(manifest, Some(base.blobs.clone())))
+    Ok(BuiltImage::new(manifest, Some(Inherited::layers_of(base))))
 }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::cache::Cache;
@@ -20,21 +20,44 @@ const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Symlinks followed while resolving one path before giving up (as Linux does).
 const MAX_SYMLINK_HOPS: u32 = 40;
 
-/// Returns the root filesystem unpacked from `layers` (compressed or plain tar files, in
-/// order), unpacking it into the cache under `key` the first time.
-pub fn ensure_unpacked(cache: &Cache, key: &Digest, layers: &[PathBuf]) -> Result<PathBuf> {
+/// A layer blob on disk.
+#[derive(Debug, Clone)]
+pub struct LayerFile {
+    pub digest: Digest,
+    pub path: PathBuf,
+}
+
+/// Returns the root filesystem of `layers` (compressed or plain tar files, in order),
+/// unpacking it into the cache the first time. Root filesystems are keyed by the chain of
+/// their layers, so a function image starts from its base image's rootfs when that is
+/// unpacked already (cloned with hard links: cheap, and safe because layers replace files
+/// rather than write into them, and containers get the root read-only).
+pub fn ensure_unpacked(cache: &Cache, layers: &[LayerFile]) -> Result<PathBuf> {
+    let chains = chain_ids(layers);
+    let Some(key) = chains.last() else {
+        return Err(Error::Image("the image has no layers".into()));
+    };
     let dest = cache.rootfs_dir(key);
     if dest.is_dir() {
         return Ok(dest);
     }
     let temp = cache.temp_dir("rootfs-")?;
     let root = temp.path().join("root");
-    fs::create_dir(&root).io_context("create", &root)?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
-        .io_context("set mode of", &root)?;
     let started = std::time::Instant::now();
-    for layer in layers {
-        apply_layer(layer, &root)?;
+    let reused = (1..layers.len())
+        .rev()
+        .find(|&n| cache.rootfs_dir(&chains[n - 1]).is_dir());
+    match reused {
+        Some(n) => clone_tree(&cache.rootfs_dir(&chains[n - 1]), &root)?,
+        None => {
+            fs::create_dir(&root).io_context("create", &root)?;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
+                .io_context("set mode of", &root)?;
+        }
+    }
+    let start = reused.unwrap_or(0);
+    for layer in &layers[start..] {
+        apply_layer(&layer.path, &root)?;
     }
     match fs::rename(&root, &dest) {
         Ok(()) => {}
@@ -42,8 +65,45 @@ pub fn ensure_unpacked(cache: &Cache, key: &Digest, layers: &[PathBuf]) -> Resul
         Err(_) if dest.is_dir() => {}
         Err(e) => return Err(e).io_context("move rootfs into place at", &dest),
     }
-    tracing::info!(layers = layers.len(), elapsed = ?started.elapsed(), "unpacked image root filesystem");
+    tracing::info!(layers = layers.len(), reused_layers = start, elapsed = ?started.elapsed(), "unpacked image root filesystem");
     Ok(dest)
+}
+
+/// The OCI chain IDs of a layer stack: each names a layer and everything below it.
+fn chain_ids(layers: &[LayerFile]) -> Vec<Digest> {
+    let mut chains: Vec<Digest> = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let chain = match chains.last() {
+            None => layer.digest.clone(),
+            Some(below) => Digest::of(format!("{below} {}", layer.digest).as_bytes()),
+        };
+        chains.push(chain);
+    }
+    chains
+}
+
+/// Copies a directory tree with hard links for files: directories and symlinks are new,
+/// file contents are shared.
+fn clone_tree(src: &Path, dst: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(src).io_context("read", src)?;
+    fs::create_dir(dst).io_context("create", dst)?;
+    for entry in fs::read_dir(src).io_context("read directory", src)? {
+        let entry = entry.io_context("read directory", src)?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let kind = entry.file_type().io_context("read", &from)?;
+        if kind.is_dir() {
+            clone_tree(&from, &to)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&from).io_context("read symlink", &from)?;
+            std::os::unix::fs::symlink(&target, &to).io_context("create symlink", &to)?;
+            let link_meta = fs::symlink_metadata(&from).io_context("read", &from)?;
+            std::os::unix::fs::lchown(&to, Some(link_meta.uid()), Some(link_meta.gid()))
+                .io_context("set owner of", &to)?;
+        } else {
+            fs::hard_link(&from, &to).io_context("link", &to)?;
+        }
+    }
+    set_owner_and_mode(dst, meta.uid(), meta.gid(), meta.mode() & 0o7777)
 }
 
 /// Applies one layer (gzip-compressed or plain tar) on top of `root`.
@@ -262,9 +322,12 @@ mod tests {
     use super::*;
     use crate::image::layer::{write_layer, Content, Entry, LayerOptions};
 
-    fn layer(cache: &Cache, entries: Vec<Entry>) -> PathBuf {
+    fn layer(cache: &Cache, entries: Vec<Entry>) -> LayerFile {
         let built = write_layer(entries, &LayerOptions::default(), &cache.blobs()).unwrap();
-        cache.blobs().path(&built.digest)
+        LayerFile {
+            path: cache.blobs().path(&built.digest),
+            digest: built.digest,
+        }
     }
 
     #[test]
@@ -298,7 +361,12 @@ mod tests {
                 Entry::file("etc/c", 0o644, b"c".to_vec()),
             ],
         );
-        let root = ensure_unpacked(&cache, &Digest::of(b"key"), &[base, top]).unwrap();
+        let base_root = ensure_unpacked(&cache, std::slice::from_ref(&base)).unwrap();
+        let root = ensure_unpacked(&cache, &[base, top]).unwrap();
+        // The base's own rootfs is untouched by the layer stacked on its clone.
+        assert_eq!(fs::read(base_root.join("usr/lib/old.so")).unwrap(), b"old");
+        assert_eq!(fs::read(base_root.join("etc/a")).unwrap(), b"a");
+        assert!(!base_root.join("usr/lib/new.so").exists());
         assert_eq!(fs::read(root.join("usr/lib/new.so")).unwrap(), b"new");
         assert!(!root.join("usr/lib/old.so").exists());
         assert!(!root.join("etc/a").exists() && !root.join("etc/b").exists());

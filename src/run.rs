@@ -38,8 +38,8 @@ struct Process {
 pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -> Result<i32> {
     let store = cache.blobs();
     let image = SourceImage::load(&request.image, registries, &store).await?;
-    let layers = image.layer_paths(&store).await?;
-    let root = rootfs::ensure_unpacked(cache, &image.digest, &layers)?;
+    let layers = image.layer_files(&store).await?;
+    let root = rootfs::ensure_unpacked(cache, &layers)?;
     let process = process_of(&image.config, &root, request)?;
     let status = match find_runc() {
         Some(runc) => {

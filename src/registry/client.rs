@@ -115,6 +115,7 @@ impl Registries {
             credential: self.docker.credential_for(registry)?,
             config_path: self.docker.path().map(Path::to_path_buf),
             tokens: Mutex::new(HashMap::new()),
+            token_fetch: tokio::sync::Mutex::new(()),
         });
         clients.insert(registry.to_string(), client.clone());
         Ok(client)
@@ -168,6 +169,7 @@ pub struct RegistryClient {
     credential: Option<Credential>,
     config_path: Option<PathBuf>,
     tokens: Mutex<HashMap<String, (String, Instant)>>,
+    token_fetch: tokio::sync::Mutex<()>,
 }
 
 /// A manifest as fetched: its bytes, media type and digest.
@@ -248,10 +250,14 @@ impl RegistryClient {
             },
             Challenge::Bearer { realm, service } => {
                 let key = scope_strings(scope).join(" ");
-                if let Some((token, expires)) = self.tokens.lock().unwrap().get(&key) {
-                    if *expires > Instant::now() {
-                        return Ok(Some(format!("Bearer {token}")));
-                    }
+                if let Some(token) = self.cached_token(&key) {
+                    return Ok(Some(token));
+                }
+                // One fetch at a time: requests running in parallel for the same scope wait
+                // for the first one's token instead of each fetching their own.
+                let _fetching = self.token_fetch.lock().await;
+                if let Some(token) = self.cached_token(&key) {
+                    return Ok(Some(token));
                 }
                 let (token, lifetime) = self.fetch_token(realm, service.as_deref(), scope).await?;
                 // Renew ten seconds early so a token never expires in flight.
@@ -263,6 +269,12 @@ impl RegistryClient {
                 Ok(Some(format!("Bearer {token}")))
             }
         }
+    }
+
+    fn cached_token(&self, key: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap();
+        let (token, expires) = tokens.get(key)?;
+        (*expires > Instant::now()).then(|| format!("Bearer {token}"))
     }
 
     async fn fetch_token(
@@ -415,10 +427,16 @@ impl RegistryClient {
         let response = self
             .with_retries(|| with_auth(make(base), auth.as_deref()))
             .await?;
+        // A token that expired early is renewed once; a token that lacks a permission is not
+        // (asking again gives the same answer).
         if response.status() == StatusCode::UNAUTHORIZED
             && auth.as_deref().is_some_and(|a| a.starts_with("Bearer"))
+            && !insufficient_scope(response.headers())
         {
-            self.tokens.lock().unwrap().clear();
+            self.tokens
+                .lock()
+                .unwrap()
+                .remove(&scope_strings(scope).join(" "));
             let auth = self.authorization(scope).await?;
             return self
                 .with_retries(|| with_auth(make(base), auth.as_deref()))
@@ -503,13 +521,9 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::CREATED => Ok(true),
-            StatusCode::ACCEPTED => {
-                // The registry opened an upload session instead; cancel it and upload normally.
-                if let Some(location) = self.location(&response) {
-                    let _ = self.send(&scope, |_| self.http.delete(&location)).await;
-                }
-                Ok(false)
-            }
+            // The registry opened an upload session instead: the caller uploads in a new one
+            // (cancelling this one would need the delete permission; registries purge it).
+            StatusCode::ACCEPTED => Ok(false),
             _ => Err(self
                 .fail(response, "POST", &scope, &format!("blob {digest}"))
                 .await),
@@ -744,6 +758,14 @@ impl RegistryClient {
         let location = response.headers().get(LOCATION)?.to_str().ok()?;
         response.url().join(location).ok().map(String::from)
     }
+}
+
+/// Whether a 401 says the token lacks a permission (`error="insufficient_scope"`).
+fn insufficient_scope(headers: &HeaderMap) -> bool {
+    headers
+        .get(WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("insufficient_scope"))
 }
 
 fn with_auth(request: RequestBuilder, auth: Option<&str>) -> RequestBuilder {

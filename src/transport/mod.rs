@@ -168,13 +168,17 @@ impl SourceImage {
         })
     }
 
-    /// Local paths of all the image's layers, downloading the ones the cache lacks.
-    pub async fn layer_paths(&self, store: &BlobStore) -> Result<Vec<PathBuf>> {
-        let mut paths = Vec::with_capacity(self.manifest.layers.len());
+    /// The image's layers as local files, downloading the ones the cache lacks.
+    pub async fn layer_files(&self, store: &BlobStore) -> Result<Vec<crate::rootfs::LayerFile>> {
+        let mut files = Vec::with_capacity(self.manifest.layers.len());
         for layer in &self.manifest.layers {
-            paths.push(local_blob(&self.blobs, layer, store).await?);
+            let path = local_blob(&self.blobs, layer, store).await?;
+            files.push(crate::rootfs::LayerFile {
+                digest: layer.digest.clone(),
+                path,
+            });
         }
-        Ok(paths)
+        Ok(files)
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use futures_util::stream::{self, TryStreamExt};
 
-use super::{layout, local_blob, BlobSource, Location};
+use std::collections::HashSet;
+
+use super::{layout, local_blob, BlobSource, Location, SourceImage};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -18,24 +20,59 @@ use crate::registry::{Reference, Registries};
 /// Blob transfers run at once per destination.
 const PARALLEL_BLOBS: usize = 4;
 
-/// An image ready to publish. Blobs not in the local cache are the base image's, found at
-/// `base_blobs`.
+/// Blobs an image shares with the image it was made from, and where they are.
+pub struct Inherited {
+    pub source: BlobSource,
+    pub digests: HashSet<Digest>,
+}
+
+impl Inherited {
+    /// The layers of `image`, at its blob source.
+    pub fn layers_of(image: &SourceImage) -> Self {
+        Self {
+            source: image.blobs.clone(),
+            digests: image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .collect(),
+        }
+    }
+}
+
+/// An image ready to publish. Its new blobs are in the local blob store; the ones it inherits
+/// stay where they are until a destination needs them.
 pub struct BuiltImage {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
     pub digest: Digest,
-    pub base_blobs: Option<BlobSource>,
+    pub inherited: Option<Inherited>,
 }
 
 impl BuiltImage {
-    pub fn new(manifest: Manifest, base_blobs: Option<BlobSource>) -> Self {
+    pub fn new(manifest: Manifest, inherited: Option<Inherited>) -> Self {
         let manifest_bytes = manifest.to_bytes();
         let digest = Digest::of(&manifest_bytes);
         Self {
             manifest,
             manifest_bytes,
             digest,
-            base_blobs,
+            inherited,
+        }
+    }
+
+    /// An existing image, copied as it is: its manifest bytes are kept, so its digest is too.
+    pub fn copy_of(source: &SourceImage) -> Self {
+        let mut inherited = Inherited::layers_of(source);
+        inherited
+            .digests
+            .insert(source.manifest.config.digest.clone());
+        Self {
+            manifest: source.manifest.clone(),
+            manifest_bytes: source.manifest_bytes.clone(),
+            digest: source.digest.clone(),
+            inherited: Some(inherited),
         }
     }
 
@@ -46,24 +83,24 @@ impl BuiltImage {
             .unwrap_or(crate::image::OCI_MANIFEST)
     }
 
-    /// An existing image, copied as it is: its manifest bytes are kept, so its digest is too.
-    pub fn copy_of(source: &super::SourceImage) -> Self {
-        Self {
-            manifest: source.manifest.clone(),
-            manifest_bytes: source.manifest_bytes.clone(),
-            digest: source.digest.clone(),
-            base_blobs: Some(source.blobs.clone()),
-        }
-    }
-
     /// The config and the layers, in that order.
     fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         std::iter::once(&self.manifest.config).chain(&self.manifest.layers)
     }
 
+    /// Where an inherited blob is, if this one is inherited.
+    fn inherited_source(&self, digest: &Digest) -> Option<&BlobSource> {
+        self.inherited
+            .as_ref()
+            .filter(|i| i.digests.contains(digest))
+            .map(|i| &i.source)
+    }
+
     async fn local_path(&self, descriptor: &Descriptor, store: &BlobStore) -> Result<PathBuf> {
-        match (&self.base_blobs, store.contains(&descriptor.digest)) {
-            (Some(source), false) => local_blob(source, descriptor, store).await,
+        match self.inherited_source(&descriptor.digest) {
+            Some(source) if !store.contains(&descriptor.digest) => {
+                local_blob(source, descriptor, store).await
+            }
             _ => Ok(store.path(&descriptor.digest)),
         }
     }
@@ -167,7 +204,7 @@ async fn push_blobs(
                     tracing::debug!(%digest, "blob already in {}", destination.repository_name());
                     return Ok(());
                 }
-                if let Some(BlobSource::Registry { client: from, repository }) = &image.base_blobs {
+                if let Some(BlobSource::Registry { client: from, repository }) = image.inherited_source(digest) {
                     if from.registry() == client.registry() && client.mount_blob(repo, digest, repository).await? {
                         tracing::info!(%digest, from = %repository, "mounted blob");
                         return Ok(());
