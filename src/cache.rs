@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, HashingWriter};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 
 /// The cache root, opened and laid out.
 #[derive(Debug, Clone)]
@@ -89,11 +89,6 @@ impl BlobStore {
         self.path(digest).is_file()
     }
 
-    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
-        let path = self.path(digest);
-        fs::read(&path).io_context("read blob", path)
-    }
-
     /// Stores bytes and returns their digest.
     pub fn insert_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let mut writer = self.writer()?;
@@ -146,19 +141,6 @@ impl Write for BlobWriter {
     }
 }
 
-/// Checks that a file has the digest it is stored under, so a corrupt cache entry is refetched
-/// rather than pushed.
-pub fn verify_file(path: &Path, expected: &Digest) -> Result<()> {
-    let actual = Digest::of_file(path).io_context("read", path)?;
-    if &actual != expected {
-        return Err(Error::Image(format!(
-            "{} has digest {actual}, expected {expected}",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,8 +153,7 @@ mod tests {
         let digest = store.insert_bytes(b"layer bytes").unwrap();
         assert_eq!(digest, Digest::of(b"layer bytes"));
         assert!(store.contains(&digest));
-        assert_eq!(store.read(&digest).unwrap(), b"layer bytes");
-        verify_file(&store.path(&digest), &digest).unwrap();
+        assert_eq!(fs::read(store.path(&digest)).unwrap(), b"layer bytes");
         assert!(fs::read_dir(dir.path().join("tmp"))
             .unwrap()
             .next()

@@ -1,7 +1,7 @@
 //! Content digests (`sha256:<hex>`) and writers that hash what passes through them.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -25,13 +25,6 @@ impl Digest {
         let mut hasher = HashingWriter::new(io::sink());
         io::copy(&mut file, &mut hasher)?;
         Ok(hasher.finish().0)
-    }
-
-    /// The digest of everything a reader yields.
-    pub fn of_reader(mut reader: impl Read) -> io::Result<(Self, u64)> {
-        let mut hasher = HashingWriter::new(io::sink());
-        let size = io::copy(&mut reader, &mut hasher)?;
-        Ok((hasher.finish().0, size))
     }
 
     fn from_hasher(hasher: Sha256) -> Self {

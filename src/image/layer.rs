@@ -357,7 +357,9 @@ mod tests {
         )
         .unwrap();
         let file = fs::File::open(store.path(&layer.digest)).unwrap();
-        let (diff_id, _) = Digest::of_reader(flate2::read::GzDecoder::new(file)).unwrap();
+        let mut hasher = HashingWriter::new(io::sink());
+        io::copy(&mut flate2::read::GzDecoder::new(file), &mut hasher).unwrap();
+        let (diff_id, _, _) = hasher.finish();
         assert_eq!(diff_id, layer.diff_id);
         assert_eq!(
             fs::metadata(store.path(&layer.digest)).unwrap().len(),

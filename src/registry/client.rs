@@ -700,33 +700,6 @@ impl RegistryClient {
         })
     }
 
-    /// Whether a manifest exists under a tag or digest, and its digest.
-    pub async fn manifest_digest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<Option<Digest>, RegistryError> {
-        let scope = [(repo, "pull")];
-        let response = self
-            .send(&scope, |base| {
-                self.http
-                    .head(format!("{base}/v2/{repo}/manifests/{reference}"))
-                    .header(reqwest::header::ACCEPT, crate::image::MANIFEST_ACCEPT)
-            })
-            .await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(response
-                .headers()
-                .get("docker-content-digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())),
-            _ => Err(self
-                .fail(response, "HEAD", &scope, &format!("manifest {reference}"))
-                .await),
-        }
-    }
-
     /// Stores a manifest under a tag or its digest. The registry keeps these exact bytes.
     pub async fn put_manifest(
         &self,
