@@ -610,3 +610,68 @@ fn without_runc_the_function_runs_in_a_chroot_as_the_images_user() {
     let log = function.stop();
     assert!(log.contains("runc is not installed"), "{log}");
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_and_stdout_holds_only_the_result() {
+    let base = base_layout(PYTHON);
+    let src = function_dir(&[(
+        "hello.py",
+        "def handler(event, context):\n    return 'hi'\n",
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let build = |handler: &str| {
+        common::fnbuild()
+            .args([
+                "build",
+                "--log-format",
+                "json",
+                "--source",
+                src.path().to_str().unwrap(),
+            ])
+            .args(["--runtime", PYTHON, "--handler", handler, "--base-image"])
+            .arg(format!("oci:{}", base.display()))
+            .arg("--output")
+            .arg(format!("oci:{}", out_dir.path().display()))
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .unwrap()
+    };
+    let parse_lines = |stderr: &[u8]| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect()
+    };
+    let ok = build("hello.handler");
+    assert!(ok.status.success());
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.starts_with("oci:") && stdout.contains("@sha256:"),
+        "{stdout}"
+    );
+    let events = parse_lines(&ok.stderr);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "build finished"),
+        "{events:?}"
+    );
+
+    let failed = build("hello.nope");
+    assert_eq!(failed.status.code(), Some(1));
+    let events = parse_lines(&failed.stderr);
+    let error = events
+        .iter()
+        .find(|e| e["level"] == "ERROR")
+        .expect("an ERROR event");
+    assert!(
+        error["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no function 'nope'"),
+        "{error}"
+    );
+}
