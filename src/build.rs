@@ -30,6 +30,10 @@ pub const DEFAULT_PORT: u16 = 8080;
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
     pub source: SourceSpec,
+    /// The function's directory inside the source.
+    pub sub_dir: Option<String>,
+    pub git: crate::source::git::GitOptions,
+    pub s3: crate::source::s3::S3Options,
     pub checksum: Option<Digest>,
     pub limits: source::Limits,
     pub runtime: String,
@@ -80,6 +84,9 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             checksum: request.checksum.clone(),
             limits: request.limits,
             temp_parent: ctx.cache.root().join("tmp"),
+            sub_dir: request.sub_dir.clone(),
+            git: request.git.clone(),
+            s3: request.s3.clone(),
         },
     )
     .await?;

@@ -101,16 +101,76 @@ pub struct RegistryArgs {
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// The function's source: a directory, a file, an archive (.zip, .tar, .tar.gz, .tgz,
-    /// .tar.bz2, .tar.xz), an http(s) URL of one, or - for a tar on stdin.
+    /// .tar.bz2, .tar.xz), an http(s) URL of one, a Git URL (git+https://, git+ssh://, git://,
+    /// git+file://, with an optional #REVISION), or - for a tar on stdin.
     #[arg(
         long,
         short = 's',
         value_name = "SRC",
         alias = "from-file",
         short_alias = 'f',
-        alias = "context"
+        alias = "context",
+        required_unless_present = "git_url"
     )]
-    pub source: String,
+    pub source: Option<String>,
+
+    /// A Git repository to build from, instead of --source: an https://, ssh://, git:// or
+    /// file:// URL.
+    #[arg(long, value_name = "URL", conflicts_with = "source")]
+    pub git_url: Option<String>,
+
+    /// The branch, tag or commit SHA to build [default: the repository's HEAD branch].
+    #[arg(long, value_name = "REVISION")]
+    pub git_revision: Option<String>,
+
+    /// Fetch the repository's submodules too.
+    #[arg(long)]
+    pub git_submodules: bool,
+
+    /// The SSH private key for git+ssh:// sources [default: ~/.ssh/id_*].
+    #[arg(long, value_name = "FILE")]
+    pub git_ssh_key: Option<PathBuf>,
+
+    /// The known_hosts file for git+ssh:// sources [default: ~/.ssh/known_hosts].
+    #[arg(long, value_name = "FILE")]
+    pub git_known_hosts: Option<PathBuf>,
+
+    /// Accept any SSH host key (logged as a warning): only for servers you reach over a
+    /// network you trust.
+    #[arg(long)]
+    pub git_insecure_skip_host_key_check: bool,
+
+    /// The endpoint of an S3-compatible store (MinIO, ...) for s3:// sources; path-style
+    /// addressing is used with it [default: AWS S3, or $AWS_ENDPOINT_URL].
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "AWS_ENDPOINT_URL",
+        hide_env_values = true
+    )]
+    pub s3_endpoint: Option<String>,
+
+    /// The region for s3:// sources [default: $AWS_REGION, else us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// A file holding the access key ID for s3:// sources (with --s3-secret-key-file)
+    /// [default: the AWS chain: environment, shared files, web identity].
+    #[arg(long, value_name = "FILE", requires = "s3_secret_key_file")]
+    pub s3_access_key_file: Option<PathBuf>,
+
+    /// A file holding the secret access key for s3:// sources.
+    #[arg(long, value_name = "FILE", requires = "s3_access_key_file")]
+    pub s3_secret_key_file: Option<PathBuf>,
+
+    /// The function's directory inside the source (Kyma's baseDir).
+    #[arg(
+        long,
+        value_name = "DIR",
+        alias = "git-sub-dir",
+        alias = "context-sub-path"
+    )]
+    pub sub_dir: Option<String>,
 
     /// sha256:HEX the source file or archive must have.
     #[arg(long, value_name = "sha256:HEX")]

@@ -17,7 +17,10 @@ use crate::error::{Error, Result};
 use crate::registry::{Registries, TransportOptions};
 use crate::run::{run, RunRequest};
 use crate::runtime::{Catalog, CODE_DIR};
-use crate::source::Limits;
+use crate::source::git::{GitOptions, GitSource};
+use crate::source::git_credentials::{GitCredentialOptions, GitCredentials};
+use crate::source::s3::S3Options;
+use crate::source::{Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
@@ -140,7 +143,25 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         ));
     }
     let request = BuildRequest {
-        source: args.source.parse()?,
+        source: source_spec(&args)?,
+        sub_dir: args.sub_dir.clone(),
+        git: GitOptions {
+            credentials: GitCredentials::discover(&GitCredentialOptions {
+                ssh_key: args.git_ssh_key.clone(),
+                known_hosts: args.git_known_hosts.clone(),
+            }),
+            skip_host_key_check: args.git_insecure_skip_host_key_check,
+            limits: Limits {
+                max_bytes: args.max_source_size,
+                max_entries: args.max_source_files,
+            },
+        },
+        s3: S3Options {
+            endpoint: args.s3_endpoint.clone(),
+            region: args.s3_region.clone(),
+            access_key_file: args.s3_access_key_file.clone(),
+            secret_key_file: args.s3_secret_key_file.clone(),
+        },
         checksum: args
             .checksum
             .as_deref()
@@ -201,6 +222,46 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         let _ = writeln!(stdout, "{reference}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The source from `--source` or `--git-url`, with the Git flags applied.
+fn source_spec(args: &BuildArgs) -> Result<SourceSpec> {
+    let mut spec = match (&args.source, &args.git_url) {
+        (Some(source), _) => source.parse()?,
+        (None, Some(url)) => {
+            let prefixed = if url.starts_with("git+") || url.starts_with("git://") {
+                url.clone()
+            } else {
+                format!("git+{url}")
+            };
+            SourceSpec::Git(
+                GitSource::parse(&prefixed)
+                    .ok_or_else(|| Error::Usage(format!("--git-url '{url}' is not a Git URL")))?,
+            )
+        }
+        (None, None) => return Err(Error::Usage("give --source SRC or --git-url URL".into())),
+    };
+    match &mut spec {
+        SourceSpec::Git(git) => {
+            if let Some(revision) = &args.git_revision {
+                if git.revision.as_ref().is_some_and(|r| r != revision) {
+                    return Err(Error::Usage(format!(
+                        "the source names revision '{}' and --git-revision '{revision}': give one",
+                        git.revision.as_deref().unwrap_or_default()
+                    )));
+                }
+                git.revision = Some(revision.clone());
+            }
+            git.submodules = args.git_submodules;
+        }
+        _ if args.git_revision.is_some() || args.git_submodules => {
+            return Err(Error::Usage(
+                "--git-revision and --git-submodules apply to Git sources only".into(),
+            ))
+        }
+        _ => {}
+    }
+    Ok(spec)
 }
 
 async fn run_base(args: BaseArgs) -> Result<ExitCode> {

@@ -4,7 +4,10 @@
 //! what the code layer is made from; its origin (URL, revision) goes into image annotations.
 
 pub mod archive;
+pub mod git;
+pub mod git_credentials;
 mod http;
+pub mod s3;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,10 @@ pub enum SourceSpec {
     Url(String),
     /// A tar stream (plain or compressed) on standard input, given as `-`.
     Stdin,
+    /// A Git repository at a revision.
+    Git(git::GitSource),
+    /// An object, or the objects under a prefix, in S3 or an S3-compatible store.
+    S3(s3::S3Source),
 }
 
 impl FromStr for SourceSpec {
@@ -35,10 +42,18 @@ impl FromStr for SourceSpec {
         if s.starts_with("http://") || s.starts_with("https://") {
             return Ok(Self::Url(s.to_string()));
         }
+        if let Some(git) = git::GitSource::parse(s) {
+            return Ok(Self::Git(git));
+        }
+        if let Some(s3) = s3::S3Source::parse(s) {
+            return s3.map(Self::S3);
+        }
         if let Some((scheme, _)) = s.split_once("://") {
             return Err(Error::Usage(format!(
                 "--source '{s}': the scheme '{scheme}://' is not supported; accepted: a local \
-                 directory, file or archive, an http(s):// URL, or - for a tar on stdin"
+                 directory, file or archive, an http(s):// URL, a Git URL (git+https://, \
+                 git+ssh://, git://, git+file://), s3://BUCKET/KEY or s3://BUCKET/PREFIX/, or - for a \
+                 tar on stdin"
             )));
         }
         if s.is_empty() {
@@ -54,6 +69,11 @@ impl std::fmt::Display for SourceSpec {
             Self::Path(p) => write!(f, "{}", p.display()),
             Self::Url(u) => f.write_str(&http::redact(u)),
             Self::Stdin => f.write_str("stdin"),
+            Self::S3(s3) => write!(f, "{s3}"),
+            Self::Git(g) => match &g.revision {
+                Some(r) => write!(f, "{}#{r}", g.display_url()),
+                None => f.write_str(&g.display_url()),
+            },
         }
     }
 }
@@ -84,11 +104,114 @@ pub struct FetchOptions {
     pub limits: Limits,
     /// A directory for temporary files (the cache's, so large sources stay off small /tmp).
     pub temp_parent: PathBuf,
+    /// The function's directory inside the source (Kyma's `baseDir`, Kaniko's
+    /// `--context-sub-path`).
+    pub sub_dir: Option<String>,
+    pub git: git::GitOptions,
+    pub s3: s3::S3Options,
 }
 
 /// Fetches a source into a workspace.
 pub async fn fetch(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
+    let mut workspace = fetch_whole(spec, options).await?;
+    if let Some(sub_dir) = &options.sub_dir {
+        workspace.root = sub_directory(&workspace.root, sub_dir, spec)?;
+    }
+    Ok(workspace)
+}
+
+/// `root/sub_dir`, checked to exist and to stay inside `root`.
+fn sub_directory(root: &Path, sub_dir: &str, spec: &SourceSpec) -> Result<PathBuf> {
+    let relative = Path::new(sub_dir.trim_matches('/'));
+    if relative.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(Error::Usage(format!(
+            "--sub-dir '{sub_dir}': must be a relative path without '..'"
+        )));
+    }
+    let dir = root.join(relative);
+    let inside = dir
+        .canonicalize()
+        .ok()
+        .zip(root.canonicalize().ok())
+        .is_some_and(|(d, r)| d.starts_with(r));
+    if !dir.is_dir() || !inside {
+        let mut dirs: Vec<String> = fs::read_dir(root)
+            .map(|l| {
+                l.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.sort();
+        return Err(Error::Source(format!(
+            "sub-directory '{sub_dir}' not found in {spec} (directories at its top: {})",
+            if dirs.is_empty() {
+                "none".to_string()
+            } else {
+                dirs.join(", ")
+            }
+        )));
+    }
+    Ok(dir)
+}
+
+async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
     match spec {
+        SourceSpec::S3(source) => {
+            let temp = temp_dir(options)?;
+            let fetched = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
+            tracing::info!(source = %source, revision = %fetched.revision, "fetched from S3");
+            let mut workspace = if source.is_prefix() {
+                if options.checksum.is_some() {
+                    return Err(Error::Usage(
+                        "--checksum applies to one file or archive, not to a prefix of objects"
+                            .into(),
+                    ));
+                }
+                Workspace {
+                    root: fetched.path,
+                    origin: Origin::default(),
+                    _temp: Some(temp),
+                }
+            } else {
+                from_file(&fetched.path, options, temp)?
+            };
+            workspace.origin = Origin {
+                url: Some(source.to_string()),
+                revision: Some(fetched.revision),
+            };
+            Ok(workspace)
+        }
+        SourceSpec::Git(source) => {
+            if options.checksum.is_some() {
+                return Err(Error::Usage("--checksum applies to files and archives; a Git source is pinned by its revision".into()));
+            }
+            let temp = temp_dir(options)?;
+            let (dest, git_dir) = (temp.path().join("src"), temp.path().join("git"));
+            let (source_clone, git_options) = (source.clone(), options.git.clone());
+            let (dest_clone, git_dir_clone) = (dest.clone(), git_dir.clone());
+            let commit = tokio::task::spawn_blocking(move || {
+                git::fetch(&source_clone, &dest_clone, &git_dir_clone, &git_options)
+            })
+            .await
+            .expect("the git task does not panic")?;
+            tracing::info!(url = %source.display_url(), %commit, "fetched the Git revision");
+            Ok(Workspace {
+                root: dest,
+                origin: Origin {
+                    url: Some(source.display_url()),
+                    revision: Some(commit),
+                },
+                _temp: Some(temp),
+            })
+        }
         SourceSpec::Path(path) => fetch_path(path, options),
         SourceSpec::Url(url) => {
             let temp = temp_dir(options)?;
