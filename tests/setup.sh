@@ -2,8 +2,8 @@
 # Prepares this machine for the tests; idempotent, used by CI (.ci/run, through tests/run.sh)
 # and by developers. Needs root.
 #
-#   1. installs the Debian packages the tests use, when one of their commands is missing
-#      (apt-get update runs once first, and only then);
+#   1. installs the Debian packages the tests use, when one of their commands or libraries is
+#      missing (apt-get update runs once first, and only then), and moto from PyPI;
 #   2. builds the runtime root filesystems (Debian trixie minbase + python3/pip, + nodejs/npm)
 #      into $FNBUILD_TEST_CACHE/rootfs/{python,nodejs} when they are not complete yet, both
 #      at the same time.
@@ -32,13 +32,22 @@ declare -A package_of=(
     [curl]=curl
     [python3]=python3
     [node]=nodejs
+    [pkg-config]=pkg-config
 )
 # Stable order for printing and installing.
-commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node)
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config)
+
+# Libraries the Rust build links (git2's OpenSSL), found by their pkg-config name.
+declare -A package_of_library=(
+    [openssl]=libssl-dev
+)
 
 if [[ ${1:-} == --packages ]]; then
     for c in "${commands[@]}"; do
         echo "${package_of[$c]}"
+    done
+    for l in "${!package_of_library[@]}"; do
+        echo "${package_of_library[$l]}"
     done
     exit 0
 elif [[ $# -gt 0 ]]; then
@@ -51,6 +60,11 @@ missing=()
 for c in "${commands[@]}"; do
     if ! command -v "$c" >/dev/null 2>&1; then
         missing+=("${package_of[$c]}")
+    fi
+done
+for l in "${!package_of_library[@]}"; do
+    if ! pkg-config --exists "$l" 2>/dev/null; then
+        missing+=("${package_of_library[$l]}")
     fi
 done
 # debootstrap needs the Debian archive keys to check what it downloads.
@@ -66,6 +80,12 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The S3-compatible server the source tests run against (moto, from PyPI).
+if ! command -v moto_server >/dev/null 2>&1; then
+    echo "setup.sh: installing moto[server] from PyPI"
+    python3 -m pip install --quiet 'moto[server]'
 fi
 
 # --- 2. runtime root filesystems -------------------------------------------------------
