@@ -59,7 +59,6 @@ pub struct BuildOutcome {
     pub digest: Digest,
     /// Per output, the image by digest (`REF@sha256:...`).
     pub published: Vec<String>,
-    pub source_revision: Option<String>,
 }
 
 /// The environment a build runs in.
@@ -145,7 +144,6 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     Ok(BuildOutcome {
         digest: image.digest,
         published,
-        source_revision: workspace.origin.revision.clone(),
     })
 }
 
