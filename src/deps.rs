@@ -119,21 +119,9 @@ pub fn install(
                 let spec = SandboxSpec {
                     root: root.to_path_buf(),
                     binds: vec![
-                        Bind {
-                            source: out.to_path_buf(),
-                            target: CODE_DIR.into(),
-                            read_only: false,
-                        },
-                        Bind {
-                            source: scratch.to_path_buf(),
-                            target: "/tmp".into(),
-                            read_only: false,
-                        },
-                        Bind {
-                            source: "/etc/resolv.conf".into(),
-                            target: "/etc/resolv.conf".into(),
-                            read_only: true,
-                        },
+                        Bind::writable(out, CODE_DIR),
+                        Bind::writable(scratch, "/tmp"),
+                        Bind::resolv_conf(),
                     ],
                     workdir: CODE_DIR.into(),
                     env: settings.env("/tmp"),

@@ -66,3 +66,15 @@ impl<T> IoContext<T> for std::io::Result<T> {
         })
     }
 }
+
+/// The messages of an error and of its causes, outermost first, without repeats.
+pub fn messages(error: &dyn std::error::Error) -> Vec<String> {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        parts.push(cause.to_string());
+        source = cause.source();
+    }
+    parts.dedup();
+    parts
+}

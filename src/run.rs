@@ -106,18 +106,7 @@ async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<
     .io_context("set mode of", scratch.path())?;
     let spec = SandboxSpec {
         root: root.to_path_buf(),
-        binds: vec![
-            Bind {
-                source: scratch.path().to_path_buf(),
-                target: "/tmp".into(),
-                read_only: false,
-            },
-            Bind {
-                source: "/etc/resolv.conf".into(),
-                target: "/etc/resolv.conf".into(),
-                read_only: true,
-            },
-        ],
+        binds: vec![Bind::writable(scratch.path(), "/tmp"), Bind::resolv_conf()],
         workdir: process.cwd.clone(),
         env: process.env.clone(),
         args: process.args.clone(),

@@ -30,6 +30,26 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+impl Bind {
+    /// A writable host directory at `target`.
+    pub fn writable(source: &Path, target: &str) -> Self {
+        Self {
+            source: source.to_path_buf(),
+            target: target.to_string(),
+            read_only: false,
+        }
+    }
+
+    /// The host's DNS settings, read-only, so the command resolves names as the host does.
+    pub fn resolv_conf() -> Self {
+        Self {
+            source: "/etc/resolv.conf".into(),
+            target: "/etc/resolv.conf".into(),
+            read_only: true,
+        }
+    }
+}
+
 /// What to run and how.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -107,25 +127,13 @@ fn try_enter(spec_json: &str) -> Result<Command> {
     )
     .map_err(|e| fail("make mounts private", e))?;
     bind(&spec.root, &spec.root, false).map_err(|e| fail("bind the root filesystem", e))?;
-    for extra in [
-        Bind {
-            source: "/dev".into(),
-            target: "/dev".into(),
-            read_only: false,
-        },
-        Bind {
-            source: "/proc".into(),
-            target: "/proc".into(),
-            read_only: false,
-        },
-    ]
-    .iter()
-    .chain(&spec.binds)
-    {
+    // The host's /dev and /proc: installers need /dev/null, /dev/urandom and /proc/self.
+    let kernel = ["/dev", "/proc"].map(|dir| Bind::writable(Path::new(dir), dir));
+    for dir in &kernel {
+        fs::create_dir_all(spec.root.join(dir.target.trim_start_matches('/'))).ok();
+    }
+    for extra in kernel.iter().chain(&spec.binds) {
         let inside = spec.root.join(extra.target.trim_start_matches('/'));
-        if extra.source == Path::new("/dev") || extra.source == Path::new("/proc") {
-            fs::create_dir_all(&inside).ok();
-        }
         bind(&extra.source, &inside, extra.read_only).map_err(|e| {
             fail(
                 &format!("bind {} at {}", extra.source.display(), extra.target),

@@ -868,12 +868,8 @@ async fn error_detail(response: Response) -> String {
 
 /// A reqwest error with its causes, without the request URL (which may hold upload state).
 fn describe_reqwest(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
-    while let Some(err) = source {
-        parts.push(err.to_string());
-        source = err.source();
-    }
+    // The first message is reqwest's own, which names the URL: only the causes are shown.
+    let causes = crate::error::messages(e).split_off(1);
     let kind = if e.is_connect() {
         "connection failed"
     } else if e.is_timeout() {
@@ -881,10 +877,10 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    if parts.is_empty() {
+    if causes.is_empty() {
         kind.to_string()
     } else {
-        format!("{kind}: {}", parts.join(": "))
+        format!("{kind}: {}", causes.join(": "))
     }
 }
 

@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn unknown_revisions_suggest_near_names() {
-        let oid = git2::Oid::zero();
+        let oid = git2::Oid::ZERO_SHA1;
         let heads = Heads {
             refs: vec![
                 ("refs/heads/main".into(), oid),

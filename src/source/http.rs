@@ -115,12 +115,7 @@ async fn try_download(
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
+    let mut parts = crate::error::messages(e);
     // reqwest's own message repeats the URL with its query; keep only the causes after it.
     if parts.len() > 1 {
         parts.remove(0);

@@ -207,14 +207,7 @@ impl ErrorContext<'_> {
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.dedup();
-    parts.join(": ")
+    crate::error::messages(e).join(": ")
 }
 
 /// Streams one object to `path`; returns its version ID, else its ETag.
