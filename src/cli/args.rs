@@ -102,7 +102,8 @@ pub struct RegistryArgs {
 pub struct BuildArgs {
     /// The function's source: a directory, a file, an archive (.zip, .tar, .tar.gz, .tgz,
     /// .tar.bz2, .tar.xz), an http(s) URL of one, a Git URL (git+https://, git+ssh://, git://,
-    /// git+file://, with an optional #REVISION), or - for a tar on stdin.
+    /// git+file://, with an optional #REVISION), s3://BUCKET/KEY (a file or an archive),
+    /// s3://BUCKET/PREFIX/ (every object under it), or - for a tar on stdin.
     #[arg(
         long,
         short = 's',

@@ -41,7 +41,9 @@ pub async fn download(url: &str, dir: &Path, max_bytes: u64) -> Result<PathBuf> 
         .next()
         .filter(|n| !n.is_empty() && !n.contains(':'))
         .unwrap_or("function");
-    let path = dir.join(name);
+    // Apart from the directory the workspace is unpacked into.
+    let path = dir.join("download").join(name);
+    std::fs::create_dir_all(dir.join("download")).io_context("create", dir.join("download"))?;
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         match try_download(&client, url, &shown, &path, max_bytes).await {

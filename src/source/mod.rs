@@ -165,16 +165,15 @@ fn sub_directory(root: &Path, sub_dir: &str, spec: &SourceSpec) -> Result<PathBu
 async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
     match spec {
         SourceSpec::S3(source) => {
+            if source.is_prefix() && options.checksum.is_some() {
+                return Err(Error::Usage(
+                    "--checksum applies to one file or archive, not to a prefix of objects".into(),
+                ));
+            }
             let temp = temp_dir(options)?;
             let fetched = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
             tracing::info!(source = %source, revision = %fetched.revision, "fetched from S3");
             let mut workspace = if source.is_prefix() {
-                if options.checksum.is_some() {
-                    return Err(Error::Usage(
-                        "--checksum applies to one file or archive, not to a prefix of objects"
-                            .into(),
-                    ));
-                }
                 Workspace {
                     root: fetched.path,
                     origin: Origin::default(),

@@ -15,6 +15,9 @@ use super::archive::Limits;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
+/// The S3-specific endpoint variable of the AWS SDKs.
+const S3_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_S3";
+
 /// An `s3://` location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Source {
@@ -74,10 +77,11 @@ pub async fn fetch(
     dest_dir: &Path,
     limits: Limits,
 ) -> Result<Fetched> {
-    let client = client(options).await?;
+    let endpoint = endpoint(options);
+    let client = client(options, endpoint.as_deref()).await?;
     let errors = ErrorContext {
         source,
-        endpoint: options.endpoint.as_deref(),
+        endpoint: endpoint.as_deref(),
     };
     if source.is_prefix() {
         fetch_prefix(&client, source, dest_dir, limits, &errors).await
@@ -88,7 +92,8 @@ pub async fn fetch(
             .next()
             .filter(|n| !n.is_empty())
             .unwrap_or("function");
-        let path = dest_dir.join(name);
+        // Apart from the directory the workspace is unpacked into.
+        let path = dest_dir.join("download").join(name);
         let revision = download(
             &client,
             &source.bucket,
@@ -102,7 +107,17 @@ pub async fn fetch(
     }
 }
 
-async fn client(options: &S3Options) -> Result<aws_sdk_s3::Client> {
+/// The endpoint override: `--s3-endpoint` (or `AWS_ENDPOINT_URL`), else the S3-specific
+/// variable the AWS SDKs also honour.
+fn endpoint(options: &S3Options) -> Option<String> {
+    options.endpoint.clone().or_else(|| {
+        std::env::var(S3_ENDPOINT_ENV)
+            .ok()
+            .filter(|e| !e.is_empty())
+    })
+}
+
+async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s3::Client> {
     let region = options
         .region
         .clone()
@@ -147,12 +162,12 @@ async fn client(options: &S3Options) -> Result<aws_sdk_s3::Client> {
             ))
         }
     };
-    if let Some(endpoint) = &options.endpoint {
+    if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
     let shared = loader.load().await;
     let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(options.endpoint.is_some())
+        .force_path_style(endpoint.is_some())
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
 }
@@ -186,6 +201,12 @@ impl ErrorContext<'_> {
                 format!("authentication failed{at} ({code}): check the access key and secret (from --s3-access-key-file, AWS_ACCESS_KEY_ID, the shared credentials file or web identity)")
             }
             "" => match &err {
+                SdkError::DispatchFailure(_) if chain(&err).contains("credentials") => format!(
+                    "no S3 credentials found: give --s3-access-key-file and --s3-secret-key-file, \
+                     AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a shared credentials file \
+                     (AWS_PROFILE), or web identity ({})",
+                    chain(&err)
+                ),
                 SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => format!(
                     "cannot reach the S3 endpoint{}: {}",
                     if at.is_empty() {
