@@ -295,7 +295,7 @@ fn code_layer(
     options: &LayerOptions,
     cache: &Cache,
 ) -> Result<BuiltLayer> {
-    let skip = |p: &Path| p == Path::new(".git");
+    let skip = |p: &Path| p.file_name() == Some(std::ffi::OsStr::new(".git"));
     let mut entries =
         layer::entries_from_dir(&workspace.root, CODE_DIR, Attributes::Normalized, &skip)?;
     if let Some(files) = deps {

@@ -33,9 +33,10 @@ declare -A package_of=(
     [python3]=python3
     [node]=nodejs
     [pkg-config]=pkg-config
+    [sshd]=openssh-server
 )
 # Stable order for printing and installing.
-commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config)
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd)
 
 # Libraries the Rust build links (git2's OpenSSL), found by their pkg-config name.
 declare -A package_of_library=(

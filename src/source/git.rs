@@ -88,6 +88,7 @@ pub fn fetch(
         ))
     })?;
     let fetcher = Fetcher {
+        host_key_failure: Default::default(),
         repo: &repo,
         source,
         options,
@@ -102,7 +103,16 @@ pub fn fetch(
         Target::Ref { .. } => repo
             .find_reference(FETCHED_REF)
             .and_then(|r| r.peel_to_commit()),
-        Target::Commit(oid) => repo.find_commit(*oid),
+        Target::Commit(oid) => match repo.find_commit(*oid) {
+            Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                return Err(Error::Source(format!(
+                    "revision '{}' not found in {shown}{}",
+                    source.revision.as_deref().unwrap_or_default(),
+                    suggestions(source.revision.as_deref().unwrap_or_default(), &heads)
+                )))
+            }
+            other => other,
+        },
     }
     .map_err(|e| {
         Error::Source(format!(
@@ -186,12 +196,15 @@ fn resolve(source: &GitSource, heads: &Heads, shown: &str) -> Result<Target> {
         && revision.chars().all(|c| c.is_ascii_hexdigit())
     {
         // A commit: advertised tips resolve short SHAs; a full SHA may name any commit.
-        if let Some((_, oid)) = heads
+        if let Some((name, _)) = heads
             .refs
             .iter()
+            .filter(|(n, _)| n != "HEAD")
             .find(|(_, oid)| oid.to_string().starts_with(&revision.to_lowercase()))
         {
-            return Ok(Target::Commit(*oid));
+            return Ok(Target::Ref {
+                name: name.trim_end_matches("^{}").to_string(),
+            });
         }
         if revision.len() == 40 {
             let oid = git2::Oid::from_str(revision)
@@ -296,6 +309,7 @@ fn check_limits(repo: &Repository, tree: &git2::Tree, limits: &Limits, shown: &s
 }
 
 struct Fetcher<'a> {
+    host_key_failure: std::cell::RefCell<Option<String>>,
     repo: &'a Repository,
     source: &'a GitSource,
     options: &'a GitOptions,
@@ -327,6 +341,21 @@ impl Fetcher<'_> {
             Target::Ref { name } => format!("+{name}:{FETCHED_REF}"),
             Target::Commit(oid) => oid.to_string(),
         };
+        let everything = || -> Result<(), git2::Error> {
+            let mut remote = self.repo.remote_anonymous(&self.source.url)?;
+            let mut options = FetchOptions::new();
+            options
+                .remote_callbacks(self.callbacks())
+                .download_tags(git2::AutotagOption::None);
+            remote.fetch(
+                &[
+                    "+refs/heads/*:refs/fnbuild/heads/*",
+                    "+refs/tags/*:refs/fnbuild/tags/*",
+                ],
+                Some(&mut options),
+                None,
+            )
+        };
         let attempt = |depth: Option<i32>| -> Result<(), git2::Error> {
             let mut remote = self.repo.remote_anonymous(&self.source.url)?;
             let mut options = FetchOptions::new();
@@ -338,13 +367,20 @@ impl Fetcher<'_> {
             }
             remote.fetch(&[refspec.as_str()], Some(&mut options), None)
         };
-        match attempt(Some(1)) {
+        let result = match attempt(Some(1)) {
             // Some transports (the local one) and servers cannot fetch shallow: fetch it all.
             Err(e) if e.message().contains("shallow") => {
                 tracing::info!(url = %self.shown, "the server cannot fetch shallow; fetching the whole history");
                 attempt(None)
             }
             other => other,
+        };
+        match (result, target) {
+            (Err(e), Target::Commit(_)) if e.message().contains("specific object") => {
+                tracing::info!(url = %self.shown, "the server does not serve commits by SHA; fetching its branches and tags");
+                everything()
+            }
+            (other, _) => other,
         }
     }
 
@@ -405,15 +441,17 @@ impl Fetcher<'_> {
             }
             let key = hostkey.hostkey().unwrap_or_default();
             let (name, port) = split_host_port(host);
+            let port = port.or(url_port(&self.source.url));
+            let failure = |m: String| { *self.host_key_failure.borrow_mut() = Some(m.clone()); Err(git2::Error::from_str(&m)) };
             match credentials.host_key_status(name, port, key) {
                 HostKeyStatus::Matches => Ok(CertificateCheckStatus::CertificateOk),
-                HostKeyStatus::Unknown => Err(git2::Error::from_str(&format!(
+                HostKeyStatus::Unknown => failure(format!(
                     "host key unknown: {host} is not in known_hosts{}; add its key (ssh-keyscan), pass --git-known-hosts FILE, or --git-insecure-skip-host-key-check",
                     credentials.known_hosts_from.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default()
-                ))),
-                HostKeyStatus::Mismatch => Err(git2::Error::from_str(&format!(
+                )),
+                HostKeyStatus::Mismatch => failure(format!(
                     "host key mismatch: {host} presented a key that known_hosts does not list for it; the server may be impersonated"
-                ))),
+                )),
             }
         });
         callbacks
@@ -429,7 +467,11 @@ impl Fetcher<'_> {
         for attempt in 1..=ATTEMPTS {
             match operation() {
                 Ok(value) => return Ok(value),
-                Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && is_transient(&e)
+                        && !self.describe(&e).starts_with("repository not found") =>
+                {
                     tracing::warn!(url = %self.shown, attempt, "{}; retrying in {delay:?}", self.describe(&e));
                     std::thread::sleep(delay);
                     delay *= 2;
@@ -448,6 +490,9 @@ impl Fetcher<'_> {
 
     /// libgit2's message, classified, with credentials masked.
     fn describe(&self, e: &git2::Error) -> String {
+        if let Some(reason) = self.host_key_failure.borrow().clone() {
+            return reason;
+        }
         let message = self.redact(e.message());
         let lower = message.to_ascii_lowercase();
         let credentials = &self.options.credentials;
@@ -459,7 +504,15 @@ impl Fetcher<'_> {
             || lower.contains("401")
             || lower.contains("403")
         {
+            let url_has_password = self
+                .source
+                .url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split('/').next())
+                .and_then(|authority| authority.rsplit_once('@'))
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'));
             let from = match credentials.for_url(&self.source.url) {
+                _ if url_has_password => "the user and password in the URL".to_string(),
                 Some(c) if c.prefix.is_empty() => {
                     format!("the token in {}", super::git_credentials::TOKEN_ENV)
                 }
@@ -473,9 +526,15 @@ impl Fetcher<'_> {
                         .collect::<Vec<_>>()
                         .join(" or ")
                 ),
-                None if self.source.url.starts_with("ssh://") => {
-                    format!("{} SSH key(s)", credentials.ssh_keys.len())
-                }
+                None if self.source.url.starts_with("ssh://") => format!(
+                    "the SSH key(s) {}",
+                    credentials
+                        .ssh_keys
+                        .iter()
+                        .map(|k| k.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 None => format!(
                     "no credentials (put them in ~/.git-credentials, or a token in {})",
                     super::git_credentials::TOKEN_ENV
@@ -487,6 +546,7 @@ impl Fetcher<'_> {
             || lower.contains("not appear to be a git repository")
             || lower.contains("could not find repository")
             || lower.contains("failed to resolve path")
+            || lower.contains("no such repository")
         {
             format!("repository not found ({message})")
         } else {
@@ -518,6 +578,13 @@ fn is_transient(e: &git2::Error) -> bool {
         && !lower.contains("host key")
         || lower.contains("status code: 5")
         || lower.contains("timed out")
+}
+
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.rsplit_once(':')?.1.parse().ok()
 }
 
 fn split_host_port(host: &str) -> (&str, Option<u16>) {

@@ -10,6 +10,8 @@
 #![allow(dead_code)]
 
 pub mod functions;
+pub mod git_server;
+pub mod s3_server;
 
 use std::fs;
 use std::net::TcpListener;
