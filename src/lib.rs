@@ -15,6 +15,7 @@ pub mod digest;
 pub mod error;
 pub mod handler_check;
 pub mod image;
+pub mod knative;
 pub mod quantity;
 pub mod registry;
 pub mod rootfs;
@@ -23,5 +24,6 @@ pub mod runtime;
 pub mod sandbox;
 pub mod source;
 pub mod transport;
+pub mod yaml;
 
 pub use error::{Error, Result};

@@ -83,10 +83,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# The S3-compatible server the source tests run against (moto, from PyPI).
-if ! command -v moto_server >/dev/null 2>&1; then
-    echo "setup.sh: installing moto[server] from PyPI"
-    python3 -m pip install --quiet 'moto[server]'
+# From PyPI: the S3-compatible server the source tests run against (moto), and what the
+# CRD schema checks use (jsonschema, PyYAML).
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+    echo "setup.sh: installing moto[server], jsonschema and PyYAML from PyPI"
+    python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml
 fi
 
 # --- 2. runtime root filesystems -------------------------------------------------------

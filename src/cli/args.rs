@@ -231,6 +231,39 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE", alias = "image-name-with-digest-file")]
     pub image_ref_file: Option<PathBuf>,
 
+    /// Also write a Knative Service (serving.knative.dev/v1) that runs the image by digest.
+    #[arg(long, value_name = "FILE")]
+    pub knative_service: Option<PathBuf>,
+
+    /// The Knative Service's name [default: the image repository's last component].
+    #[arg(long, value_name = "NAME", requires = "knative_service")]
+    pub service_name: Option<String>,
+
+    /// The Knative Service's namespace.
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NAMESPACE",
+        requires = "knative_service"
+    )]
+    pub namespace: Option<String>,
+
+    /// The CPU limit of the Knative Service (a Kubernetes quantity such as 100m).
+    #[arg(long, value_name = "QUANTITY", requires = "knative_service")]
+    pub cpu: Option<String>,
+
+    /// autoscaling.knative.dev/min-scale of the Knative Service (0 scales to zero).
+    #[arg(long, value_name = "N", requires = "knative_service")]
+    pub min_scale: Option<u32>,
+
+    /// autoscaling.knative.dev/max-scale of the Knative Service.
+    #[arg(long, value_name = "N", requires = "knative_service")]
+    pub max_scale: Option<u32>,
+
+    /// autoscaling.knative.dev/target of the Knative Service: concurrent requests per instance.
+    #[arg(long, value_name = "N", requires = "knative_service")]
+    pub scale_target: Option<u32>,
+
     /// Who installs dependencies: the base image's own interpreter (image) or this machine's
     /// pip/npm (host).
     #[arg(long, value_enum, default_value_t = Installer::Image)]

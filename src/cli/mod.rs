@@ -14,6 +14,7 @@ use crate::base::{make_base, BaseRequest};
 use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::knative::{self, ServiceOptions};
 use crate::registry::{Registries, TransportOptions};
 use crate::run::{run, RunRequest};
 use crate::runtime::{Catalog, CODE_DIR};
@@ -136,6 +137,12 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             location => outputs.push(location),
         }
     }
+    if args.knative_service.is_some() && !outputs.iter().any(|o| matches!(o, Location::Registry(_)))
+    {
+        return Err(Error::Usage(
+            "--knative-service needs an --image in a registry: a Knative Service runs an image the cluster can pull".into(),
+        ));
+    }
     if outputs.is_empty() {
         return Err(Error::Usage(
             "nothing to publish to: give --image REF (repeatable), or --output oci:DIR / tar:FILE"
@@ -202,6 +209,26 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     if request.timeout_seconds == 0 {
         return Err(Error::Usage("--timeout must be at least 1 second".into()));
     }
+    let service_options = match &args.knative_service {
+        Some(_) => {
+            let options = ServiceOptions {
+                name: args.service_name.clone(),
+                namespace: args.namespace.clone(),
+                env: request.env.clone(),
+                labels: request.labels.clone(),
+                timeout_seconds: request.timeout_seconds,
+                port: request.port,
+                memory: args.memory.clone(),
+                cpu: args.cpu.clone(),
+                min_scale: args.min_scale,
+                max_scale: args.max_scale,
+                scale_target: args.scale_target,
+            };
+            knative::validate(&options)?;
+            Some(options)
+        }
+        None => None,
+    };
     let outcome = build(
         &request,
         &BuildContext {
@@ -216,6 +243,17 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &args.image_ref_file {
         write_result(path, &outcome.published[0])?;
+    }
+    if let (Some(path), Some(options)) = (&args.knative_service, &service_options) {
+        let pinned = request
+            .outputs
+            .iter()
+            .zip(&outcome.published)
+            .find_map(|(output, pinned)| matches!(output, Location::Registry(_)).then_some(pinned))
+            .expect("a registry output was required above");
+        let service = knative::service(pinned, options)?;
+        write_result(path, &crate::yaml::to_yaml(&service))?;
+        tracing::info!(file = %path.display(), "wrote the Knative Service");
     }
     let mut stdout = std::io::stdout().lock();
     for reference in &outcome.published {
