@@ -112,40 +112,38 @@ pub fn install(
         fs::copy(lock, out.join("package-lock.json")).io_context("copy", lock)?;
     }
     let settings = Settings::collect(scratch)?;
-    let result =
-        match installer {
-            Installer::Image => {
-                let root = base_rootfs.expect("the image installer is given the base rootfs");
-                let spec = SandboxSpec {
-                    root: root.to_path_buf(),
-                    binds: vec![
-                        Bind::writable(out, CODE_DIR),
-                        Bind::writable(scratch, "/tmp"),
-                        Bind::resolv_conf(),
-                    ],
-                    workdir: CODE_DIR.into(),
-                    env: settings.env("/tmp"),
-                    args: install_args(files, CODE_DIR, None),
-                    user: None,
-                };
-                run_installer(spec.command()?, files.language, &settings)
-            }
-            Installer::Host => {
-                tracing::warn!(
+    let result = match installer {
+        Installer::Image => {
+            let root = base_rootfs.expect("the image installer is given the base rootfs");
+            let spec = SandboxSpec {
+                root: root.to_path_buf(),
+                binds: vec![
+                    Bind::writable(out, CODE_DIR),
+                    Bind::writable(scratch, "/tmp"),
+                    Bind::resolv_conf(),
+                ],
+                workdir: CODE_DIR.into(),
+                env: settings.env("/tmp"),
+                args: install_args(files, CODE_DIR, None),
+                user: None,
+            };
+            run_installer(spec.command()?, files.language, &settings)
+        }
+        Installer::Host => {
+            tracing::warn!(
                 "installing dependencies with this machine's {} (--deps-installer host): native \
-                 modules are built for this machine, not for the base image",
-                if files.language == Language::Python { "pip" } else { "npm" }
+                     modules are built for this machine, not for the base image",
+                package_manager(files.language)
             );
-                let mut command = Command::new(
-                    &install_args(files, &out.to_string_lossy(), Some(python_version))[0],
-                );
-                command
-                    .args(&install_args(files, &out.to_string_lossy(), Some(python_version))[1..])
-                    .current_dir(out)
-                    .envs(settings.env(&scratch.to_string_lossy()));
-                run_installer(command, files.language, &settings)
-            }
-        };
+            let args = install_args(files, &out.to_string_lossy(), Some(python_version));
+            let mut command = Command::new(&args[0]);
+            command
+                .args(&args[1..])
+                .current_dir(out)
+                .envs(settings.env(&scratch.to_string_lossy()));
+            run_installer(command, files.language, &settings)
+        }
+    };
     // The dependency files belong to the code layer, not the deps layer.
     for name in [manifest_name, "package-lock.json"] {
         let _ = fs::remove_file(out.join(name));
@@ -305,12 +303,13 @@ impl Settings {
         }
         env
     }
+}
 
-    fn redact(&self, line: &str) -> String {
-        self.secrets.iter().fold(line.to_string(), |acc, secret| {
-            acc.replace(secret.as_str(), "****")
-        })
-    }
+/// A line with every known secret masked.
+fn redact(line: &str, secrets: &[String]) -> String {
+    secrets.iter().fold(line.to_string(), |acc, secret| {
+        acc.replace(secret.as_str(), "****")
+    })
 }
 
 /// The password in a `scheme://user:password@host` URL, if any.
@@ -321,12 +320,16 @@ fn url_password(value: &str) -> Option<String> {
     (!password.is_empty()).then(|| password.to_string())
 }
 
-/// Runs the installer, logging its output and returning its tail on failure.
-fn run_installer(mut command: Command, language: Language, settings: &Settings) -> Result<()> {
-    let tool = match language {
+fn package_manager(language: Language) -> &'static str {
+    match language {
         Language::Python => "pip",
         Language::Nodejs => "npm",
-    };
+    }
+}
+
+/// Runs the installer, logging its output and returning its tail on failure.
+fn run_installer(mut command: Command, language: Language, settings: &Settings) -> Result<()> {
+    let tool = package_manager(language);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -351,13 +354,8 @@ fn run_installer(mut command: Command, language: Language, settings: &Settings) 
         let tail = tail.clone();
         let secrets = settings.secrets.clone();
         std::thread::spawn(move || {
-            let redactor = Settings {
-                pairs: Vec::new(),
-                files: Vec::new(),
-                secrets,
-            };
             for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
-                let line = redactor.redact(&line);
+                let line = redact(&line, &secrets);
                 tracing::debug!(target: "fnbuild::deps::output", "{line}");
                 let mut tail = tail.lock().unwrap();
                 if tail.len() == TAIL_LINES {
