@@ -808,3 +808,46 @@ fn source_limits_apply_to_s3_sources() {
     ));
     assert_eq!(job.image().code_files().len(), 3);
 }
+
+/// Web identity (IRSA on EKS, MinIO's STS): the token file and role are exchanged with
+/// AssumeRoleWithWebIdentity at the endpoint's STS, and those credentials read the object.
+#[test]
+fn web_identity_credentials_are_exchanged_at_the_endpoint() {
+    let s3 = S3Server::start();
+    s3.setup(&S3Setup::new().bucket("functions").object(
+        "functions",
+        "hello.py",
+        HELLO_PY.as_bytes(),
+    ));
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJmbmJ1aWxkIn0.c2lnbmF0dXJl\n",
+    )
+    .unwrap();
+    let with_identity = |job: &Job, token: &Path| {
+        let mut cmd = job.cmd(
+            "s3://functions/hello.py",
+            &["--s3-endpoint", &s3.endpoint()],
+        );
+        cmd.env("AWS_WEB_IDENTITY_TOKEN_FILE", token).env(
+            "AWS_ROLE_ARN",
+            "arn:aws:iam::123456789012:role/function-reader",
+        );
+        cmd
+    };
+    // No access keys anywhere (the environment is cleared): only the web identity can sign.
+    let job = Job::new();
+    success(&mut with_identity(&job, &token_file));
+    assert_eq!(
+        job.image().code_files(),
+        under_kubeless(&[("hello.py", HELLO_PY)])
+    );
+
+    let job = Job::new();
+    let (code, stderr) = failure(&mut with_identity(&job, &token_dir.path().join("missing")));
+    assert_eq!(code, 1, "{stderr}");
+    assert_mentions(&stderr, &["web identity token", "missing"]);
+    job.assert_no_output("missing web identity token");
+}

@@ -2,7 +2,7 @@
 //! `s3://BUCKET/KEY` for one object (a file or an archive), `s3://BUCKET/PREFIX/` for every
 //! object under a prefix, laid out as a directory. Credentials come from key files given on
 //! the command line, else the AWS chain a build pod has: environment, shared config and
-//! credentials files, web identity (IRSA). The instance metadata service is not asked, so a
+//! credentials files, web identity (IRSA, MinIO STS). The instance metadata service is not asked, so a
 //! build never waits on an address that does not answer.
 
 use std::path::{Component, Path, PathBuf};
@@ -125,7 +125,7 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
         .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
         .unwrap_or_else(|| "us-east-1".to_string());
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region));
+        .region(aws_config::Region::new(region.clone()));
     loader = match (&options.access_key_file, &options.secret_key_file) {
         (Some(access), Some(secret)) => {
             let read = |path: &PathBuf| {
@@ -150,11 +150,7 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
                 "shared files",
                 aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
             )
-            .or_else(
-                "web identity",
-                aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder()
-                    .build(),
-            ),
+            .or_else("web identity", WebIdentity::new(&region, endpoint)),
         ),
         _ => {
             return Err(Error::Usage(
@@ -170,6 +166,83 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
         .force_path_style(endpoint.is_some())
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// Credentials for a web identity (IRSA on EKS; MinIO's STS): the token in
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` exchanged for the role `AWS_ROLE_ARN` with
+/// AssumeRoleWithWebIdentity, at the S3 endpoint when one is given (MinIO serves STS there),
+/// else at AWS's STS for the region.
+#[derive(Debug)]
+struct WebIdentity {
+    sts: aws_sdk_sts::Client,
+}
+
+impl WebIdentity {
+    fn new(region: &str, endpoint: Option<&str>) -> Self {
+        let mut config = aws_sdk_sts::Config::builder()
+            .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+            .region(aws_sdk_sts::config::Region::new(region.to_string()));
+        if let Some(endpoint) = endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            sts: aws_sdk_sts::Client::from_conf(config.build()),
+        }
+    }
+
+    async fn load(&self) -> aws_credential_types::provider::Result {
+        use aws_credential_types::provider::error::CredentialsError;
+        let (Ok(token_file), Ok(role_arn)) = (
+            std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE"),
+            std::env::var("AWS_ROLE_ARN"),
+        ) else {
+            return Err(CredentialsError::not_loaded(
+                "AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN are not set",
+            ));
+        };
+        let token = tokio::fs::read_to_string(&token_file).await.map_err(|e| {
+            CredentialsError::invalid_configuration(format!(
+                "cannot read the web identity token {token_file}: {e}"
+            ))
+        })?;
+        let session =
+            std::env::var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|_| "fnbuild".to_string());
+        let answer = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&role_arn)
+            .role_session_name(session)
+            .web_identity_token(token.trim())
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialsError::provider_error(format!(
+                    "AssumeRoleWithWebIdentity for {role_arn} failed: {}",
+                    chain(&e)
+                ))
+            })?;
+        let credentials = answer
+            .credentials()
+            .ok_or_else(|| CredentialsError::unhandled("the STS answer holds no credentials"))?;
+        Ok(aws_credential_types::Credentials::new(
+            credentials.access_key_id(),
+            credentials.secret_access_key(),
+            Some(credentials.session_token().to_string()),
+            std::time::SystemTime::try_from(*credentials.expiration()).ok(),
+            "web identity",
+        ))
+    }
+}
+
+impl aws_credential_types::provider::ProvideCredentials for WebIdentity {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.load())
+    }
 }
 
 /// Turns SDK errors into messages that say what is wrong, without credentials.
