@@ -16,6 +16,7 @@ pub mod error;
 pub mod handler_check;
 pub mod image;
 pub mod knative;
+pub mod kubeless;
 pub mod quantity;
 pub mod registry;
 pub mod rootfs;
@@ -24,6 +25,5 @@ pub mod runtime;
 pub mod sandbox;
 pub mod source;
 pub mod transport;
-pub mod yaml;
 
 pub use error::{Error, Result};

@@ -50,6 +50,8 @@ pub enum Command {
     Run(RunArgs),
     /// Copy an image between registries, OCI layouts and tarballs, keeping its digest.
     Push(PushArgs),
+    /// Convert Kubeless Function objects into fnbuild builds and Knative Services.
+    Convert(ConvertArgs),
     /// List the runtimes fnbuild builds for.
     Runtimes(RuntimesArgs),
     /// Internal: runs a command inside a root filesystem (used for dependency installs).
@@ -325,6 +327,35 @@ pub struct PushArgs {
     /// Where to copy it: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
     #[arg(required = true)]
     pub to: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The Kubeless objects: Functions (kubeless.io/v1beta1), and their CronJobTrigger and
+    /// HTTPTrigger objects, e.g. from `kubectl get functions,cronjobtriggers -o yaml`.
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Where each function's directory is written (code, deps, build.sh, service.yaml,
+    /// pingsource.yaml).
+    #[arg(long, value_name = "DIR", default_value = "kubeless-functions")]
+    pub out: PathBuf,
+
+    /// Build and push each function to PREFIX/NAME:latest and pin its Service to the digest,
+    /// e.g. registry.local:5000/functions.
+    #[arg(long, value_name = "REGISTRY/PATH")]
+    pub image_prefix: Option<String>,
+
+    /// The runtime base image for every function, replacing the catalog's.
+    #[arg(long, value_name = "REF")]
+    pub base_image: Option<String>,
+
+    /// Who installs dependencies (see `fnbuild build --help`).
+    #[arg(long, value_enum, default_value_t = Installer::Image)]
+    pub deps_installer: Installer,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

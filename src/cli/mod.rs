@@ -15,6 +15,7 @@ use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::knative::{self, ServiceOptions};
+use crate::kubeless::ConvertRequest;
 use crate::registry::{Registries, TransportOptions};
 use crate::run::{run, RunRequest};
 use crate::runtime::{Catalog, CODE_DIR};
@@ -25,8 +26,8 @@ use crate::source::{Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
-    BaseArgs, BuildArgs, Cli, Command, ListFormat, LogFormat, PushArgs, RegistryArgs, RunArgs,
-    RuntimesArgs,
+    BaseArgs, BuildArgs, Cli, Command, ConvertArgs, ListFormat, LogFormat, PushArgs, RegistryArgs,
+    RunArgs, RuntimesArgs,
 };
 
 pub fn main() -> ExitCode {
@@ -93,6 +94,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Base(args) => run_base(args).await,
         Command::Run(args) => run_image(args).await,
         Command::Push(args) => push_image(args).await,
+        Command::Convert(args) => convert_functions(args).await,
         Command::Runtimes(args) => list_runtimes(args),
         Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
     }
@@ -252,7 +254,10 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             .find_map(|(output, pinned)| matches!(output, Location::Registry(_)).then_some(pinned))
             .expect("a registry output was required above");
         let service = knative::service(pinned, options)?;
-        write_result(path, &crate::yaml::to_yaml(&service))?;
+        write_result(
+            path,
+            &serde_norway::to_string(&service).expect("a Service serializes"),
+        )?;
         tracing::info!(file = %path.display(), "wrote the Knative Service");
     }
     let mut stdout = std::io::stdout().lock();
@@ -349,6 +354,34 @@ async fn push_image(args: PushArgs) -> Result<ExitCode> {
     let source = SourceImage::load(&from, &registries, &store).await?;
     for reference in publish(&BuiltImage::copy_of(&source), &to, &registries, &store).await? {
         println!("{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
+    let (registries, cache, catalog) = setup(&args.registry)?;
+    let request = ConvertRequest {
+        file: args.file.clone(),
+        out_dir: args.out.clone(),
+        image_prefix: args.image_prefix.clone(),
+        installer: args.deps_installer,
+        base_image: args.base_image.as_deref().map(str::parse).transpose()?,
+        source_date_epoch: source_date_epoch()?,
+    };
+    let context = BuildContext {
+        catalog: &catalog,
+        registries: &registries,
+        cache: &cache,
+    };
+    let mut out = std::io::stdout().lock();
+    for function in crate::kubeless::convert(&request, &context).await? {
+        for note in &function.not_carried {
+            tracing::warn!(function = %function.name, "not carried over: {note}");
+        }
+        let _ = match &function.image {
+            Some(image) => writeln!(out, "{}	{}	{image}", function.name, function.dir.display()),
+            None => writeln!(out, "{}	{}", function.name, function.dir.display()),
+        };
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -56,7 +56,7 @@ impl GitSource {
 }
 
 /// How to fetch: credentials, host-key policy, limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct GitOptions {
     pub credentials: GitCredentials,
     pub skip_host_key_check: bool,

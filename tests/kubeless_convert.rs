@@ -1,0 +1,339 @@
+//! `fnbuild convert -f FUNCTIONS.yaml`: Kubeless Function objects of every content type become
+//! builds, Knative Services pinned to the images' digests (valid against Knative's CRDs), and
+//! PingSources for schedules; what Knative has no place for is reported.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use common::functions::*;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, text) in files {
+        zip.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        zip.write_all(text.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+fn tgz_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&common::tar_of(
+        &files
+            .iter()
+            .map(|(n, t)| (*n, t.as_bytes()))
+            .collect::<Vec<_>>(),
+    ))
+    .unwrap();
+    gz.finish().unwrap()
+}
+
+/// Serves `body` at every request on a local port, for `url` content.
+fn serve(body: Vec<u8>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{address}")
+}
+
+fn crd(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/knative-crds")
+        .join(name)
+}
+
+fn assert_valid(crd_file: &str, object: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate_crd.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(crd(crd_file))
+        .arg(object)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} is not valid against {crd_file}:\n{}{}",
+        object.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn yaml_field(file: &Path, pointer: &str) -> serde_json::Value {
+    let value: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    value
+        .pointer(pointer)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn functions_yaml(url_code: &str, url_zip: &str, zip_checksum: &str) -> String {
+    let node = "module.exports = { hello: (event) => 'node says ' + event.data };\n";
+    let zipped = zip_of(&[(
+        "zipped.py",
+        "def handler(event, context):\n    return 'from a zip'\n",
+    )]);
+    let tarred = tgz_of(&[(
+        "tarred.js",
+        "module.exports = { handler: () => 'from a tar' };\n",
+    )]);
+    format!(
+        r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: withdeps, namespace: default, labels: {{created-by: kubeless}}}}
+  spec:
+    runtime: python3.7
+    handler: withdeps.handler
+    function-content-type: text
+    function: |
+      import six
+      def handler(event, context):
+          return "six " + six.__version__
+    deps: "six==1.16.0"
+    timeout: "45"
+    deployment:
+      spec:
+        template:
+          spec:
+            containers:
+            - env:
+              - {{name: STAGE, value: prod}}
+              - name: TOKEN
+                valueFrom: {{secretKeyRef: {{name: api, key: token}}}}
+              resources: {{limits: {{memory: 128Mi, cpu: 200m}}}}
+    horizontalPodAutoscaler: {{spec: {{minReplicas: 1, maxReplicas: 3}}}}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: node64}}
+  spec: {{runtime: nodejs14, handler: node64.hello, function-content-type: base64, function: "{node64}"}}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: zipped}}
+  spec: {{runtime: python3.8, handler: zipped.handler, function-content-type: base64+zip, function: "{zipped}", checksum: "{zip_checksum}"}}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: tarred}}
+  spec: {{runtime: nodejs12, handler: tarred.handler, function-content-type: base64+compressedtar, function: "{tarred}"}}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: fromurl}}
+  spec: {{runtime: python3.9, handler: fromurl.handler, function-content-type: url, function: "{url_code}"}}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata: {{name: urlzip}}
+  spec: {{runtime: python3.9, handler: zipped.handler, function-content-type: url+zip, function: "{url_zip}"}}
+- apiVersion: kubeless.io/v1beta1
+  kind: CronJobTrigger
+  metadata: {{name: withdeps-every-5}}
+  spec: {{function-name: withdeps, schedule: "*/5 * * * *", payload: {{job: report}}}}
+- apiVersion: kubeless.io/v1beta1
+  kind: HTTPTrigger
+  metadata: {{name: node64-http}}
+  spec: {{function-name: node64, host-name: node.example.com, path: api}}
+"#,
+        node64 = b64(node.as_bytes()),
+        zipped = b64(&zipped),
+        tarred = b64(&tarred),
+    )
+}
+
+#[test]
+fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
+    let registry = registry_with_bases(&[PYTHON, NODEJS]);
+    let code = "def handler(event, context):\n    return 'from a url'\n";
+    let url_code = format!("{}/fromurl.py", serve(code.as_bytes().to_vec()));
+    let zipped = zip_of(&[(
+        "zipped.py",
+        "def handler(event, context):\n    return 'from a zip'\n",
+    )]);
+    let url_zip = format!("{}/function.zip", serve(zipped.clone()));
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("functions.yaml");
+    std::fs::write(
+        &file,
+        functions_yaml(&url_code, &url_zip, &common::sha256_digest(&zipped)),
+    )
+    .unwrap();
+    let out_dir = work.path().join("out");
+    let cache = tempfile::tempdir().unwrap();
+    let out = success(
+        common::fnbuild()
+            .args(["convert", "-f"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out_dir)
+            .args([
+                "--image-prefix",
+                &format!("{}/functions", registry.host()),
+                "--cache-dir",
+            ])
+            .arg(cache.path())
+            .env("FNBUILD_BASE_REGISTRY", registry.host()),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // What cannot be carried over is reported.
+    assert!(
+        stderr.contains("TOKEN") && stderr.contains("valueFrom"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("host name, path"), "{stderr}");
+
+    let images: std::collections::BTreeMap<String, String> = stdout
+        .lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.split('\t').collect();
+            (fields[0].to_string(), fields[2].to_string())
+        })
+        .collect();
+    assert_eq!(images.len(), 6, "{stdout}");
+    for (name, image) in &images {
+        assert!(
+            image.starts_with(&format!("{}/functions/{name}@sha256:", registry.host())),
+            "{image}"
+        );
+        let service = out_dir.join(name).join("service.yaml");
+        assert_valid("serving-service.yaml", &service);
+        assert_eq!(
+            yaml_field(&service, "/spec/template/spec/containers/0/image"),
+            serde_json::json!(image)
+        );
+        assert!(out_dir.join(name).join("build.sh").is_file());
+    }
+    let service = out_dir.join("withdeps/service.yaml");
+    assert_eq!(yaml_field(&service, "/metadata/namespace"), "default");
+    assert_eq!(
+        yaml_field(&service, "/spec/template/spec/timeoutSeconds"),
+        45
+    );
+    assert_eq!(
+        yaml_field(
+            &service,
+            "/spec/template/spec/containers/0/resources/limits/memory"
+        ),
+        "128Mi"
+    );
+    assert_eq!(
+        yaml_field(
+            &service,
+            "/spec/template/metadata/annotations/autoscaling.knative.dev~1max-scale"
+        ),
+        "3"
+    );
+    let ping = out_dir.join("withdeps/pingsource.yaml");
+    assert_valid("eventing-pingsource.yaml", &ping);
+    assert_eq!(yaml_field(&ping, "/spec/schedule"), "*/5 * * * *");
+    assert_eq!(yaml_field(&ping, "/spec/sink/ref/name"), "withdeps");
+    assert_eq!(yaml_field(&ping, "/spec/data"), r#"{"job":"report"}"#);
+
+    for (name, data, expected) in [
+        ("withdeps", "", "six 1.16.0"),
+        ("node64", "hi", "node says hi"),
+        ("zipped", "", "from a zip"),
+        ("tarred", "", "from a tar"),
+        ("fromurl", "", "from a url"),
+        ("urlzip", "", "from a zip"),
+    ] {
+        let function = RunningFunction::start(&images[name], cache.path(), &[]);
+        let (status, _, body) = call(
+            "POST",
+            &function.url("/"),
+            &[("content-type", "text/plain")],
+            data.as_bytes(),
+        );
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).into_owned()),
+            (200, expected.to_string()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn without_a_registry_the_inputs_and_a_build_script_are_written() {
+    let registry = registry_with_bases(&[PYTHON]);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("functions.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: hello}\nspec:\n  runtime: python3.7\n  handler: hello.foo\n  function: \"def foo(event, context):\\n    return 'hello world'\\n\"\n",
+    )
+    .unwrap();
+    let out_dir = work.path().join("out");
+    let out = success(
+        common::fnbuild()
+            .args(["convert", "-f"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out_dir),
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello\t"));
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("hello/code/hello.py")).unwrap(),
+        "def foo(event, context):\n    return 'hello world'\n"
+    );
+    assert!(
+        !out_dir.join("hello/service.yaml").exists(),
+        "no Service without an image digest"
+    );
+
+    // build.sh is what a user runs next: it builds and writes the Service.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_fnbuild")).parent().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    success(
+        std::process::Command::new("sh")
+            .arg(out_dir.join("hello/build.sh"))
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("IMAGE", format!("{}/functions/hello:v1", registry.host()))
+            .env("FNBUILD_BASE_REGISTRY", registry.host())
+            .env("FNBUILD_CACHE_DIR", cache.path()),
+    );
+    assert_valid("serving-service.yaml", &out_dir.join("hello/service.yaml"));
+}
+
+#[test]
+fn bad_objects_say_what_is_wrong() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("functions.yaml");
+    for (yaml, expected) in [
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "kind 'ConfigMap'"),
+        ("apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec: {handler: f.h}\n", "has no runtime"),
+        (
+            "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: python3.7, handler: f.h, function-content-type: gzip}\n",
+            "accepted: text, base64, url",
+        ),
+        ("[unclosed", "not valid YAML"),
+    ] {
+        std::fs::write(&file, yaml).unwrap();
+        let (code, stderr) = failure(common::fnbuild().args(["convert", "-f"]).arg(&file).arg("--out").arg(work.path().join("out")));
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+}
