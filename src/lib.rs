@@ -8,6 +8,7 @@
 
 pub mod base;
 pub mod build;
+pub mod builder_image;
 pub mod cache;
 pub mod cli;
 pub mod deps;

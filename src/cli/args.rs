@@ -46,6 +46,9 @@ pub enum Command {
     Build(Box<BuildArgs>),
     /// Make a runtime base image: an upstream language image plus the runtime server.
     Base(BaseArgs),
+    /// Make the builder image: this fnbuild, its libraries and CA certificates, for Knative
+    /// Build and Tekton steps.
+    BuilderImage(BuilderImageArgs),
     /// Run a function image locally (under runc) until interrupted.
     Run(RunArgs),
     /// Copy an image between registries, OCI layouts and tarballs, keeping its digest.
@@ -294,6 +297,16 @@ pub struct BaseArgs {
     #[arg(long, value_name = "UPSTREAM")]
     pub from: String,
 
+    /// Where to publish: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
+    #[arg(long, value_name = "REF", alias = "destination", required = true)]
+    pub image: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuilderImageArgs {
     /// Where to publish: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
     #[arg(long, value_name = "REF", alias = "destination", required = true)]
     pub image: Vec<String>,

@@ -26,8 +26,8 @@ use crate::source::{Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
-    BaseArgs, BuildArgs, Cli, Command, ConvertArgs, ListFormat, LogFormat, PushArgs, RegistryArgs,
-    RunArgs, RuntimesArgs,
+    BaseArgs, BuildArgs, BuilderImageArgs, Cli, Command, ConvertArgs, ListFormat, LogFormat,
+    PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
 };
 
 pub fn main() -> ExitCode {
@@ -93,6 +93,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Build(args) => run_build(*args).await,
         Command::Base(args) => run_base(args).await,
         Command::Run(args) => run_image(args).await,
+        Command::BuilderImage(args) => builder_image(args).await,
         Command::Push(args) => push_image(args).await,
         Command::Convert(args) => convert_functions(args).await,
         Command::Runtimes(args) => list_runtimes(args),
@@ -322,6 +323,26 @@ async fn run_base(args: BaseArgs) -> Result<ExitCode> {
         source_date_epoch: source_date_epoch()?,
     };
     for reference in make_base(&request, &registries, &cache).await? {
+        println!("{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn builder_image(args: BuilderImageArgs) -> Result<ExitCode> {
+    let (registries, cache, _) = setup(&args.registry)?;
+    let outputs = args
+        .image
+        .iter()
+        .map(|i| i.parse())
+        .collect::<Result<Vec<Location>>>()?;
+    for reference in crate::builder_image::make_builder_image(
+        &outputs,
+        &registries,
+        &cache,
+        source_date_epoch()?,
+    )
+    .await?
+    {
         println!("{reference}");
     }
     Ok(ExitCode::SUCCESS)
