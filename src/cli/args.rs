@@ -71,7 +71,7 @@ pub struct RegistryArgs {
 
     /// A PEM file of CA certificates to trust for registries, besides the system's (Kaniko's
     /// REGISTRY=FILE form is accepted too). Repeatable.
-    #[arg(
+    #[arg(value_parser = path_or_empty,
         long = "registry-ca",
         value_name = "FILE",
         alias = "registry-certificate"
@@ -80,12 +80,12 @@ pub struct RegistryArgs {
 
     /// Directory (or file) with the Docker config.json holding registry credentials
     /// [default: $DOCKER_CONFIG, else $HOME/.docker].
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = path_or_empty, long, value_name = "DIR")]
     pub docker_config: Option<PathBuf>,
 
     /// Cache directory for blobs, unpacked base images and deps layers
     /// [default: $XDG_CACHE_HOME/fnbuild or $HOME/.cache/fnbuild].
-    #[arg(
+    #[arg(value_parser = path_or_empty,
         long,
         value_name = "DIR",
         env = "FNBUILD_CACHE_DIR",
@@ -94,7 +94,7 @@ pub struct RegistryArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// A runtime catalog file replacing the embedded one (see `fnbuild runtimes -o json`).
-    #[arg(
+    #[arg(value_parser = path_or_empty,
         long,
         value_name = "FILE",
         env = "FNBUILD_CATALOG",
@@ -134,11 +134,11 @@ pub struct BuildArgs {
     pub git_submodules: bool,
 
     /// The SSH private key for git+ssh:// sources [default: ~/.ssh/id_*].
-    #[arg(long, value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
     pub git_ssh_key: Option<PathBuf>,
 
     /// The known_hosts file for git+ssh:// sources [default: ~/.ssh/known_hosts].
-    #[arg(long, value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
     pub git_known_hosts: Option<PathBuf>,
 
     /// Accept any SSH host key (logged as a warning): only for servers you reach over a
@@ -162,11 +162,11 @@ pub struct BuildArgs {
 
     /// A file holding the access key ID for s3:// sources (with --s3-secret-key-file)
     /// [default: the AWS chain: environment, shared files, web identity].
-    #[arg(long, value_name = "FILE", requires = "s3_secret_key_file")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE", requires = "s3_secret_key_file")]
     pub s3_access_key_file: Option<PathBuf>,
 
     /// A file holding the secret access key for s3:// sources.
-    #[arg(long, value_name = "FILE", requires = "s3_access_key_file")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE", requires = "s3_access_key_file")]
     pub s3_secret_key_file: Option<PathBuf>,
 
     /// The function's directory inside the source (Kyma's baseDir).
@@ -192,14 +192,15 @@ pub struct BuildArgs {
     pub handler: String,
 
     /// The dependencies file (requirements.txt or package.json) [default: the one in the source].
-    #[arg(long, short = 'd', value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long, short = 'd', value_name = "FILE")]
     pub dependencies: Option<PathBuf>,
 
-    /// An environment variable for the function, K=V (or K:V). Repeatable.
+    /// Environment variables for the function, K=V (or K:V); repeatable, or comma separated
+    /// as Kubeless took them.
     #[arg(long, short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
 
-    /// An image label, k=v, k:v or a bare k. Repeatable.
+    /// Image labels, k=v, k:v or a bare k; repeatable, or comma separated.
     #[arg(long, short = 'l', value_name = "K=V")]
     pub label: Vec<String>,
 
@@ -229,15 +230,15 @@ pub struct BuildArgs {
     pub output: Vec<String>,
 
     /// Write the image digest (sha256:...) here once the image is published.
-    #[arg(long, value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
     pub digest_file: Option<PathBuf>,
 
     /// Write the image reference by digest (REF@sha256:...) here once the image is published.
-    #[arg(long, value_name = "FILE", alias = "image-name-with-digest-file")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE", alias = "image-name-with-digest-file")]
     pub image_ref_file: Option<PathBuf>,
 
     /// Also write a Knative Service (serving.knative.dev/v1) that runs the image by digest.
-    #[arg(long, value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
     pub knative_service: Option<PathBuf>,
 
     /// The Knative Service's name [default: the image repository's last component].
@@ -349,12 +350,12 @@ pub struct PushArgs {
 pub struct ConvertArgs {
     /// The Kubeless objects: Functions (kubeless.io/v1beta1), and their CronJobTrigger and
     /// HTTPTrigger objects, e.g. from `kubectl get functions,cronjobtriggers -o yaml`.
-    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    #[arg(value_parser = path_or_empty, long = "file", short = 'f', value_name = "FILE")]
     pub file: PathBuf,
 
     /// Where each function's directory is written (code, deps, build.sh, service.yaml,
     /// pingsource.yaml).
-    #[arg(long, value_name = "DIR", default_value = "kubeless-functions")]
+    #[arg(value_parser = path_or_empty, long, value_name = "DIR", default_value = "kubeless-functions")]
     pub out: PathBuf,
 
     /// Build and push each function to PREFIX/NAME:latest and pin its Service to the digest,
@@ -381,7 +382,7 @@ pub struct RuntimesArgs {
     pub output: ListFormat,
 
     /// A runtime catalog file replacing the embedded one.
-    #[arg(
+    #[arg(value_parser = path_or_empty,
         long,
         value_name = "FILE",
         env = "FNBUILD_CATALOG",
@@ -394,4 +395,74 @@ pub struct RuntimesArgs {
 pub enum ListFormat {
     Table,
     Json,
+}
+
+/// Build templates pass every parameter, so an empty value means "not given" (Knative Build
+/// and Tekton have no way to leave an argument out), and lists come comma separated.
+pub trait EmptyMeansAbsent {
+    fn without_empty_values(self) -> Self;
+}
+
+/// Paths as given, the empty one included (clap's own path parser refuses it).
+fn path_or_empty(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+fn given<T: AsRef<std::ffi::OsStr>>(value: Option<T>) -> Option<T> {
+    value.filter(|v| !v.as_ref().is_empty())
+}
+
+fn split_list(values: Vec<String>) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+impl EmptyMeansAbsent for RegistryArgs {
+    fn without_empty_values(self) -> Self {
+        Self {
+            insecure_registries: split_list(self.insecure_registries),
+            registry_ca: self
+                .registry_ca
+                .into_iter()
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect(),
+            docker_config: given(self.docker_config),
+            cache_dir: given(self.cache_dir),
+            catalog: given(self.catalog),
+        }
+    }
+}
+
+impl EmptyMeansAbsent for BuildArgs {
+    fn without_empty_values(self) -> Self {
+        Self {
+            source: given(self.source),
+            git_url: given(self.git_url),
+            git_revision: given(self.git_revision),
+            checksum: given(self.checksum),
+            dependencies: given(self.dependencies),
+            sub_dir: given(self.sub_dir).filter(|d| d != "."),
+            env: split_list(self.env),
+            label: split_list(self.label),
+            base_image: given(self.base_image),
+            image: split_list(self.image),
+            output: split_list(self.output),
+            digest_file: given(self.digest_file),
+            image_ref_file: given(self.image_ref_file),
+            s3_endpoint: given(self.s3_endpoint),
+            s3_region: given(self.s3_region),
+            memory: given(self.memory),
+            cpu: given(self.cpu),
+            knative_service: given(self.knative_service),
+            service_name: given(self.service_name),
+            namespace: given(self.namespace),
+            registry: self.registry.without_empty_values(),
+            ..self
+        }
+    }
 }

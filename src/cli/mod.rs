@@ -26,8 +26,8 @@ use crate::source::{Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
-    BaseArgs, BuildArgs, BuilderImageArgs, Cli, Command, ConvertArgs, ListFormat, LogFormat,
-    PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
+    BaseArgs, BuildArgs, BuilderImageArgs, Cli, Command, ConvertArgs, EmptyMeansAbsent, ListFormat,
+    LogFormat, PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
 };
 
 pub fn main() -> ExitCode {
@@ -90,7 +90,7 @@ fn report(err: &Error, format: LogFormat) {
 
 async fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Build(args) => run_build(*args).await,
+        Command::Build(args) => run_build(args.without_empty_values()).await,
         Command::Base(args) => run_base(args).await,
         Command::Run(args) => run_image(args).await,
         Command::BuilderImage(args) => builder_image(args).await,
@@ -527,6 +527,35 @@ fn write_result(path: &Path, content: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_template_parameters_mean_absent_and_lists_are_split() {
+        let cli = Cli::try_parse_from([
+            "fnbuild",
+            "build",
+            "--source=/workspace",
+            "--runtime=python3.13",
+            "--handler=h.f",
+            "--image=r.local/x",
+            "--env=",
+            "--env=A=1,B=2",
+            "--label=",
+            "--sub-dir=",
+            "--base-image=",
+            "--docker-config=",
+            "--git-revision=",
+        ])
+        .unwrap();
+        let Command::Build(args) = cli.command else {
+            panic!("not a build")
+        };
+        let args = args.without_empty_values();
+        assert_eq!(args.env, ["A=1", "B=2"]);
+        assert!(args.label.is_empty());
+        assert!(args.sub_dir.is_none() && args.base_image.is_none() && args.git_revision.is_none());
+        assert!(args.registry.docker_config.is_none());
+        assert!(matches!(source_spec(&args).unwrap(), SourceSpec::Path(_)));
+    }
 
     #[test]
     fn kaniko_registry_certificate_form_names_the_file() {
