@@ -12,7 +12,7 @@ use crate::image::config::{rfc3339, RootFs};
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
 use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
 use crate::registry::Registries;
-use crate::runtime::{Runtime, CODE_DIR, SERVER_DIR};
+use crate::runtime::{Language, Runtime, CODE_DIR, SERVER_DIR};
 use crate::transport::publish::{publish, BuiltImage, Inherited};
 use crate::transport::{Location, SourceImage};
 
@@ -89,7 +89,10 @@ pub async fn make_base(
     config.config.cmd = None;
     config.config.user = Some(RUNTIME_USER.to_string());
     config.config.working_dir = Some(CODE_DIR.to_string());
-    config.set_env([("FUNC_PORT", "8080"), ("PYTHONUNBUFFERED", "1")]);
+    config.set_env([("FUNC_PORT", "8080")]);
+    if request.runtime.language == Language::Python {
+        config.set_env([("PYTHONUNBUFFERED", "1")]);
+    }
     config.set_labels([
         ("dev.fnbuild.runtime", request.runtime.name.as_str()),
         (
