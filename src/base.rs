@@ -3,10 +3,10 @@
 //! server, with the config that starts it. Upstream layers are not downloaded when the
 //! upstream is in a registry: they are mounted or copied blob by blob at publish time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::cache::Cache;
-use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::config::{rfc3339, RootFs};
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
@@ -60,29 +60,31 @@ pub async fn make_base(
         ..LayerOptions::default()
     };
     let created = rfc3339(request.source_date_epoch);
-    let (mut manifest, mut config, inherited) = match &request.upstream {
+    let (family, mut layers, annotations, mut config, inherited) = match &request.upstream {
         Upstream::Image(location) => {
             let upstream = SourceImage::load(location, registries, &store).await?;
-            let mut manifest = upstream.manifest.clone();
-            manifest.annotations.clear();
-            if manifest.family()? == MediaFamily::Oci {
-                manifest.annotations.insert(
-                    "org.opencontainers.image.base.digest".into(),
+            let family = upstream.manifest.family()?;
+            let mut annotations = BTreeMap::new();
+            if family == MediaFamily::Oci {
+                annotations.insert(
+                    "org.opencontainers.image.base.digest".to_string(),
                     upstream.digest.to_string(),
                 );
             }
+            let layers = upstream.manifest.layers.clone();
             (
-                manifest,
+                family,
+                layers,
+                annotations,
                 upstream.config.clone(),
                 Some(Inherited::layers_of(&upstream)),
             )
         }
         Upstream::Rootfs(dir) => {
-            let (manifest, config) = rootfs_image(dir, &options, cache, &created)?;
-            (manifest, config, None::<Inherited>)
+            let (layer, config) = rootfs_layer(dir, &options, cache, &created)?;
+            (MediaFamily::Oci, vec![layer], BTreeMap::new(), config, None)
         }
     };
-    let family = manifest.family()?;
     let server = server_layer(request.runtime, &options, cache)?;
     config.created = Some(created.clone());
     config.config.entrypoint = Some(request.runtime.language.entrypoint());
@@ -106,14 +108,12 @@ pub async fn make_base(
         &created,
         format!("fnbuild: {} runtime server", request.runtime.language),
     );
-    let config_bytes = config.to_bytes();
-    let config_digest = store.insert_bytes(&config_bytes)?;
-    manifest.config = Descriptor::new(family.config(), config_digest, config_bytes.len() as u64);
-    manifest.layers.push(Descriptor::new(
+    layers.push(Descriptor::new(
         family.layer_gzip(),
         server.digest,
         server.size,
     ));
+    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
     publish(
         &BuiltImage::new(manifest, inherited),
         &request.outputs,
@@ -136,13 +136,13 @@ fn server_layer(runtime: &Runtime, options: &LayerOptions, cache: &Cache) -> Res
     layer::write_layer(entries, options, &cache.blobs())
 }
 
-/// A one-layer image of a root filesystem directory, modes and owners kept.
-fn rootfs_image(
+/// The layer of a root filesystem directory (modes and owners kept) and a config for it.
+fn rootfs_layer(
     dir: &Path,
     options: &LayerOptions,
     cache: &Cache,
     created: &str,
-) -> Result<(Manifest, ImageConfig)> {
+) -> Result<(Descriptor, ImageConfig)> {
     if !dir.join("bin").exists() && !dir.join("usr").is_dir() {
         return Err(Error::Usage(format!(
             "rootfs:{}: not a root filesystem (no /usr or /bin in it)",
@@ -177,19 +177,8 @@ fn rootfs_image(
         created,
         format!("fnbuild: root filesystem from {}", dir.display()),
     );
-    let config_bytes = config.to_bytes();
-    let config_digest: Digest = cache.blobs().insert_bytes(&config_bytes)?;
-    let family = MediaFamily::Oci;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(family.manifest().to_string()),
-        config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
-        layers: vec![Descriptor::new(
-            family.layer_gzip(),
-            built.digest,
-            built.size,
-        )],
-        annotations: Default::default(),
-    };
-    Ok((manifest, config))
+    Ok((
+        Descriptor::new(MediaFamily::Oci.layer_gzip(), built.digest, built.size),
+        config,
+    ))
 }

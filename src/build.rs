@@ -369,8 +369,6 @@ fn assemble(
     );
 
     let store = cache.blobs();
-    let config_bytes = config.to_bytes();
-    let config_digest = store.insert_bytes(&config_bytes)?;
     let mut layers = base.manifest.layers.clone();
     for built in deps_layer.into_iter().chain(std::iter::once(code_layer)) {
         layers.push(Descriptor::new(
@@ -402,12 +400,6 @@ fn assemble(
             );
         }
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(family.manifest().to_string()),
-        config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
-        layers,
-        annotations,
-    };
+    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
     Ok(BuiltImage::new(manifest, Some(Inherited::layers_of(base))))
 }

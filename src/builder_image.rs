@@ -89,20 +89,13 @@ pub async fn make_builder_image(
         &created,
         "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
     );
-    let config_bytes = config.to_bytes();
-    let config_digest = cache.blobs().insert_bytes(&config_bytes)?;
     let family = MediaFamily::Oci;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(family.manifest().to_string()),
-        config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
-        layers: vec![Descriptor::new(
-            family.layer_gzip(),
-            built.digest,
-            built.size,
-        )],
-        annotations: Default::default(),
-    };
+    let layers = vec![Descriptor::new(
+        family.layer_gzip(),
+        built.digest,
+        built.size,
+    )];
+    let manifest = Manifest::assemble(family, &config, layers, Default::default(), &cache.blobs())?;
     publish(
         &BuiltImage::new(manifest, None),
         outputs,

@@ -123,6 +123,26 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest of the family's media types for a config and layers; the config blob is
+    /// stored in `store`.
+    pub fn assemble(
+        family: MediaFamily,
+        config: &ImageConfig,
+        layers: Vec<Descriptor>,
+        annotations: BTreeMap<String, String>,
+        store: &crate::cache::BlobStore,
+    ) -> Result<Self> {
+        let config_bytes = config.to_bytes();
+        let config_digest = store.insert_bytes(&config_bytes)?;
+        Ok(Self {
+            schema_version: 2,
+            media_type: Some(family.manifest().to_string()),
+            config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
+            layers,
+            annotations,
+        })
+    }
+
     pub fn family(&self) -> Result<MediaFamily> {
         MediaFamily::of_manifest(self.media_type.as_deref())
     }
