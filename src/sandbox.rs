@@ -116,8 +116,12 @@ fn try_enter(spec_json: &str) -> Result<Command> {
             "cannot {what} inside the image's root filesystem: {e}"
         ))
     };
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
-        .map_err(|e| fail("create a mount namespace", e))?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| {
+        Error::Run(format!(
+            "cannot create a mount namespace ({e}): this needs CAP_SYS_ADMIN; in a Kubernetes \
+             step set securityContext.privileged: true, or build with --deps-installer host"
+        ))
+    })?;
     mount(
         None::<&str>,
         "/",

@@ -160,6 +160,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "REGION")]
     pub s3_region: Option<String>,
 
+    /// A directory with AWS-style `credentials` and `config` files for s3:// sources (a mounted
+    /// secret), used instead of ~/.aws.
+    #[arg(long, value_name = "DIR", value_parser = path_or_empty)]
+    pub s3_credentials_dir: Option<PathBuf>,
+
     /// A file holding the access key ID for s3:// sources (with --s3-secret-key-file)
     /// [default: the AWS chain: environment, shared files, web identity].
     #[arg(value_parser = path_or_empty, long, value_name = "FILE", requires = "s3_secret_key_file")]
@@ -456,6 +461,7 @@ impl EmptyMeansAbsent for BuildArgs {
             image_ref_file: given(self.image_ref_file),
             s3_endpoint: given(self.s3_endpoint),
             s3_region: given(self.s3_region),
+            s3_credentials_dir: given(self.s3_credentials_dir),
             memory: given(self.memory),
             cpu: given(self.cpu),
             knative_service: given(self.knative_service),

@@ -57,8 +57,18 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Libraries whose info lines name credentials (the AWS SDK logs the access key ID): they
+/// say only warnings unless a filter names them.
+const QUIET_LIBRARIES: &str =
+    "aws_config=warn,aws_smithy_runtime=warn,aws_sdk_sts=warn,aws_sdk_s3=warn";
+
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let level = if level.contains('=') {
+        level.to_string()
+    } else {
+        format!("{level},{QUIET_LIBRARIES}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -169,6 +179,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         s3: S3Options {
             endpoint: args.s3_endpoint.clone(),
             region: args.s3_region.clone(),
+            credentials_dir: args.s3_credentials_dir.clone(),
             access_key_file: args.s3_access_key_file.clone(),
             secret_key_file: args.s3_secret_key_file.clone(),
         },

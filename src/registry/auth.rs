@@ -137,11 +137,13 @@ impl DockerConfig {
         if let Some(helper) = self.file.cred_helpers.get(registry) {
             return call_helper(helper, registry);
         }
+        // An empty entry (as Docker Desktop writes them) holds nothing: the store may.
         if let Some((_, entry)) = self
             .file
             .auths
             .iter()
             .find(|(key, _)| same_registry(&normalize_key(key), registry))
+            .filter(|(_, entry)| !entry.is_empty())
         {
             return entry.credential(registry).map(Some);
         }
@@ -167,6 +169,12 @@ impl fmt::Debug for AuthEntry {
 }
 
 impl AuthEntry {
+    fn is_empty(&self) -> bool {
+        self.auth.as_deref().unwrap_or_default().is_empty()
+            && self.username.is_none()
+            && self.identity_token.is_none()
+    }
+
     fn credential(&self, registry: &str) -> Result<Credential> {
         if let (Some(user), Some(pass)) = (&self.username, &self.password) {
             return Ok(Credential::new(user, pass));
@@ -277,6 +285,15 @@ mod tests {
             "bob"
         );
         assert!(config.credential_for("other:5000").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_empty_entry_means_anonymous() {
+        let (_dir, config) = config_with(r#"{"auths":{"registry.local:5000":{}}}"#);
+        assert!(config
+            .credential_for("registry.local:5000")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use aws_config::meta::credentials::CredentialsProviderChain;
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tokio::io::AsyncWriteExt;
 
@@ -59,6 +60,9 @@ pub struct S3Options {
     /// The endpoint of an S3-compatible store (MinIO); path-style addressing is used with it.
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// A directory with AWS-style `credentials` and `config` files (a mounted secret), used
+    /// instead of `~/.aws`.
+    pub credentials_dir: Option<PathBuf>,
     /// Files holding the access key ID and the secret key (a mounted Kubernetes secret).
     pub access_key_file: Option<PathBuf>,
     pub secret_key_file: Option<PathBuf>,
@@ -148,7 +152,9 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
             )
             .or_else(
                 "shared files",
-                aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
+                aws_config::profile::ProfileFileCredentialsProvider::builder()
+                    .profile_files(profile_files(options))
+                    .build(),
             )
             .or_else("web identity", WebIdentity::new(&region, endpoint)),
         ),
@@ -161,6 +167,7 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
+    loader = loader.profile_files(profile_files(options));
     let shared = loader.load().await;
     let config = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(endpoint.is_some())
@@ -243,6 +250,26 @@ impl aws_credential_types::provider::ProvideCredentials for WebIdentity {
     {
         aws_credential_types::provider::future::ProvideCredentials::new(self.load())
     }
+}
+
+/// The shared credentials and config files: those in `--s3-credentials-dir` that exist, else
+/// the AWS defaults (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, `~/.aws`).
+fn profile_files(options: &S3Options) -> EnvConfigFiles {
+    let Some(dir) = &options.credentials_dir else {
+        return EnvConfigFiles::default();
+    };
+    let mut files = EnvConfigFiles::builder()
+        .include_default_credentials_file(false)
+        .include_default_config_file(false);
+    for (kind, name) in [
+        (EnvConfigFileKind::Credentials, "credentials"),
+        (EnvConfigFileKind::Config, "config"),
+    ] {
+        if dir.join(name).is_file() {
+            files = files.with_file(kind, dir.join(name));
+        }
+    }
+    files.build()
 }
 
 /// Turns SDK errors into messages that say what is wrong, without credentials.

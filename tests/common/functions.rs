@@ -188,17 +188,26 @@ impl RunningFunction {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let running = RunningFunction {
+        let mut running = RunningFunction {
             child,
             port,
             log,
             _dir: dir,
         };
-        if !wait_http_ok(&running.url("/healthz"), Duration::from_secs(60)) {
-            panic!(
-                "the function did not become healthy; its log:\n{}",
-                running.log()
-            );
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !wait_http_ok(&running.url("/healthz"), Duration::from_millis(500)) {
+            if let Ok(Some(status)) = running.child.try_wait() {
+                panic!(
+                    "fnbuild run exited ({status}) before the function was healthy; its log:\n{}",
+                    running.log()
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "the function did not become healthy; its log:\n{}",
+                    running.log()
+                );
+            }
         }
         running
     }

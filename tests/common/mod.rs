@@ -12,6 +12,7 @@
 pub mod functions;
 pub mod git_server;
 pub mod s3_server;
+pub mod template_runner;
 
 use std::fs;
 use std::net::TcpListener;
