@@ -3,7 +3,7 @@
 #
 # Prepares the machine (tests/setup.sh: Debian packages, runtime root filesystems), then runs
 # the three suites, all of them even when one fails, and fails if any failed:
-#   1. cargo test --all-targets                        (the Rust unit and integration tests)
+#   1. cargo test --all-targets --no-fail-fast         (the Rust unit and integration tests)
 #   2. python3 -m unittest discover -s runtimes/python (the Python runtime server)
 #   3. node --test runtimes/nodejs/test/*.test.js             (the Node.js runtime server)
 # Extra arguments are passed to cargo test (e.g. `bash tests/run.sh registry`).
@@ -38,7 +38,7 @@ run_suite() {
     fi
 }
 
-run_suite rust cargo test --all-targets "$@"
+run_suite rust cargo test --all-targets --no-fail-fast "$@"
 run_suite python python3 -m unittest discover -s runtimes/python -v
 run_suite nodejs node --test runtimes/nodejs/test/*.test.js
 
