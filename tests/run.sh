@@ -5,7 +5,7 @@
 # the three suites, all of them even when one fails, and fails if any failed:
 #   1. cargo test --all-targets --no-fail-fast         (the Rust unit and integration tests)
 #   2. python3 -m unittest discover -s runtimes/python (the Python runtime server)
-#   3. node --test runtimes/nodejs/test/*.test.js             (the Node.js runtime server)
+#   3. node --test runtimes/nodejs/test/*.test.js      (the Node.js runtime server)
 # Extra arguments are passed to cargo test (e.g. `bash tests/run.sh registry`).
 #
 # Environment: FNBUILD_TEST_CACHE (default /var/cache/fnbuild-test): where the integration
