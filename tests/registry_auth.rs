@@ -7,7 +7,6 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -99,45 +98,7 @@ fn assert_no_secret_in(what: &str, text: &str) {
 /// Files under `dir` holding a secret, as stored or, for gzip files (layers), uncompressed.
 fn files_with_secrets(dir: &Path) -> Vec<PathBuf> {
     let secrets = secrets();
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&current) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            if kind.is_dir() {
-                pending.push(path);
-                continue;
-            }
-            if !kind.is_file() {
-                continue;
-            }
-            let Ok(mut bytes) = fs::read(&path) else {
-                continue;
-            };
-            if bytes.starts_with(&[0x1f, 0x8b]) {
-                let mut plain = Vec::new();
-                if flate2::read::MultiGzDecoder::new(&bytes[..])
-                    .read_to_end(&mut plain)
-                    .is_ok()
-                {
-                    bytes.extend_from_slice(&plain);
-                }
-            }
-            if secrets
-                .iter()
-                .any(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
+    files_holding(dir, &secrets.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// `skopeo inspect` of `reference` in `registry` (with its credentials and CA), as JSON.

@@ -292,3 +292,55 @@ pub fn function_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// The files under `dir` whose content, or for gzip files (layers) whose uncompressed
+/// content, holds any of `secrets`. Blobs the test base images have too are skipped: the build
+/// did not make them, and decompressing a root filesystem for every search is slow.
+pub fn files_holding(dir: &Path, secrets: &[&str]) -> Vec<PathBuf> {
+    let base_blobs: Vec<PathBuf> = std::fs::read_dir(test_cache().join("base-images"))
+        .map(|list| {
+            list.flatten()
+                .map(|e| e.path().join("blobs/sha256"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let holds = |bytes: &[u8]| {
+        secrets
+            .iter()
+            .any(|s| bytes.windows(s.len()).any(|w| w == s.as_bytes()))
+    };
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            pending.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+            continue;
+        }
+        let name = path.file_name().unwrap_or_default();
+        if !meta.is_file() || base_blobs.iter().any(|b| b.join(name).is_file()) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut plain = Vec::new();
+        let gzip_holds = bytes.starts_with(&[0x1f, 0x8b])
+            && std::io::Read::read_to_end(
+                &mut flate2::read::MultiGzDecoder::new(bytes.as_slice()),
+                &mut plain,
+            )
+            .is_ok()
+            && holds(&plain);
+        if holds(&bytes) || gzip_holds {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
