@@ -1,0 +1,969 @@
+#!/usr/bin/env python3
+"""fnbuild's benchmark: one command, run as root on the machine being measured:
+
+    python3 bench/run.py [--runs N] [--wrk-duration S] [--quick] [--json FILE]
+
+It installs what it lacks (buildah, wrk, skopeo, docker-registry: Debian packages), builds
+fnbuild (`cargo build --release`), starts its own registries on free 127.0.0.1 ports, makes
+the runtime base images with `fnbuild base` from the test root filesystems (running
+tests/setup.sh when they are missing), then measures, in this one run:
+
+  1. function builds pushed to the registry, fnbuild against `buildah bud` + `buildah push`
+     from an equivalent Dockerfile onto the same base image: first build, code-only rebuild,
+     deps-changed rebuild, for a Python (six) and a Node.js (left-pad) hello function;
+  2. push throughput of an image with a large random layer: `fnbuild push` against
+     `skopeo copy`, each into a fresh registry;
+  3. peak memory of every command (max RSS of its largest process, from wait4 through GNU
+     time), and of fnbuild building a function with a 1 GB layer;
+  4. requests/s and p50 latency (wrk) of the runtime servers (runtimes/python/kubeless.py,
+     runtimes/nodejs/kubeless.js) against bare asyncio / node:http servers.
+
+It prints a table of ratios against the baselines measured in the same run (and writes JSON
+with --json). Everything it starts is stopped and its temporary files removed at the end.
+Python standard library only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+ROOTFS_MARKER = '.fnbuild-rootfs-complete'
+GNU_TIME = '/usr/bin/time'
+
+# Figures from shared/reference/peers.md: measured on another day, NOT in this run.
+KYMA_REFERENCE = {
+    'python': {'name': 'Kyma python312 (Bottle on Cheroot)', 'rps': 760.0, 'p50_ms': 0.9,
+               'bare_rps': 73000.0},
+    'nodejs': {'name': 'Kyma nodejs20 (Express)', 'rps': 7100.0, 'p50_ms': 0.11,
+               'bare_rps': 49000.0},
+}
+# The project's targets (the issue): multiples of the Kyma runtimes' throughput.
+RUNTIME_TARGETS = {'python': 5.0, 'nodejs': 2.0}
+REBUILD_TARGET_RATIO = 10.0
+REBUILD_TARGET_SECONDS = 1.0
+
+MANIFEST_ACCEPT = ', '.join([
+    'application/vnd.oci.image.manifest.v1+json',
+    'application/vnd.oci.image.index.v1+json',
+    'application/vnd.docker.distribution.manifest.v2+json',
+    'application/vnd.docker.distribution.manifest.list.v2+json',
+])
+
+# The functions built by the build benchmark, per language: (files of version 1, the handler
+# change of the code-only rebuild, the deps change of the deps-changed rebuild).
+PY_HANDLER = 'import six\n\n\ndef handler(event, context):\n    return "hello " + six.text_type("world") + " %s"\n'
+JS_HANDLER = ("const leftPad = require('left-pad');\n\n"
+              "module.exports = { handler: (event, context) => leftPad('hello', 10) + ' %s' };\n")
+FUNCTIONS = {
+    'python': {
+        'runtime': 'python3.13',
+        'base_repo': 'fnbuild/runtime-python', 'base_tag': '3.13',
+        'code_file': 'hello.py', 'code': PY_HANDLER,
+        'deps_file': 'requirements.txt',
+        'deps_v1': 'six==1.16.0\n', 'deps_v2': 'six==1.17.0\n',
+    },
+    'nodejs': {
+        'runtime': 'nodejs20',
+        'base_repo': 'fnbuild/runtime-nodejs', 'base_tag': '20',
+        'code_file': 'hello.js', 'code': JS_HANDLER,
+        'deps_file': 'package.json',
+        'deps_v1': '{"name": "hello", "version": "1.0.0", "dependencies": {"left-pad": "1.3.0"}}\n',
+        'deps_v2': '{"name": "hello", "version": "1.0.0", "dependencies": {"left-pad": "1.2.0"}}\n',
+    },
+}
+
+# The Dockerfiles buildah builds: what fnbuild does, as Dockerfile steps. The host's CA bundle
+# is bind-mounted for the install only (as fnbuild passes it in), never copied into a layer.
+DOCKERFILES = {
+    'python': """FROM {base}
+USER 0
+COPY requirements.txt /kubeless/requirements.txt
+RUN --mount=type=bind,source=bench-ca.crt,target=/tmp/bench-ca.crt \\
+    v=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])') && \\
+    PIP_CERT=/tmp/bench-ca.crt python3 -m pip install --no-cache-dir --no-compile \\
+      --disable-pip-version-check --no-warn-script-location --no-input --progress-bar off \\
+      --target /kubeless/lib/python$v/site-packages -r /kubeless/requirements.txt
+USER 1000:1000
+COPY hello.py /kubeless/hello.py
+ENV FUNC_HANDLER=handler MOD_NAME=hello FUNC_RUNTIME=python3.13 FUNC_TIMEOUT=180 FUNC_PORT=8080
+""",
+    'nodejs': """FROM {base}
+USER 0
+COPY package.json /kubeless/package.json
+RUN --mount=type=bind,source=bench-ca.crt,target=/tmp/bench-ca.crt \\
+    cd /kubeless && NODE_EXTRA_CA_CERTS=/tmp/bench-ca.crt npm install --omit=dev --no-audit \\
+      --no-fund --no-update-notifier --loglevel=warn --cache /tmp/npm-cache && \\
+    rm -rf /tmp/npm-cache
+USER 1000:1000
+COPY hello.js /kubeless/hello.js
+ENV FUNC_HANDLER=handler MOD_NAME=hello FUNC_RUNTIME=nodejs20 FUNC_TIMEOUT=180 FUNC_PORT=8080
+""",
+}
+
+CASES = [('first', 'first build'), ('code', 'code-only rebuild'), ('deps', 'deps-changed rebuild')]
+
+
+def log(msg):
+    print(f'[bench {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+class Result:
+    """One finished command: wall seconds, max RSS (KiB), exit code, its stdout."""
+
+    def __init__(self, seconds, maxrss_kb, rc, stdout, log_path):
+        self.seconds = seconds
+        self.maxrss_kb = maxrss_kb
+        self.rc = rc
+        self.stdout = stdout
+        self.log_path = log_path
+
+    @property
+    def maxrss_mb(self):
+        return self.maxrss_kb / 1024.0
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def http_get(url, headers=None, timeout=5.0):
+    """(status, headers, body) of a GET; status 0 when the server does not answer."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+    except (urllib.error.URLError, OSError):
+        return 0, {}, b''
+
+
+def mounts_under(path):
+    path = os.path.realpath(path)
+    found = []
+    with open('/proc/self/mounts') as f:
+        for line in f:
+            target = line.split()[1].replace('\\040', ' ')
+            if target == path or target.startswith(path + '/'):
+                found.append(target)
+    return found
+
+
+def safe_rmtree(path):
+    """Removes a directory tree, never through a mount point left inside it."""
+    if not os.path.lexists(path):
+        return
+    for target in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(['umount', '-l', target], stderr=subprocess.DEVNULL)
+    left = mounts_under(path)
+    if left:
+        log(f'WARNING: not removing {path}: still mounted inside it: {left}')
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix='fnbuild-bench-'))
+        self.logs = self.tmp / 'logs'
+        self.logs.mkdir()
+        self.seq = 0
+        self.procs = []          # long-running children we started (Popen), stopped at the end
+        self.results = {'machine': machine_info(), 'settings': {}, 'builds': {},
+                        'push': {}, 'bigmem': None, 'runtimes': {}, 'setup': {}}
+        self.fnbuild = None
+        self.registry = None     # (port, Popen, dir)
+        self.ca_bundle = None
+        self.fnbuild_env = None
+
+    # --- processes -------------------------------------------------------------------------
+
+    def run(self, name, argv, env=None, cwd=None, timeout=None, check=True, passthrough=False):
+        """Runs a command to completion; its wall time and max RSS, output to a log."""
+        self.seq += 1
+        safe = re.sub(r'[^A-Za-z0-9_.-]+', '-', name)[:60]
+        out_path = self.logs / f'{self.seq:03d}-{safe}.out'
+        err_path = self.logs / f'{self.seq:03d}-{safe}.log'
+        timeout = timeout or self.args.command_timeout
+        # GNU time reports the max RSS of the command from its own wait4. The rusage of our own
+        # wait4 cannot be used as it is: Linux folds the RSS of the process that forked the
+        # child (this Python, ~15-30 MB) into the child's ru_maxrss when it execs.
+        rss_path = self.logs / f'{self.seq:03d}-{safe}.rss'
+        if os.access(GNU_TIME, os.X_OK):
+            argv = [GNU_TIME, '-f', '%M', '-o', str(rss_path), *argv]
+        with open(out_path, 'wb') as out, open(err_path, 'wb') as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                stdout=sys.stderr if passthrough else out,
+                stderr=sys.stderr if passthrough else err,
+                start_new_session=True)
+            timed_out = []
+
+            def kill():
+                timed_out.append(True)
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+            timer = threading.Timer(timeout, kill)
+            timer.start()
+            try:
+                while True:
+                    try:
+                        _, status, usage = os.wait4(proc.pid, 0)
+                        break
+                    except InterruptedError:
+                        continue
+            except BaseException:
+                timer.cancel()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    os.waitpid(proc.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+                raise
+            seconds = time.monotonic() - start
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        maxrss = None
+        try:
+            maxrss = int(rss_path.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            pass
+        if maxrss is None:
+            maxrss = usage.ru_maxrss  # an upper bound (see above)
+        result = Result(seconds, maxrss, proc.returncode,
+                        out_path.read_text(errors='replace'), err_path)
+        if timed_out:
+            raise BenchError(f'{name}: timed out after {timeout} s ({" ".join(map(str, argv))}); '
+                             f'log: {err_path}\n{tail(err_path)}')
+        if check and result.rc != 0:
+            raise BenchError(f'{name}: exit code {result.rc} ({" ".join(map(str, argv))})\n'
+                             f'{tail(err_path)}{tail(out_path)}')
+        return result
+
+    def spawn(self, name, argv, env=None, cwd=None):
+        """Starts a long-running child (its own process group); stopped by stop()."""
+        self.seq += 1
+        path = self.logs / f'{self.seq:03d}-{name}.log'
+        f = open(path, 'wb')
+        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        f.close()
+        proc.bench_log = path
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc, grace=5.0):
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the child's peak RSS (KiB,
+        VmHWM read just before stopping it)."""
+        if proc not in self.procs:
+            return None
+        self.procs.remove(proc)
+        if proc.returncode is not None:
+            return None
+        hwm = vm_hwm_kb(proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return hwm
+            time.sleep(0.05)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return hwm
+
+    def cleanup(self):
+        for proc in list(self.procs):
+            try:
+                self.stop(proc)
+            except (ChildProcessError, OSError):
+                pass
+        if self.args.keep_temp:
+            log(f'keeping {self.tmp} (--keep-temp)')
+        else:
+            safe_rmtree(self.tmp)
+
+    # --- registries ------------------------------------------------------------------------
+
+    def start_registry(self, name):
+        port = free_port()
+        root = self.tmp / f'registry-{name}-{port}'
+        root.mkdir()
+        config = root / 'config.yml'
+        config.write_text(
+            'version: 0.1\nlog: {level: warn}\n'
+            f'storage: {{filesystem: {{rootdirectory: {root / "data"}}}, delete: {{enabled: true}}}}\n'
+            f'http: {{addr: "127.0.0.1:{port}"}}\n')
+        proc = self.spawn(f'registry-{name}', ['docker-registry', 'serve', str(config)])
+        for _ in range(200):
+            if http_get(f'http://127.0.0.1:{port}/v2/')[0] == 200:
+                return port, proc, root
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise BenchError(f'the registry did not start; its log:\n{tail(proc.bench_log)}')
+
+    def stop_registry(self, registry):
+        port, proc, root = registry
+        self.stop(proc)
+        safe_rmtree(root)
+
+    def manifest_digest(self, port, repo, tag):
+        """The registry's digest of REPO:TAG, or None when it has no such manifest."""
+        status, headers, body = http_get(f'http://127.0.0.1:{port}/v2/{repo}/manifests/{tag}',
+                                         {'Accept': MANIFEST_ACCEPT})
+        if status != 200:
+            return None
+        return headers.get('Docker-Content-Digest') or headers.get('docker-content-digest')
+
+    def check_pushed(self, port, repo, tag, expect_digest=None):
+        digest = self.manifest_digest(port, repo, tag)
+        if digest is None:
+            raise BenchError(f'127.0.0.1:{port}/{repo}:{tag} is not in the registry after the push')
+        if expect_digest and digest != expect_digest:
+            raise BenchError(f'127.0.0.1:{port}/{repo}:{tag} has digest {digest}, '
+                             f'the tool printed {expect_digest}')
+        return digest
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def setup(self):
+        a = self.args
+        if os.geteuid() != 0:
+            raise BenchError('run as root (buildah, chroot installs, network namespaces)')
+        needed = {'buildah': 'buildah', 'wrk': 'wrk', 'skopeo': 'skopeo',
+                  'docker-registry': 'docker-registry', 'node': 'nodejs', 'unshare': 'util-linux',
+                  'nsenter': 'util-linux', 'ip': 'iproute2'}
+        missing = sorted({pkg for cmd, pkg in needed.items() if not shutil.which(cmd)})
+        if not os.access(GNU_TIME, os.X_OK):
+            missing.append('time')
+        if missing:
+            log(f'installing {" ".join(missing)} (apt-get)')
+            env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
+            self.run('apt-get-update', ['apt-get', 'update', '-q'], env=env, passthrough=True)
+            self.run('apt-get-install', ['apt-get', 'install', '-y', '-q', *missing], env=env,
+                     passthrough=True)
+        if not shutil.which('cargo'):
+            raise BenchError('cargo is not installed: install a Rust toolchain (rustup) first')
+
+        cache = Path(os.environ.get('FNBUILD_TEST_CACHE', '/var/cache/fnbuild-test'))
+        self.rootfs = {lang: cache / 'rootfs' / lang for lang in ('python', 'nodejs')}
+        if not all((d / ROOTFS_MARKER).exists() for d in self.rootfs.values()):
+            log('the runtime root filesystems are missing: running tests/setup.sh (minutes)')
+            self.run('setup.sh', ['bash', str(REPO / 'tests/setup.sh')], passthrough=True,
+                     timeout=3600)
+
+        log('building fnbuild (cargo build --release)')
+        r = self.run('cargo-build', ['cargo', 'build', '--release'], cwd=REPO, passthrough=True,
+                     timeout=3600)
+        self.results['setup']['cargo_build_s'] = r.seconds
+        # A private copy: others may rebuild target/ while this runs.
+        self.fnbuild = str(self.tmp / 'fnbuild')
+        shutil.copy2(REPO / 'target/release/fnbuild', self.fnbuild)
+        version = self.run('fnbuild-version', [self.fnbuild, '--version']).stdout.strip()
+        self.results['machine']['fnbuild'] = version
+
+        # The CA bundle the package managers must trust (a proxy's CA, on some machines).
+        for var in ('PIP_CERT', 'SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'NODE_EXTRA_CA_CERTS',
+                    'NPM_CONFIG_CAFILE'):
+            if os.environ.get(var) and os.path.isfile(os.environ[var]):
+                self.ca_bundle = os.environ[var]
+                break
+        env = dict(os.environ)
+        env.pop('FNBUILD_CACHE_DIR', None)
+        if self.ca_bundle is None and os.path.isfile('/etc/ssl/certs/ca-certificates.crt'):
+            self.ca_bundle = '/etc/ssl/certs/ca-certificates.crt'
+            env['SSL_CERT_FILE'] = self.ca_bundle
+        env['FNBUILD_LOG'] = 'info'
+        self.fnbuild_env = env
+
+        self.registry = self.start_registry('main')
+        port = self.registry[0]
+        self.fnbuild_env['FNBUILD_BASE_REGISTRY'] = f'127.0.0.1:{port}'
+        log(f'registry on 127.0.0.1:{port}')
+        for lang, runtime in (('python', 'python3.13'), ('nodejs', 'nodejs20')):
+            fn = FUNCTIONS[lang]
+            ref = f'127.0.0.1:{port}/{fn["base_repo"]}:{fn["base_tag"]}'
+            log(f'making the {runtime} base image {ref} from {self.rootfs[lang]}')
+            r = self.run(f'base-{lang}', [self.fnbuild, 'base', '--runtime', runtime, '--from',
+                                          f'rootfs:{self.rootfs[lang]}', '--image', ref,
+                                          '--cache-dir', str(self.tmp / f'base-cache-{lang}')],
+                         env=self.fnbuild_env)
+            self.check_pushed(port, fn['base_repo'], fn['base_tag'])
+            self.results['setup'][f'base_{lang}'] = {'seconds': r.seconds,
+                                                     'maxrss_mb': r.maxrss_mb}
+            safe_rmtree(self.tmp / f'base-cache-{lang}')
+
+    # --- 1. builds -------------------------------------------------------------------------
+
+    def write_function(self, directory, lang, code_version, deps_version):
+        fn = FUNCTIONS[lang]
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / fn['code_file']).write_text(fn['code'] % code_version)
+        (directory / fn['deps_file']).write_text(fn[f'deps_{deps_version}'])
+
+    def bench_builds(self, lang):
+        fn = FUNCTIONS[lang]
+        port = self.registry[0]
+        host = f'127.0.0.1:{port}'
+        base = f'{host}/{fn["base_repo"]}:{fn["base_tag"]}'
+        samples = {tool: {case: [] for case, _ in CASES} for tool in ('fnbuild', 'buildah')}
+        steps = [('first', 'v1', 'v1'), ('code', 'v2', 'v1'), ('deps', 'v2', 'v2')]
+        for i in range(self.args.runs):
+            # fnbuild: a fresh cache directory per round, kept across its three builds.
+            work = self.tmp / f'build-{lang}-{i}'
+            src, cache = work / 'src', work / 'cache'
+            repo = f'bench/fnbuild-{lang}-{i}'
+            for (case, code_v, deps_v), tag in zip(steps, ('v1', 'v2', 'v3')):
+                self.write_function(src, lang, code_v, deps_v)
+                log(f'{lang} round {i + 1}/{self.args.runs}: fnbuild {case}')
+                r = self.run(f'fnbuild-{lang}-{case}-{i}', [
+                    self.fnbuild, 'build', '--source', str(src), '--runtime', fn['runtime'],
+                    '--handler', 'hello.handler', '--image', f'{host}/{repo}:{tag}',
+                    '--cache-dir', str(cache)], env=self.fnbuild_env)
+                printed = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''
+                expect = printed.split('@', 1)[1] if '@' in printed else None
+                self.check_pushed(port, repo, tag, expect)
+                samples['fnbuild'][case].append({'seconds': r.seconds, 'maxrss_mb': r.maxrss_mb})
+            safe_rmtree(work)
+
+            if self.args.skip_buildah:
+                continue
+            # buildah: a fresh storage root per round, kept across its three builds.
+            work = self.tmp / f'buildah-{lang}-{i}'
+            ctx = work / 'context'
+            root, runroot = work / 'root', work / 'runroot'
+            ctx.mkdir(parents=True)
+            shutil.copyfile(self.ca_bundle, ctx / 'bench-ca.crt')
+            (ctx / 'Dockerfile').write_text(DOCKERFILES[lang].format(base=base))
+            repo = f'bench/buildah-{lang}-{i}'
+            buildah = ['buildah', '--root', str(root), '--runroot', str(runroot),
+                       '--storage-driver', 'vfs']
+            for (case, code_v, deps_v), tag in zip(steps, ('v1', 'v2', 'v3')):
+                self.write_function(ctx, lang, code_v, deps_v)
+                ref = f'{host}/{repo}:{tag}'
+                log(f'{lang} round {i + 1}/{self.args.runs}: buildah {case}')
+                bud = self.run(f'buildah-bud-{lang}-{case}-{i}', buildah + [
+                    'bud', '--isolation', 'chroot', '--layers', '--tls-verify=false',
+                    '-t', ref, str(ctx)])
+                push = self.run(f'buildah-push-{lang}-{case}-{i}', buildah + [
+                    'push', '--tls-verify=false', ref, f'docker://{ref}'])
+                self.check_pushed(port, repo, tag)
+                samples['buildah'][case].append({
+                    'seconds': bud.seconds + push.seconds, 'bud_seconds': bud.seconds,
+                    'push_seconds': push.seconds,
+                    'maxrss_mb': max(bud.maxrss_mb, push.maxrss_mb)})
+            safe_rmtree(work)
+        self.results['builds'][lang] = samples
+
+    # --- 2. push throughput ----------------------------------------------------------------
+
+    def bench_push(self):
+        port = self.registry[0]
+        mb = self.args.push_mb
+        work = self.tmp / 'push'
+        src, layout = work / 'src', work / 'layout'
+        src.mkdir(parents=True)
+        (src / 'hello.py').write_text('def handler(event, context):\n    return "hello"\n')
+        log(f'making the push test image: the python base + a {mb} MB random layer')
+        write_random(src / 'data.bin', mb)
+        self.run('fnbuild-build-push-image', [
+            self.fnbuild, 'build', '--source', str(src), '--runtime', 'python3.13',
+            '--handler', 'hello.handler', '--output', f'oci:{layout}',
+            '--cache-dir', str(work / 'cache')], env=self.fnbuild_env)
+        safe_rmtree(src)
+        safe_rmtree(work / 'cache')
+        digest, size = layout_image(layout)
+        samples = {'fnbuild': [], 'skopeo': []}
+        for i in range(self.args.runs):
+            for tool in ('fnbuild', 'skopeo'):
+                # A fresh registry each time: nothing to skip or mount, every byte is sent.
+                registry = self.start_registry(f'push-{tool}-{i}')
+                dest = f'127.0.0.1:{registry[0]}/push/{tool}:{i}'
+                log(f'push round {i + 1}/{self.args.runs}: {tool} -> {dest}')
+                if tool == 'fnbuild':
+                    argv = [self.fnbuild, 'push', f'oci:{layout}', dest,
+                            '--cache-dir', str(work / f'cache-{i}')]
+                else:
+                    argv = ['skopeo', 'copy', '--dest-tls-verify=false', f'oci:{layout}',
+                            f'docker://{dest}']
+                r = self.run(f'push-{tool}-{i}', argv, env=self.fnbuild_env)
+                got = self.check_pushed(registry[0], f'push/{tool}', str(i))
+                self.stop_registry(registry)
+                safe_rmtree(work / f'cache-{i}')
+                samples[tool].append({'seconds': r.seconds, 'mb_per_s': size / 1e6 / r.seconds,
+                                      'maxrss_mb': r.maxrss_mb,
+                                      'digest_kept': got == digest})
+        safe_rmtree(work)
+        self.results['push'] = {'image_bytes': size, 'random_layer_mb': mb, 'samples': samples}
+        del port
+
+    # --- 3. a 1 GB layer -------------------------------------------------------------------
+
+    def bench_bigmem(self):
+        mb = self.args.big_mb
+        work = self.tmp / 'bigmem'
+        src = work / 'src'
+        src.mkdir(parents=True)
+        (src / 'hello.py').write_text('def handler(event, context):\n    return "hello"\n')
+        log(f'fnbuild build of a function with a {mb} MB random file, to an OCI layout')
+        write_random(src / 'data.bin', mb)
+        r = self.run('fnbuild-bigmem', [
+            self.fnbuild, 'build', '--source', str(src), '--runtime', 'python3.13',
+            '--handler', 'hello.handler', '--output', f'oci:{work / "layout"}',
+            '--cache-dir', str(work / 'cache')], env=self.fnbuild_env)
+        _, size = layout_image(work / 'layout')
+        safe_rmtree(work)
+        self.results['bigmem'] = {'layer_mb': mb, 'seconds': r.seconds, 'maxrss_mb': r.maxrss_mb,
+                                  'image_bytes': size}
+
+    # --- 4. runtime servers ----------------------------------------------------------------
+
+    def bench_runtimes(self):
+        work = self.tmp / 'runtimes'
+        work.mkdir()
+        (work / 'hello.py').write_text('def handler(event, context):\n    return "hello world"\n')
+        (work / 'hello.js').write_text(
+            "module.exports = { handler: (event, context) => 'hello world' };\n")
+        # The servers run in a network namespace of their own with only a loopback interface
+        # (the runtimes listen on all interfaces, as they must in a container).
+        netns = []
+        holder = self.spawn('netns-holder', ['unshare', '--net', 'sh', '-c',
+                                             'ip link set lo up && exec sleep 7200'])
+        time.sleep(0.3)
+        if holder.poll() is None:
+            netns = ['nsenter', '-t', str(holder.pid), '-n', '--']
+            isolated = True
+        else:
+            log('WARNING: no network namespace (unshare failed): servers run on the host')
+            self.stop(holder)
+            holder, isolated = None, False
+        python, node = sys.executable, shutil.which('node')
+        servers = {}
+        port = 18080
+        for key, lang, argv, env in [
+            ('python-bare', 'python', [python, str(BENCH / 'bare_server.py')], {}),
+            ('python-runtime', 'python', [python, str(REPO / 'runtimes/python/kubeless.py')],
+             {'MOD_NAME': 'hello', 'FUNC_HANDLER': 'handler', 'FUNC_RUNTIME': 'python3.13'}),
+            ('nodejs-bare', 'nodejs', [node, str(BENCH / 'bare_server.js')], {}),
+            ('nodejs-runtime', 'nodejs', [node, str(REPO / 'runtimes/nodejs/kubeless.js')],
+             {'MOD_NAME': 'hello', 'FUNC_HANDLER': 'handler', 'FUNC_RUNTIME': 'nodejs20'}),
+        ]:
+            port = port + 1 if isolated else free_port()
+            full_env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8',
+                        'FNBUILD_CODE_DIR': str(work), 'PORT': str(port), **env}
+            if key.endswith('bare'):
+                argv = argv + [str(port)]
+            proc = self.spawn(key, netns + argv, env=full_env, cwd=work)
+            servers[key] = {'lang': lang, 'port': port, 'proc': proc}
+        for key, s in servers.items():
+            self.wait_server(netns, s['port'], s['proc'], key)
+        samples = {key: {'rps': [], 'p50_ms': [], 'errors': []} for key in servers}
+        d = self.args.wrk_duration
+        for key, s in servers.items():  # warm-up, not recorded
+            self.wrk(netns, s['port'], 2, 10, 1)
+        for i in range(self.args.runs):
+            for key, s in servers.items():
+                log(f'runtimes round {i + 1}/{self.args.runs}: {key} (wrk {d}s + {d}s)')
+                rps, _, errors = self.wrk(netns, s['port'], 2, 10, d)
+                _, p50, errors2 = self.wrk(netns, s['port'], 1, 1, d, latency=True)
+                samples[key]['rps'].append(rps)
+                samples[key]['p50_ms'].append(p50)
+                samples[key]['errors'].append(errors + errors2)
+        for key, s in servers.items():
+            rss = self.stop(s['proc'])
+            samples[key]['maxrss_mb'] = rss / 1024.0 if rss else None
+        if holder is not None:
+            self.stop(holder)
+        safe_rmtree(work)
+        self.results['runtimes'] = {
+            'samples': samples, 'network_namespace': isolated,
+            'python': self.run('python-version', [python, '--version']).stdout.strip(),
+            'node': self.run('node-version', [node, '--version']).stdout.strip(),
+            'wrk_duration_s': d}
+
+    def wait_server(self, netns, port, proc, name):
+        probe = ('import sys, urllib.request\n'
+                 'try:\n'
+                 '    urllib.request.urlopen(sys.argv[1], timeout=2).read()\n'
+                 'except Exception:\n'
+                 '    sys.exit(1)\n')
+        for _ in range(100):
+            if proc.poll() is not None:
+                raise BenchError(f'{name} exited; its log:\n{tail(proc.bench_log)}')
+            r = subprocess.run(netns + [sys.executable, '-c', probe, f'http://127.0.0.1:{port}/'],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise BenchError(f'{name} did not answer on port {port}; its log:\n{tail(proc.bench_log)}')
+
+    def wrk(self, netns, port, threads, connections, seconds, latency=False):
+        argv = netns + ['wrk', f'-t{threads}', f'-c{connections}', f'-d{seconds}s']
+        if latency:
+            argv.append('--latency')
+        argv.append(f'http://127.0.0.1:{port}/')
+        r = self.run(f'wrk-{port}', argv, timeout=seconds + 60)
+        out = r.stdout
+        m = re.search(r'Requests/sec:\s+([\d.]+)', out)
+        if not m:
+            raise BenchError(f'cannot read wrk output:\n{out}')
+        rps = float(m.group(1))
+        p50 = None
+        m = re.search(r'^\s*50%\s+([\d.]+)(us|ms|s)\b', out, re.M)
+        if m:
+            p50 = float(m.group(1)) * {'us': 1e-3, 'ms': 1.0, 's': 1e3}[m.group(2)]
+        errors = 0
+        m = re.search(r'Non-2xx or 3xx responses:\s+(\d+)', out)
+        if m:
+            errors += int(m.group(1))
+        m = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)', out)
+        if m:
+            errors += sum(int(x) for x in m.groups())
+        return rps, p50, errors
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def tail(path, lines=25):
+    try:
+        text = Path(path).read_text(errors='replace').splitlines()
+    except OSError:
+        return ''
+    return ''.join(f'    {line}\n' for line in text[-lines:])
+
+
+def vm_hwm_kb(pid):
+    """The peak resident set size (KiB) of a running process, from /proc."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def write_random(path, mb):
+    with open(path, 'wb') as f:
+        for _ in range(mb):
+            f.write(os.urandom(1 << 20))
+
+
+def layout_image(layout):
+    """(manifest digest, bytes of the manifest, config and layers) of a one-image OCI layout."""
+    index = json.loads((layout / 'index.json').read_text())
+    desc = index['manifests'][0]
+    algo, hexdigest = desc['digest'].split(':', 1)
+    manifest = json.loads((layout / 'blobs' / algo / hexdigest).read_text())
+    size = desc['size'] + manifest['config']['size'] + sum(l['size'] for l in manifest['layers'])
+    return desc['digest'], size
+
+
+def machine_info():
+    info = {'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+            'loadavg_start': os.getloadavg(),
+            'host': platform.node(), 'kernel': platform.release(), 'cpus': os.cpu_count()}
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    info['cpu'] = line.split(':', 1)[1].strip()
+                    break
+        with open('/proc/meminfo') as f:
+            info['mem_gb'] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return info
+
+
+def spread(values):
+    """'min-max' of a few timings, '' for fewer than two."""
+    if len(values) < 2:
+        return ''
+    lo, hi = min(values), max(values)
+    digits = 3 if hi < 1 else 2 if hi < 10 else 1
+    return f'{lo:.{digits}f}-{hi:.{digits}f}'
+
+
+def fmt(value, digits=2, unit=''):
+    if value is None:
+        return '-'
+    if isinstance(value, float) and abs(value) >= 1000:
+        return f'{value:,.0f}{unit}'
+    return f'{value:.{digits}f}{unit}'
+
+
+def table(headers, rows):
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    line = '  '.join(f'{h:<{w}}' if i == 0 else f'{h:>{w}}' for i, (h, w) in enumerate(zip(headers, widths)))
+    out = [line, '  '.join('-' * w for w in widths)]
+    for r in rows:
+        out.append('  '.join(f'{str(c):<{w}}' if i == 0 else f'{str(c):>{w}}'
+                             for i, (c, w) in enumerate(zip(r, widths))))
+    return '\n'.join(out)
+
+
+def summarize(results, args):
+    """Medians, ratios and targets from the raw samples (also stored in the JSON)."""
+    s = {'builds': {}, 'push': None, 'runtimes': {}, 'targets': []}
+    for lang, samples in results['builds'].items():
+        for case, _ in CASES:
+            f = samples['fnbuild'][case]
+            b = samples['buildah'][case]
+            fs = median([x['seconds'] for x in f])
+            bs = median([x['seconds'] for x in b])
+            s['builds'][f'{lang}/{case}'] = {
+                'fnbuild_s': fs, 'buildah_s': bs,
+                'buildah_bud_s': median([x['bud_seconds'] for x in b]),
+                'buildah_push_s': median([x['push_seconds'] for x in b]),
+                'ratio': bs / fs if fs and bs else None,
+                'fnbuild_range': spread([x['seconds'] for x in f]),
+                'buildah_range': spread([x['seconds'] for x in b]),
+                'fnbuild_rss_mb': max((x['maxrss_mb'] for x in f), default=None),
+                'buildah_rss_mb': max((x['maxrss_mb'] for x in b), default=None)}
+    if results['push']:
+        p = results['push']['samples']
+        fm, sm = median([x['mb_per_s'] for x in p['fnbuild']]), median([x['mb_per_s'] for x in p['skopeo']])
+        s['push'] = {
+            'fnbuild_s': median([x['seconds'] for x in p['fnbuild']]),
+            'skopeo_s': median([x['seconds'] for x in p['skopeo']]),
+            'fnbuild_mb_s': fm, 'skopeo_mb_s': sm, 'ratio': fm / sm if fm and sm else None,
+            'fnbuild_rss_mb': max(x['maxrss_mb'] for x in p['fnbuild']),
+            'skopeo_rss_mb': max(x['maxrss_mb'] for x in p['skopeo']),
+            'digest_kept': {t: all(x['digest_kept'] for x in p[t]) for t in p}}
+    if results['runtimes']:
+        rs = results['runtimes']['samples']
+        for lang in ('python', 'nodejs'):
+            bare, rt = rs[f'{lang}-bare'], rs[f'{lang}-runtime']
+            ref = KYMA_REFERENCE[lang]
+            b_rps, r_rps = median(bare['rps']), median(rt['rps'])
+            frac = r_rps / b_rps
+            ref_frac = ref['rps'] / ref['bare_rps']
+            s['runtimes'][lang] = {
+                'bare_rps': b_rps, 'runtime_rps': r_rps, 'runtime_over_bare': frac,
+                'bare_p50_ms': median(bare['p50_ms']), 'runtime_p50_ms': median(rt['p50_ms']),
+                'p50_ratio': (median(rt['p50_ms']) / median(bare['p50_ms'])
+                              if median(bare['p50_ms']) else None),
+                'bare_rss_mb': bare.get('maxrss_mb'), 'runtime_rss_mb': rt.get('maxrss_mb'),
+                'errors': sum(rt['errors']) + sum(bare['errors']),
+                'kyma_over_bare_ref': ref_frac,
+                'x_kyma_normalized': frac / ref_frac,
+                'x_kyma_absolute': r_rps / ref['rps']}
+
+    t = s['targets']
+    b = s['builds'].get('python/code')
+    if b and b['ratio'] is not None:
+        ok = b['ratio'] >= REBUILD_TARGET_RATIO and b['fnbuild_s'] <= REBUILD_TARGET_SECONDS
+        t.append(('Python code-only rebuild+push: >= 10x faster than buildah and <= ~1 s',
+                  f'{b["ratio"]:.1f}x, {b["fnbuild_s"]:.3f} s', ok))
+    if s['push']:
+        t.append(('push throughput >= skopeo\'s',
+                  f'{s["push"]["fnbuild_mb_s"]:.0f} vs {s["push"]["skopeo_mb_s"]:.0f} MB/s '
+                  f'({s["push"]["ratio"]:.2f}x)', s['push']['ratio'] >= 1.0))
+    for lang in ('python', 'nodejs'):
+        r = s['runtimes'].get(lang)
+        if r:
+            goal = RUNTIME_TARGETS[lang]
+            t.append((f'{lang} runtime >= {goal:.0f}x Kyma {"python312" if lang == "python" else "nodejs20"}'
+                      ' (normalized to the bare server)',
+                      f'{r["x_kyma_normalized"]:.1f}x normalized, {r["x_kyma_absolute"]:.1f}x absolute',
+                      r['x_kyma_normalized'] >= goal))
+    return s
+
+
+def report(results, summary, args):
+    m = results['machine']
+    out = []
+    out.append(f'fnbuild benchmark  {m["date"]}  {m.get("cpu", "?")}  {m["cpus"]} CPUs  '
+               f'{m.get("mem_gb", "?")} GB  kernel {m["kernel"]}')
+    out.append('load average (1/5/15 min) at start {:.2f}/{:.2f}/{:.2f}, at end {:.2f}/{:.2f}/{:.2f} '
+               '(other work on the host makes timings noisy: compare ratios)'.format(
+                   *m['loadavg_start'], *m.get('loadavg_end', (0, 0, 0))))
+    out.append(f'{m.get("fnbuild", "")}; median of {args.runs} run(s); wall time; '
+               'MB = max RSS of the largest process of the command (GNU time\'s wait4)')
+    out.append('')
+    if summary['builds']:
+        rows = []
+        for key, b in summary['builds'].items():
+            lang, case = key.split('/')
+            rows.append([f'{lang} {dict(CASES)[case]}', fmt(b['fnbuild_s'], 3),
+                         b['fnbuild_range'], fmt(b['buildah_s'], 2), b['buildah_range'],
+                         f'{fmt(b["buildah_bud_s"], 2)} + {fmt(b["buildah_push_s"], 2)}',
+                         fmt(b['ratio'], 1, 'x'),
+                         fmt(b['fnbuild_rss_mb'], 0), fmt(b['buildah_rss_mb'], 0)])
+        out.append('1. Function builds pushed to a local registry (buildah: bud + push, vfs, chroot)')
+        out.append(table(['build', 'fnbuild s', '(min-max)', 'buildah s', '(min-max)',
+                          'bud + push s', 'buildah/fnbuild',
+                          'fnbuild MB', 'buildah MB'], rows))
+        out.append('')
+    p = summary['push']
+    if p:
+        size = results['push']['image_bytes'] / 1e6
+        out.append(f'2. Push of a {size:.0f} MB image (python base + {results["push"]["random_layer_mb"]} MB '
+                   'random layer) from an OCI layout into a fresh registry')
+        out.append(table(['tool', 'seconds', 'MB/s', 'max RSS MB', 'digest kept'], [
+            ['fnbuild push', fmt(p['fnbuild_s'], 2), fmt(p['fnbuild_mb_s'], 0),
+             fmt(p['fnbuild_rss_mb'], 0), 'yes' if p['digest_kept']['fnbuild'] else 'NO'],
+            ['skopeo copy', fmt(p['skopeo_s'], 2), fmt(p['skopeo_mb_s'], 0),
+             fmt(p['skopeo_rss_mb'], 0), 'yes' if p['digest_kept']['skopeo'] else 'NO'],
+            ['fnbuild/skopeo', '', fmt(p['ratio'], 2, 'x'), '', '']]))
+        out.append('')
+    bm = results['bigmem']
+    if bm:
+        out.append(f'3. fnbuild build of a function with a {bm["layer_mb"]} MB random file '
+                   f'(--output oci:DIR): {bm["seconds"]:.1f} s, max RSS {bm["maxrss_mb"]:.0f} MB')
+        out.append('')
+    if summary['runtimes']:
+        rt = results['runtimes']
+        out.append(f'4. Runtime servers on this host ({rt["python"]}, node {rt["node"]}; '
+                   f'wrk -t2 -c10 -d{rt["wrk_duration_s"]}s for req/s, '
+                   f'-t1 -c1 --latency for p50; '
+                   f'{"own network namespace" if rt["network_namespace"] else "host network"})')
+        rows = []
+        for lang in ('python', 'nodejs'):
+            r = summary['runtimes'][lang]
+            rows.append([f'{lang} bare', fmt(r['bare_rps'], 0), fmt(r['bare_p50_ms'], 3), '1.00',
+                         fmt(r['bare_rss_mb'], 0)])
+            rows.append([f'{lang} fnbuild runtime', fmt(r['runtime_rps'], 0),
+                         fmt(r['runtime_p50_ms'], 3), fmt(r['runtime_over_bare'], 2),
+                         fmt(r['runtime_rss_mb'], 0)])
+        out.append(table(['server', 'req/s', 'p50 ms', 'req/s vs bare', 'max RSS MB'], rows))
+        errors = sum(summary['runtimes'][l]['errors'] for l in ('python', 'nodejs'))
+        if errors:
+            out.append(f'   WARNING: wrk saw {errors} non-2xx responses or socket errors')
+        out.append('')
+        out.append('   Kyma reference figures, NOT measured in this run (peers.md, another day, same kind of machine):')
+        rows = []
+        for lang in ('python', 'nodejs'):
+            ref, r = KYMA_REFERENCE[lang], summary['runtimes'][lang]
+            rows.append([ref['name'], fmt(ref['rps'], 0), fmt(ref['p50_ms'], 2),
+                         f'{r["kyma_over_bare_ref"]:.3f} of bare {ref["bare_rps"]:,.0f}',
+                         f'{r["x_kyma_normalized"]:.1f}x', f'{r["x_kyma_absolute"]:.1f}x'])
+        out.append(table(['reference', 'req/s', 'p50 ms', 'vs its bare server',
+                          'fnbuild/Kyma normalized', 'fnbuild/Kyma absolute'], rows))
+        out.append('   normalized = (fnbuild runtime / bare, here) / (Kyma / bare, in peers.md)')
+        out.append('')
+    if summary['targets']:
+        out.append('Targets')
+        out.append(table(['target', 'measured', 'met'],
+                         [[name, value, 'YES' if ok else 'NO'] for name, value, ok in summary['targets']]))
+    return '\n'.join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--runs', type=int, default=3, help='runs per measurement (median); default 3')
+    parser.add_argument('--wrk-duration', type=int, default=5, help='seconds per wrk run; default 5')
+    parser.add_argument('--push-mb', type=int, default=200, help='random layer of the push test, MB; default 200')
+    parser.add_argument('--big-mb', type=int, default=1024,
+                        help='file of the memory test, MB; default 1024, 0 skips it')
+    parser.add_argument('--quick', action='store_true',
+                        help='a fast smoke run: --runs 1 --wrk-duration 2 --push-mb 50 --big-mb 0')
+    parser.add_argument('--skip', action='append', default=[],
+                        choices=['builds', 'push', 'bigmem', 'runtimes'], help='skip a section (repeatable)')
+    parser.add_argument('--skip-buildah', action='store_true', help='builds: fnbuild only')
+    parser.add_argument('--command-timeout', type=int, default=1200,
+                        help='seconds any one command may take; default 1200')
+    parser.add_argument('--json', metavar='FILE', help='also write the raw samples and summary as JSON')
+    parser.add_argument('--keep-temp', action='store_true', help='keep the temporary directory (logs)')
+    args = parser.parse_args()
+    if args.quick:
+        args.runs, args.wrk_duration, args.push_mb, args.big_mb = 1, 2, 50, 0
+    if args.runs < 1 or args.runs > 50 or args.wrk_duration < 1 or args.wrk_duration > 120:
+        parser.error('--runs must be 1..50 and --wrk-duration 1..120')
+    if not 1 <= args.push_mb <= 4096 or not 0 <= args.big_mb <= 8192:
+        parser.error('--push-mb must be 1..4096 and --big-mb 0..8192')
+
+    def on_term(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    bench = Bench(args)
+    started = time.monotonic()
+    try:
+        bench.results['settings'] = {k: v for k, v in vars(args).items() if k != 'json'}
+        bench.setup()
+        if 'builds' not in args.skip:
+            for lang in ('python', 'nodejs'):
+                bench.bench_builds(lang)
+        if 'push' not in args.skip:
+            bench.bench_push()
+        if 'bigmem' not in args.skip and args.big_mb > 0:
+            bench.bench_bigmem()
+        if 'runtimes' not in args.skip:
+            bench.bench_runtimes()
+    except BenchError as e:
+        log(f'FAILED: {e}')
+        bench.cleanup()
+        return 1
+    except KeyboardInterrupt:
+        log('interrupted')
+        bench.cleanup()
+        return 130
+    except BaseException:
+        bench.cleanup()
+        raise
+    bench.cleanup()
+    bench.results['machine']['loadavg_end'] = os.getloadavg()
+    if args.skip_buildah:
+        for samples in bench.results['builds'].values():
+            for case, _ in CASES:
+                samples['buildah'][case] = []
+    summary = summarize(bench.results, args)
+    bench.results['total_seconds'] = time.monotonic() - started
+    print(report(bench.results, summary, args))
+    print(f'\n(total {bench.results["total_seconds"] / 60:.1f} min)')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'results': bench.results, 'summary': summary}, f, indent=2, default=str)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
