@@ -207,8 +207,13 @@ class Bench:
 
     # --- processes -------------------------------------------------------------------------
 
-    def run(self, name, argv, env=None, cwd=None, timeout=None, check=True, passthrough=False):
-        """Runs a command to completion; its wall time and max RSS, output to a log."""
+    def run(self, name, argv, env=None, cwd=None, timeout=None, check=True, passthrough=False,
+            settle=False):
+        """Runs a command to completion; its wall time and max RSS, output to a log. With
+        `settle`, dirty pages (the gigabytes buildah's vfs driver writes, say) are flushed
+        first, so that one measurement does not pay for the writeback of the one before."""
+        if settle:
+            os.sync()
         self.seq += 1
         safe = re.sub(r'[^A-Za-z0-9_.-]+', '-', name)[:60]
         out_path = self.logs / f'{self.seq:03d}-{safe}.out'
@@ -461,7 +466,7 @@ class Bench:
                 r = self.run(f'fnbuild-{lang}-{case}-{i}', [
                     self.fnbuild, 'build', '--source', str(src), '--runtime', fn['runtime'],
                     '--handler', 'hello.handler', '--image', f'{host}/{repo}:{tag}',
-                    '--cache-dir', str(cache)], env=self.fnbuild_env)
+                    '--cache-dir', str(cache)], env=self.fnbuild_env, settle=True)
                 printed = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''
                 expect = printed.split('@', 1)[1] if '@' in printed else None
                 self.check_pushed(port, repo, tag, expect)
@@ -486,9 +491,9 @@ class Bench:
                 log(f'{lang} round {i + 1}/{self.args.runs}: buildah {case}')
                 bud = self.run(f'buildah-bud-{lang}-{case}-{i}', buildah + [
                     'bud', '--isolation', 'chroot', '--layers', '--tls-verify=false',
-                    '-t', ref, str(ctx)])
+                    '-t', ref, str(ctx)], settle=True)
                 push = self.run(f'buildah-push-{lang}-{case}-{i}', buildah + [
-                    'push', '--tls-verify=false', ref, f'docker://{ref}'])
+                    'push', '--tls-verify=false', ref, f'docker://{ref}'], settle=True)
                 self.check_pushed(port, repo, tag)
                 samples['buildah'][case].append({
                     'seconds': bud.seconds + push.seconds, 'bud_seconds': bud.seconds,
@@ -500,7 +505,6 @@ class Bench:
     # --- 2. push throughput ----------------------------------------------------------------
 
     def bench_push(self):
-        port = self.registry[0]
         mb = self.args.push_mb
         work = self.tmp / 'push'
         src, layout = work / 'src', work / 'layout'
@@ -528,7 +532,7 @@ class Bench:
                 else:
                     argv = ['skopeo', 'copy', '--dest-tls-verify=false', f'oci:{layout}',
                             f'docker://{dest}']
-                r = self.run(f'push-{tool}-{i}', argv, env=self.fnbuild_env)
+                r = self.run(f'push-{tool}-{i}', argv, env=self.fnbuild_env, settle=True)
                 got = self.check_pushed(registry[0], f'push/{tool}', str(i))
                 self.stop_registry(registry)
                 safe_rmtree(work / f'cache-{i}')
@@ -537,7 +541,6 @@ class Bench:
                                       'digest_kept': got == digest})
         safe_rmtree(work)
         self.results['push'] = {'image_bytes': size, 'random_layer_mb': mb, 'samples': samples}
-        del port
 
     # --- 3. a 1 GB layer -------------------------------------------------------------------
 
@@ -552,7 +555,7 @@ class Bench:
         r = self.run('fnbuild-bigmem', [
             self.fnbuild, 'build', '--source', str(src), '--runtime', 'python3.13',
             '--handler', 'hello.handler', '--output', f'oci:{work / "layout"}',
-            '--cache-dir', str(work / 'cache')], env=self.fnbuild_env)
+            '--cache-dir', str(work / 'cache')], env=self.fnbuild_env, settle=True)
         _, size = layout_image(work / 'layout')
         safe_rmtree(work)
         self.results['bigmem'] = {'layer_mb': mb, 'seconds': r.seconds, 'maxrss_mb': r.maxrss_mb,
@@ -561,6 +564,7 @@ class Bench:
     # --- 4. runtime servers ----------------------------------------------------------------
 
     def bench_runtimes(self):
+        os.sync()
         work = self.tmp / 'runtimes'
         work.mkdir()
         (work / 'hello.py').write_text('def handler(event, context):\n    return "hello world"\n')
@@ -894,8 +898,9 @@ def report(results, summary, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description='Measures fnbuild against buildah, skopeo and bare HTTP servers in one run '
+                    'and prints ratios (run as root; see BENCHMARKS.md).')
     parser.add_argument('--runs', type=int, default=3, help='runs per measurement (median); default 3')
     parser.add_argument('--wrk-duration', type=int, default=5, help='seconds per wrk run; default 5')
     parser.add_argument('--push-mb', type=int, default=200, help='random layer of the push test, MB; default 200')
