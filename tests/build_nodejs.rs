@@ -112,28 +112,18 @@ fn npm_dependency_promises_streaming_and_timeouts_work_in_the_image() {
 
 #[test]
 fn a_handler_the_module_does_not_export_stops_the_function_at_start_with_a_clear_message() {
-    let base = base_layout(NODEJS);
     let src = function_dir(&[("fn.js", "module.exports = { hello() { return 'hi'; } };\n")]);
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let layout = format!("oci:{}:fn", out_dir.path().display());
     // Exports are only known by running the module: the build accepts it...
-    success(
-        common::fnbuild()
-            .args([
-                "build",
-                "--source",
-                src.path().to_str().unwrap(),
-                "--runtime",
-                NODEJS,
-                "--handler",
-                "fn.missing",
-            ])
-            .arg("--base-image")
-            .arg(format!("oci:{}", base.display()))
-            .args(["--output", &layout, "--cache-dir"])
-            .arg(cache.path()),
-    );
+    success(&mut layout_build_cmd(
+        NODEJS,
+        src.path().to_str().unwrap(),
+        "fn.missing",
+        &layout,
+        cache.path(),
+    ));
     // ...and `fnbuild run` reports it when the runtime starts.
     let out = common::fnbuild()
         .args([

@@ -251,7 +251,6 @@ fn pypi_dependency_lives_in_a_cached_layer_that_code_only_rebuilds_reuse() {
 
 #[test]
 fn same_inputs_give_the_same_digest_and_source_date_epoch_is_honoured() {
-    let base = base_layout(PYTHON);
     let src = function_dir(&[
         (
             "hello.py",
@@ -262,22 +261,14 @@ fn same_inputs_give_the_same_digest_and_source_date_epoch_is_honoured() {
     let build = |epoch: Option<&str>| {
         let cache = tempfile::tempdir().unwrap();
         let out_dir = tempfile::tempdir().unwrap();
-        let mut cmd = common::fnbuild();
-        cmd.args([
-            "build",
-            "--source",
-            src.path().to_str().unwrap(),
-            "--runtime",
+        let output = format!("oci:{}", out_dir.path().display());
+        let mut cmd = layout_build_cmd(
             PYTHON,
-            "--handler",
+            src.path().to_str().unwrap(),
             "hello.handler",
-        ])
-        .arg("--base-image")
-        .arg(format!("oci:{}", base.display()))
-        .arg("--output")
-        .arg(format!("oci:{}", out_dir.path().display()))
-        .arg("--cache-dir")
-        .arg(cache.path());
+            &output,
+            cache.path(),
+        );
         if let Some(epoch) = epoch {
             cmd.env("SOURCE_DATE_EPOCH", epoch);
         }
@@ -360,7 +351,6 @@ fn serve_once(name: &str, body: Vec<u8>) -> String {
 
 #[test]
 fn every_source_kind_gives_the_same_code_layer() {
-    let base = base_layout(PYTHON);
     let files = [
         (
             "hello.py",
@@ -373,23 +363,9 @@ fn every_source_kind_gives_the_same_code_layer() {
     let cache = tempfile::tempdir().unwrap();
     let code_layer = |source: &str, extra: &[&str], stdin: Option<Vec<u8>>| -> String {
         let out_dir = tempfile::tempdir().unwrap();
-        let mut cmd = common::fnbuild();
-        cmd.args([
-            "build",
-            "--source",
-            source,
-            "--runtime",
-            PYTHON,
-            "--handler",
-            "hello.handler",
-        ])
-        .args(extra)
-        .arg("--base-image")
-        .arg(format!("oci:{}", base.display()))
-        .arg("--output")
-        .arg(format!("oci:{}:fn", out_dir.path().display()))
-        .arg("--cache-dir")
-        .arg(cache.path());
+        let output = format!("oci:{}:fn", out_dir.path().display());
+        let mut cmd = layout_build_cmd(PYTHON, source, "hello.handler", &output, cache.path());
+        cmd.args(extra);
         let out = match stdin {
             Some(bytes) => {
                 let mut child = cmd
@@ -571,7 +547,6 @@ fn layout_and_tarball_outputs_are_read_by_skopeo_and_base_layers_are_mounted() {
 
 #[test]
 fn without_runc_the_function_runs_in_a_chroot_as_the_images_user() {
-    let base = base_layout(PYTHON);
     let src = function_dir(&[(
         "who.py",
         "import os\n\ndef handler(event, context):\n    return {'uid': os.getuid(), 'gid': os.getgid(), 'cwd': os.getcwd()}\n",
@@ -579,22 +554,13 @@ fn without_runc_the_function_runs_in_a_chroot_as_the_images_user() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let layout = format!("oci:{}:who", out_dir.path().display());
-    success(
-        common::fnbuild()
-            .args([
-                "build",
-                "--source",
-                src.path().to_str().unwrap(),
-                "--runtime",
-                PYTHON,
-                "--handler",
-                "who.handler",
-            ])
-            .arg("--base-image")
-            .arg(format!("oci:{}", base.display()))
-            .args(["--output", &layout, "--cache-dir"])
-            .arg(cache.path()),
-    );
+    success(&mut layout_build_cmd(
+        PYTHON,
+        src.path().to_str().unwrap(),
+        "who.handler",
+        &layout,
+        cache.path(),
+    ));
     // A PATH without runc on it.
     let bin = tempfile::tempdir().unwrap();
     let mut cmd = common::fnbuild();
@@ -613,7 +579,6 @@ fn without_runc_the_function_runs_in_a_chroot_as_the_images_user() {
 
 #[test]
 fn json_logs_are_one_object_a_line_and_stdout_holds_only_the_result() {
-    let base = base_layout(PYTHON);
     let src = function_dir(&[(
         "hello.py",
         "def handler(event, context):\n    return 'hi'\n",
@@ -621,22 +586,17 @@ fn json_logs_are_one_object_a_line_and_stdout_holds_only_the_result() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let build = |handler: &str| {
-        common::fnbuild()
-            .args([
-                "build",
-                "--log-format",
-                "json",
-                "--source",
-                src.path().to_str().unwrap(),
-            ])
-            .args(["--runtime", PYTHON, "--handler", handler, "--base-image"])
-            .arg(format!("oci:{}", base.display()))
-            .arg("--output")
-            .arg(format!("oci:{}", out_dir.path().display()))
-            .arg("--cache-dir")
-            .arg(cache.path())
-            .output()
-            .unwrap()
+        let output = format!("oci:{}", out_dir.path().display());
+        layout_build_cmd(
+            PYTHON,
+            src.path().to_str().unwrap(),
+            handler,
+            &output,
+            cache.path(),
+        )
+        .args(["--log-format", "json"])
+        .output()
+        .unwrap()
     };
     let parse_lines = |stderr: &[u8]| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(stderr)

@@ -65,23 +65,9 @@ fn build(
     extra: &[&str],
 ) -> std::process::Output {
     let out_dir = tempfile::tempdir().unwrap();
-    let mut cmd = common::fnbuild();
-    cmd.args([
-        "build",
-        "--source",
-        src.to_str().unwrap(),
-        "--runtime",
-        runtime,
-        "--handler",
-        "fn.handler",
-    ])
-    .args(extra)
-    .arg("--base-image")
-    .arg(format!("oci:{}", base_layout(runtime).display()))
-    .arg("--output")
-    .arg(format!("oci:{}", out_dir.path().display()))
-    .arg("--cache-dir")
-    .arg(cache);
+    let output = format!("oci:{}", out_dir.path().display());
+    let mut cmd = layout_build_cmd(runtime, src.to_str().unwrap(), "fn.handler", &output, cache);
+    cmd.args(extra);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -171,10 +171,6 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
                 known_hosts: args.git_known_hosts.clone(),
             }),
             skip_host_key_check: args.git_insecure_skip_host_key_check,
-            limits: Limits {
-                max_bytes: args.max_source_size,
-                max_entries: args.max_source_files,
-            },
         },
         s3: S3Options {
             endpoint: args.s3_endpoint.clone(),

@@ -55,12 +55,11 @@ impl GitSource {
     }
 }
 
-/// How to fetch: credentials, host-key policy, limits.
+/// How to fetch: credentials and host-key policy.
 #[derive(Debug, Clone, Default)]
 pub struct GitOptions {
     pub credentials: GitCredentials,
     pub skip_host_key_check: bool,
-    pub limits: Limits,
 }
 
 /// Fetches the source's revision and checks it out into `dest`; returns the commit SHA.
@@ -69,6 +68,7 @@ pub fn fetch(
     dest: &Path,
     git_dir: &Path,
     options: &GitOptions,
+    limits: Limits,
 ) -> Result<String> {
     let shown = source.display_url();
     if options.skip_host_key_check {
@@ -123,7 +123,7 @@ pub fn fetch(
     check_limits(
         &repo,
         &commit.tree().map_err(git_error(&shown))?,
-        &options.limits,
+        &limits,
         &shown,
     )?;
     repo.checkout_tree(

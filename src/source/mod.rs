@@ -194,10 +194,17 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
             }
             let temp = temp_dir(options)?;
             let (dest, git_dir) = (temp.path().join("src"), temp.path().join("git"));
-            let (source_clone, git_options) = (source.clone(), options.git.clone());
+            let (source_clone, git_options, limits) =
+                (source.clone(), options.git.clone(), options.limits);
             let (dest_clone, git_dir_clone) = (dest.clone(), git_dir.clone());
             let commit = tokio::task::spawn_blocking(move || {
-                git::fetch(&source_clone, &dest_clone, &git_dir_clone, &git_options)
+                git::fetch(
+                    &source_clone,
+                    &dest_clone,
+                    &git_dir_clone,
+                    &git_options,
+                    limits,
+                )
             })
             .await
             .expect("the git task does not panic")?;

@@ -114,6 +114,33 @@ pub fn build_cmd(registry: &Registry, cache_dir: &Path, args: &[&str]) -> Comman
     cmd
 }
 
+/// `fnbuild build` of `source` with `handler` onto `runtime`'s base image layout (no registry
+/// needed), written to `output` (`oci:DIR[:TAG]` or `tar:FILE`), with the given cache
+/// directory. Further arguments may be added to the command.
+pub fn layout_build_cmd(
+    runtime: &str,
+    source: &str,
+    handler: &str,
+    output: &str,
+    cache_dir: &Path,
+) -> Command {
+    let mut cmd = fnbuild();
+    cmd.args([
+        "build",
+        "--source",
+        source,
+        "--runtime",
+        runtime,
+        "--handler",
+        handler,
+    ])
+    .arg("--base-image")
+    .arg(format!("oci:{}", base_layout(runtime).display()))
+    .args(["--output", output, "--cache-dir"])
+    .arg(cache_dir);
+    cmd
+}
+
 /// Runs a command and returns its output, asserting success.
 pub fn success(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
