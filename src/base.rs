@@ -77,12 +77,18 @@ pub async fn make_base(
                 layers,
                 annotations,
                 upstream.config.clone(),
-                Some(Inherited::layers_of(&upstream)),
+                vec![Inherited::layers_of(&upstream)],
             )
         }
         Upstream::Rootfs(dir) => {
             let (layer, config) = rootfs_layer(dir, &options, cache, &created)?;
-            (MediaFamily::Oci, vec![layer], BTreeMap::new(), config, None)
+            (
+                MediaFamily::Oci,
+                vec![layer],
+                BTreeMap::new(),
+                config,
+                Vec::new(),
+            )
         }
     };
     let server = server_layer(request.runtime, &options, cache)?;

@@ -4,9 +4,10 @@
 //! the base's; then every output receives the image.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
+use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
 use crate::deps::{self, DepsFiles, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -17,9 +18,11 @@ use crate::image::{Descriptor, ImageConfig, Manifest};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
+use crate::sbom;
 use crate::source::{self, FetchOptions, SourceSpec, Workspace};
 use crate::transport::publish::{publish, BuiltImage, Inherited};
-use crate::transport::{Location, SourceImage};
+use crate::transport::referrers;
+use crate::transport::{BlobSource, Location, SourceImage};
 
 /// Bumped when the deps layer's content for the same inputs changes, to retire cache entries.
 const DEPS_LAYER_FORMAT: &str = "1";
@@ -51,6 +54,10 @@ pub struct BuildRequest {
     pub installer: Installer,
     /// Modification time of every layer entry and creation time of the image.
     pub source_date_epoch: u64,
+    /// Attach an SPDX SBOM to the image in every registry output.
+    pub sbom: bool,
+    /// Also write the SBOM to this file.
+    pub sbom_file: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -66,6 +73,8 @@ pub struct BuildContext<'a> {
     pub catalog: &'a Catalog,
     pub registries: &'a Registries,
     pub cache: &'a Cache,
+    /// `--cache-repo`: deps layers shared through a registry.
+    pub cache_repo: Option<&'a CacheRepo>,
 }
 
 pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<BuildOutcome> {
@@ -113,7 +122,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         mtime: request.source_date_epoch,
         ..LayerOptions::default()
     };
-    let deps_layer = match &deps_files {
+    let deps = match &deps_files {
         Some(files) if files.declares_dependencies()? => Some(
             deps_layer(
                 files,
@@ -129,22 +138,113 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     };
     let code_layer = code_layer(&workspace, deps_files.as_ref(), &layer_options, ctx.cache)?;
 
-    let image = assemble(
+    let mut image = assemble(
         request,
         runtime,
         &base,
         &base_location,
         &workspace,
-        deps_layer.as_ref(),
+        deps.as_ref().map(|d| d.layer.built()).as_ref(),
         &code_layer,
         ctx.cache,
     )?;
+    if let Some(ResolvedDeps {
+        layer,
+        remote: Some(source),
+    }) = &deps
+    {
+        image.inherited.push(Inherited {
+            source: source.clone(),
+            digests: [layer.digest.clone()].into(),
+        });
+    }
     let published = publish(&image, &request.outputs, ctx.registries, &store).await?;
+    let packages = deps.as_ref().map_or(&[][..], |d| &d.layer.packages[..]);
+    let created = rfc3339(request.source_date_epoch);
+    let contents = sbom::Contents {
+        runtime,
+        base_image: base_location.to_string(),
+        base_digest: &base.digest,
+        packages,
+        created: &created,
+    };
+    if let Some(path) = &request.sbom_file {
+        let name = request.outputs.first().map_or(String::new(), |o| match o {
+            Location::Registry(r) => r.repository_name(),
+            other => other.to_string(),
+        });
+        let document = sbom::spdx_document(&name, &image.digest, &contents);
+        let text = serde_json::to_string_pretty(&document).expect("a document serializes");
+        std::fs::write(path, text + "\n").io_context("write the SBOM to", path)?;
+    }
+    if request.sbom {
+        attach_sbom(&image, &request.outputs, &contents, ctx).await;
+    }
     tracing::info!(digest = %image.digest, elapsed = ?started.elapsed(), "build finished");
     Ok(BuildOutcome {
         digest: image.digest,
         published,
     })
+}
+
+/// Attaches the image's SBOM to it in every registry output. The image is published by now:
+/// a registry that refuses the SBOM gets a warning, not a failed build.
+async fn attach_sbom(
+    image: &BuiltImage,
+    outputs: &[Location],
+    contents: &sbom::Contents<'_>,
+    ctx: &BuildContext<'_>,
+) {
+    let subject = Descriptor::new(
+        image
+            .manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| crate::image::OCI_MANIFEST.to_string()),
+        image.digest.clone(),
+        image.manifest_bytes.len() as u64,
+    );
+    for output in outputs {
+        let Location::Registry(reference) = output else {
+            continue;
+        };
+        let name = reference.repository_name();
+        let document = sbom::spdx_document(&name, &image.digest, contents);
+        let bytes = serde_json::to_vec(&document).expect("a document serializes");
+        let artifact = referrers::Artifact {
+            artifact_type: sbom::SPDX_JSON,
+            media_type: sbom::SPDX_JSON,
+            bytes: &bytes,
+            annotations: [(
+                "org.opencontainers.image.created".to_string(),
+                contents.created.to_string(),
+            )]
+            .into(),
+        };
+        let attached = async {
+            let client = ctx.registries.client(&reference.registry)?;
+            referrers::attach(
+                &client,
+                &reference.repository,
+                &subject,
+                &artifact,
+                &ctx.cache.blobs(),
+            )
+            .await
+        }
+        .await;
+        match attached {
+            Ok(attached) => tracing::info!(
+                sbom = %reference.with_digest(&attached.digest),
+                listed_at = attached.fallback_tag.as_deref().unwrap_or("the referrers API"),
+                packages = contents.packages.len(),
+                "attached the SBOM (SPDX)"
+            ),
+            Err(e) => {
+                tracing::warn!(image = %name, "the image was published without its SBOM: {e}")
+            }
+        }
+    }
 }
 
 /// The deps file: `--dependencies`, else the runtime's deps file in the source, if any.
@@ -208,13 +308,15 @@ fn deps_cache_key(
     Ok(Digest::of(key.to_string().as_bytes()))
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DepsCacheEntry {
-    digest: Digest,
-    size: u64,
-    diff_id: Digest,
+/// A deps layer ready to go into the image, and where its blob is when it is not in the local
+/// blob store (a hit in the cache repository).
+struct ResolvedDeps {
+    layer: DepsLayer,
+    remote: Option<BlobSource>,
 }
 
+/// The deps layer for the deps files: from the local cache, else the cache repository, else
+/// installed and then stored in both.
 async fn deps_layer(
     files: &DepsFiles,
     runtime: &Runtime,
@@ -222,25 +324,73 @@ async fn deps_layer(
     installer: Installer,
     options: &LayerOptions,
     ctx: &BuildContext<'_>,
-) -> Result<BuiltLayer> {
+) -> Result<ResolvedDeps> {
     let key = deps_cache_key(files, runtime, base, installer)?;
     let entry_path = ctx.cache.deps_entry(&key);
     let store = ctx.cache.blobs();
-    if let Some(entry) = std::fs::read(&entry_path)
+    if let Some(layer) = std::fs::read(&entry_path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<DepsCacheEntry>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<DepsLayer>(&b).ok())
+        .filter(|layer| store.contains(&layer.digest))
     {
-        if store.contains(&entry.digest) {
-            tracing::info!(digest = %entry.digest, "deps layer cache hit: nothing to install");
-            return Ok(BuiltLayer {
-                digest: entry.digest,
-                size: entry.size,
-                diff_id: entry.diff_id,
-            });
+        tracing::info!(digest = %layer.digest, "deps layer cache hit: nothing to install");
+        return Ok(ResolvedDeps {
+            layer,
+            remote: None,
+        });
+    }
+    if let Some(repo) = ctx.cache_repo {
+        match repo.lookup(&key).await? {
+            Lookup::Hit(layer) => {
+                tracing::info!(digest = %layer.digest, cache = %repo.name(), "deps layer cache hit in the cache repository: nothing to install");
+                return Ok(ResolvedDeps {
+                    layer,
+                    remote: Some(repo.blob_source()),
+                });
+            }
+            Lookup::Expired { age } => {
+                tracing::info!(cache = %repo.name(), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "deps layer cache entry older than --cache-ttl: installing again")
+            }
+            Lookup::Miss => {
+                tracing::info!(cache = %repo.name(), "deps layer not in the cache repository")
+            }
         }
     }
     tracing::info!(file = %files.manifest.display(), installer = ?installer, "deps layer cache miss: installing dependencies");
+    let layer = install_deps(files, runtime, base, installer, options, ctx).await?;
+    std::fs::write(
+        &entry_path,
+        serde_json::to_vec(&layer).expect("a cache entry serializes"),
+    )
+    .io_context("write", &entry_path)?;
+    if let Some(repo) = ctx.cache_repo {
+        // The cache only saves time: a build whose layer cannot be cached still succeeds.
+        match repo.store(&key, &layer, &runtime.name, &store).await {
+            Ok(()) => {
+                tracing::info!(cache = %repo.name(), "stored the deps layer in the cache repository")
+            }
+            Err(e) => {
+                tracing::warn!(cache = %repo.name(), "cannot store the deps layer in the cache repository: {e}")
+            }
+        }
+    }
+    Ok(ResolvedDeps {
+        layer,
+        remote: None,
+    })
+}
+
+/// Installs the dependencies into a fresh directory and makes the deps layer of it.
+async fn install_deps(
+    files: &DepsFiles,
+    runtime: &Runtime,
+    base: &SourceImage,
+    installer: Installer,
+    options: &LayerOptions,
+    ctx: &BuildContext<'_>,
+) -> Result<DepsLayer> {
     let started = Instant::now();
+    let store = ctx.cache.blobs();
     let base_rootfs = match installer {
         Installer::Image => {
             let layers = base.layer_files(&store).await?;
@@ -254,7 +404,7 @@ async fn deps_layer(
     for dir in [&out, &scratch] {
         std::fs::create_dir(dir).io_context("create", dir)?;
     }
-    let (files, version, out_dir, scratch_dir) = (
+    let (install_files, version, out_dir, scratch_dir) = (
         files.clone(),
         runtime.version.clone(),
         out.clone(),
@@ -263,7 +413,7 @@ async fn deps_layer(
     tokio::task::spawn_blocking(move || {
         deps::install(
             installer,
-            &files,
+            &install_files,
             &version,
             base_rootfs.as_deref(),
             &out_dir,
@@ -272,20 +422,16 @@ async fn deps_layer(
     })
     .await
     .expect("the install task does not panic")?;
-    tracing::info!(elapsed = ?started.elapsed(), "dependencies installed");
+    let packages = sbom::installed_packages(&out, runtime.language);
+    tracing::info!(elapsed = ?started.elapsed(), packages = packages.len(), "dependencies installed");
     let entries = layer::entries_from_dir(&out, CODE_DIR, Attributes::Normalized, &|_| false)?;
     let built = layer::write_layer(entries, options, &store)?;
-    let entry = DepsCacheEntry {
-        digest: built.digest.clone(),
+    Ok(DepsLayer {
+        digest: built.digest,
         size: built.size,
-        diff_id: built.diff_id.clone(),
-    };
-    std::fs::write(
-        &entry_path,
-        serde_json::to_vec(&entry).expect("a cache entry serializes"),
-    )
-    .io_context("write", &entry_path)?;
-    Ok(built)
+        diff_id: built.diff_id,
+        packages,
+    })
 }
 
 /// The code layer: the workspace at the code directory, plus a deps file given from elsewhere.
@@ -401,5 +547,5 @@ fn assemble(
         }
     }
     let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
-    Ok(BuiltImage::new(manifest, Some(Inherited::layers_of(base))))
+    Ok(BuiltImage::new(manifest, vec![Inherited::layers_of(base)]))
 }

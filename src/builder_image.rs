@@ -97,7 +97,7 @@ pub async fn make_builder_image(
     )];
     let manifest = Manifest::assemble(family, &config, layers, Default::default(), &cache.blobs())?;
     publish(
-        &BuiltImage::new(manifest, None),
+        &BuiltImage::new(manifest, Vec::new()),
         outputs,
         registries,
         &cache.blobs(),

@@ -98,12 +98,21 @@ pub struct Runtime {
 impl Runtime {
     /// The base image reference with `{base_registry}` filled in.
     pub fn base_image_ref(&self) -> String {
-        let registry = std::env::var(BASE_REGISTRY_ENV)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_REGISTRY.to_string());
-        self.base_image.replace("{base_registry}", &registry)
+        self.base_image_ref_in(&base_registry())
     }
+
+    /// The base image reference with `{base_registry}` standing for `registry`.
+    pub fn base_image_ref_in(&self, registry: &str) -> String {
+        self.base_image.replace("{base_registry}", registry)
+    }
+}
+
+/// What `{base_registry}` stands for: `$FNBUILD_BASE_REGISTRY`, else `localhost:5000`.
+pub fn base_registry() -> String {
+    std::env::var(BASE_REGISTRY_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_BASE_REGISTRY.to_string())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

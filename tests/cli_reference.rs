@@ -3,7 +3,7 @@
 
 mod common;
 
-const COMMANDS: &[&str] = &["", "build", "base", "run", "push", "runtimes"];
+const COMMANDS: &[&str] = &["", "build", "base", "run", "push", "mirror", "runtimes"];
 
 fn reference() -> String {
     let mut doc = String::from(

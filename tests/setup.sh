@@ -34,9 +34,12 @@ declare -A package_of=(
     [node]=nodejs
     [pkg-config]=pkg-config
     [sshd]=openssh-server
+    [buildah]=buildah
+    # GNU time, for peak RSS (a path: `time` alone is also a shell keyword).
+    [/usr/bin/time]=time
 )
 # Stable order for printing and installing.
-commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd)
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd buildah /usr/bin/time)
 
 # Libraries the Rust build links (git2's OpenSSL), found by their pkg-config name.
 declare -A package_of_library=(
@@ -83,11 +86,12 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# From PyPI: the S3-compatible server the source tests run against (moto), and what the
-# CRD schema checks use (jsonschema, PyYAML).
-if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
-    echo "setup.sh: installing moto[server], jsonschema and PyYAML from PyPI"
-    python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml
+# From PyPI: the S3-compatible server the source tests run against (moto), what the CRD
+# schema checks use (jsonschema, PyYAML), and the SPDX project's validator (spdx-tools).
+if ! command -v moto_server >/dev/null 2>&1 || ! command -v pyspdxtools >/dev/null 2>&1 \
+    || ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
+    echo "setup.sh: installing moto[server], jsonschema, PyYAML and spdx-tools from PyPI"
+    python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml spdx-tools
 fi
 
 # --- 2. runtime root filesystems -------------------------------------------------------

@@ -53,10 +53,15 @@ pub enum Command {
     Run(RunArgs),
     /// Copy an image between registries, OCI layouts and tarballs, keeping its digest.
     Push(PushArgs),
+    /// Copy the runtime base images (and the builder image) for air-gapped clusters: from a
+    /// registry into one OCI layout or tarball, and from there into another registry.
+    Mirror(MirrorArgs),
     /// Convert Kubeless Function objects into fnbuild builds and Knative Services.
     Convert(ConvertArgs),
     /// List the runtimes fnbuild builds for.
     Runtimes(RuntimesArgs),
+    /// Delete deps layers older than --cache-ttl from the cache repository.
+    Gc(GcArgs),
     /// Internal: runs a command inside a root filesystem (used for dependency installs).
     #[command(name = "__sandbox", hide = true)]
     Sandbox { spec: String },
@@ -101,6 +106,25 @@ pub struct RegistryArgs {
         hide_env_values = true
     )]
     pub catalog: Option<PathBuf>,
+}
+
+/// Flags of the deps cache shared through a registry.
+#[derive(Debug, Clone, Args)]
+pub struct CacheRepoArgs {
+    /// A registry repository where deps layers are cached for every build that uses it (as
+    /// Kaniko's --cache-repo), e.g. registry.local:5000/fnbuild/cache.
+    #[arg(
+        long,
+        value_name = "REPOSITORY",
+        env = "FNBUILD_CACHE_REPO",
+        hide_env_values = true
+    )]
+    pub cache_repo: Option<String>,
+
+    /// How long a deps layer in the cache repository is used: a duration such as 14days,
+    /// 336h or 90m.
+    #[arg(long, value_name = "DURATION", default_value = crate::cache_repo::DEFAULT_TTL)]
+    pub cache_ttl: String,
 }
 
 #[derive(Debug, Args)]
@@ -222,7 +246,9 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     pub timeout: u32,
 
-    /// The runtime base image, replacing the catalog's: REF or oci:DIR[:TAG].
+    /// The runtime base image, replacing the catalog's: REF, oci:DIR[:NAME] or tar:FILE[:NAME];
+    /// NAME picks an image in a layout or tarball holding several, e.g.
+    /// oci:/mirror:fnbuild/runtime-python:3.13 (the path ends at the first ':').
     #[arg(long, value_name = "REF", alias = "runtime-image")]
     pub base_image: Option<String>,
 
@@ -230,7 +256,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "REF", alias = "destination")]
     pub image: Vec<String>,
 
-    /// Write the image to an OCI layout (oci:DIR[:TAG]) or a tarball (tar:FILE). Repeatable.
+    /// Write the image to an OCI layout (oci:DIR[:NAME]) or a tarball (tar:FILE[:NAME]), under
+    /// NAME if given (a tag, or REPOSITORY:TAG). Repeatable.
     #[arg(long, value_name = "oci:DIR|tar:FILE")]
     pub output: Vec<String>,
 
@@ -288,6 +315,17 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 100_000, value_name = "COUNT")]
     pub max_source_files: u64,
 
+    /// Do not attach an SPDX SBOM (the runtime and the installed packages) to the image.
+    #[arg(long)]
+    pub no_sbom: bool,
+
+    /// Also write the image's SPDX SBOM to this file.
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
+    pub sbom_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub cache: CacheRepoArgs,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -323,7 +361,7 @@ pub struct BuilderImageArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The function image: REF or oci:DIR[:TAG].
+    /// The function image: REF, oci:DIR[:NAME] or tar:FILE[:NAME].
     pub image: String,
 
     /// The port the function answers on (localhost:PORT).
@@ -340,12 +378,55 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct PushArgs {
-    /// The image to copy: REF or oci:DIR[:TAG].
+    /// The image to copy: REF, oci:DIR[:NAME] or tar:FILE[:NAME] (NAME picks one of several
+    /// images, e.g. oci:/mirror:fnbuild/runtime-python:3.13; the path ends at the first ':').
     pub from: String,
 
-    /// Where to copy it: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
+    /// Where to copy it: REF, oci:DIR[:NAME] or tar:FILE[:NAME]. Repeatable.
     #[arg(required = true)]
     pub to: Vec<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub cache: CacheRepoArgs,
+
+    /// List what would be deleted, and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Where the images go: oci:DIR (one OCI layout, each image named REPOSITORY:TAG, e.g.
+    /// fnbuild/runtime-python:3.13), tar:FILE (the same as one tarball), or REGISTRY[/PREFIX]
+    /// (each image at REGISTRY/PREFIX/REPOSITORY:TAG: set FNBUILD_BASE_REGISTRY to
+    /// REGISTRY[/PREFIX] there).
+    #[arg(long, value_name = "oci:DIR|tar:FILE|REGISTRY[/PREFIX]")]
+    pub to: String,
+
+    /// Where the images come from: REGISTRY[/PREFIX], what the catalog's {base_registry}
+    /// stands for [default: $FNBUILD_BASE_REGISTRY, else localhost:5000]; or an oci:DIR or
+    /// tar:FILE written by `fnbuild mirror`, every image of which is copied.
+    #[arg(long, value_name = "REGISTRY[/PREFIX]|oci:DIR|tar:FILE")]
+    pub from: Option<String>,
+
+    /// Only this runtime's base image (see `fnbuild runtimes`). Repeatable
+    /// [default: every runtime of the catalog, or every image of a layout or tarball].
+    #[arg(long, short = 'r', value_name = "NAME")]
+    pub runtime: Vec<String>,
+
+    /// Also copy this image from a registry, e.g. the builder image: REF. It is named by its
+    /// repository (relative to --from when under it) and tag. Repeatable.
+    #[arg(long, value_name = "REF", visible_alias = "builder-image")]
+    pub image: Vec<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -375,6 +456,9 @@ pub struct ConvertArgs {
     /// Who installs dependencies (see `fnbuild build --help`).
     #[arg(long, value_enum, default_value_t = Installer::Image)]
     pub deps_installer: Installer,
+
+    #[command(flatten)]
+    pub cache: CacheRepoArgs,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -459,6 +543,7 @@ impl EmptyMeansAbsent for BuildArgs {
             output: split_list(self.output),
             digest_file: given(self.digest_file),
             image_ref_file: given(self.image_ref_file),
+            sbom_file: given(self.sbom_file),
             s3_endpoint: given(self.s3_endpoint),
             s3_region: given(self.s3_region),
             s3_credentials_dir: given(self.s3_credentials_dir),
@@ -467,8 +552,19 @@ impl EmptyMeansAbsent for BuildArgs {
             knative_service: given(self.knative_service),
             service_name: given(self.service_name),
             namespace: given(self.namespace),
+            cache: self.cache.without_empty_values(),
             registry: self.registry.without_empty_values(),
             ..self
+        }
+    }
+}
+
+impl EmptyMeansAbsent for CacheRepoArgs {
+    fn without_empty_values(self) -> Self {
+        Self {
+            cache_repo: given(self.cache_repo),
+            cache_ttl: given(Some(self.cache_ttl))
+                .unwrap_or_else(|| crate::cache_repo::DEFAULT_TTL.to_string()),
         }
     }
 }

@@ -13,6 +13,7 @@ use clap::Parser;
 use crate::base::{make_base, BaseRequest};
 use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
+use crate::cache_repo::CacheRepo;
 use crate::error::{Error, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::kubeless::ConvertRequest;
@@ -26,8 +27,8 @@ use crate::source::{Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
-    BaseArgs, BuildArgs, BuilderImageArgs, Cli, Command, ConvertArgs, EmptyMeansAbsent, ListFormat,
-    LogFormat, PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
+    BaseArgs, BuildArgs, BuilderImageArgs, CacheRepoArgs, Cli, Command, ConvertArgs,
+    EmptyMeansAbsent, GcArgs, ListFormat, LogFormat, PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
 };
 
 pub fn main() -> ExitCode {
@@ -70,15 +71,26 @@ fn init_logging(format: LogFormat, level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Json => builder
+            .with_writer(std::io::stderr)
+            .json()
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => {
-            let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none();
-            builder.with_ansi(color).with_target(false).compact().init()
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let color = terminal && std::env::var_os("NO_COLOR").is_none();
+            let builder = builder.with_ansi(color).with_target(false).compact();
+            // Progress bars on a terminal that can move the cursor; log lines everywhere else.
+            if terminal && std::env::var_os("TERM").is_none_or(|t| t != "dumb") {
+                let reporter = std::sync::Arc::new(crate::progress::TerminalReporter::new());
+                let writer = reporter.log_writer();
+                crate::progress::install(reporter);
+                builder.with_writer(writer).init()
+            } else {
+                builder.with_writer(std::io::stderr).init()
+            }
         }
     }
 }
@@ -105,8 +117,10 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Run(args) => run_image(args).await,
         Command::BuilderImage(args) => builder_image(args).await,
         Command::Push(args) => push_image(args).await,
+        Command::Mirror(args) => mirror_images(args).await,
         Command::Convert(args) => convert_functions(args).await,
         Command::Runtimes(args) => list_runtimes(args),
+        Command::Gc(args) => collect_garbage(args).await,
         Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
     }
 }
@@ -127,8 +141,18 @@ fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
     Ok((registries, cache, catalog))
 }
 
+/// The cache repository of `--cache-repo`, if given.
+fn cache_repo(args: &CacheRepoArgs, registries: &Registries) -> Result<Option<CacheRepo>> {
+    let ttl = crate::cache_repo::parse_ttl(&args.cache_ttl)?;
+    args.cache_repo
+        .as_deref()
+        .map(|repo| CacheRepo::new(repo, ttl, registries))
+        .transpose()
+}
+
 async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     let (registries, cache, catalog) = setup(&args.registry)?;
+    let cache_repo = cache_repo(&args.cache, &registries)?;
     let mut outputs = Vec::new();
     for image in &args.image {
         match image.parse::<Location>()? {
@@ -215,6 +239,8 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         outputs,
         installer: args.deps_installer,
         source_date_epoch: source_date_epoch()?,
+        sbom: !args.no_sbom,
+        sbom_file: args.sbom_file.clone(),
     };
     if request.timeout_seconds == 0 {
         return Err(Error::Usage("--timeout must be at least 1 second".into()));
@@ -245,6 +271,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             catalog: &catalog,
             registries: &registries,
             cache: &cache,
+            cache_repo: cache_repo.as_ref(),
         },
     )
     .await?;
@@ -370,6 +397,32 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+async fn mirror_images(args: args::MirrorArgs) -> Result<ExitCode> {
+    use crate::mirror::{mirror, MirrorRequest, Place};
+    let (registries, cache, catalog) = setup(&args.registry)?;
+    let request = MirrorRequest {
+        from: match &args.from {
+            Some(from) => Place::parse("--from", from)?,
+            None => Place::parse(
+                &format!("${}", crate::runtime::BASE_REGISTRY_ENV),
+                &crate::runtime::base_registry(),
+            )?,
+        },
+        to: Place::parse("--to", &args.to)?,
+        runtimes: args.runtime.clone(),
+        images: args
+            .image
+            .iter()
+            .map(|i| i.parse().map_err(|e| Error::Usage(format!("--image: {e}"))))
+            .collect::<Result<_>>()?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    for image in mirror(&request, &catalog, &registries, &cache).await? {
+        let _ = writeln!(stdout, "{}\t{}", image.name, image.published);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn push_image(args: PushArgs) -> Result<ExitCode> {
     let (registries, cache, _) = setup(&args.registry)?;
     let from: Location = args.from.parse()?;
@@ -388,6 +441,7 @@ async fn push_image(args: PushArgs) -> Result<ExitCode> {
 
 async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
     let (registries, cache, catalog) = setup(&args.registry)?;
+    let cache_repo = cache_repo(&args.cache, &registries)?;
     let request = ConvertRequest {
         file: args.file.clone(),
         out_dir: args.out.clone(),
@@ -400,6 +454,7 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
         catalog: &catalog,
         registries: &registries,
         cache: &cache,
+        cache_repo: cache_repo.as_ref(),
     };
     let mut out = std::io::stdout().lock();
     for function in crate::kubeless::convert(&request, &context).await? {
@@ -411,6 +466,72 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
             None => writeln!(out, "{}	{}", function.name, function.dir.display()),
         };
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnbuild gc`: lists the stale entries of the cache repository on stdout, then deletes them
+/// (unless `--dry-run`).
+async fn collect_garbage(args: GcArgs) -> Result<ExitCode> {
+    let args = GcArgs {
+        cache: args.cache.without_empty_values(),
+        registry: args.registry.without_empty_values(),
+        ..args
+    };
+    let (registries, _cache, _catalog) = setup(&args.registry)?;
+    let Some(repo) = cache_repo(&args.cache, &registries)? else {
+        return Err(Error::Usage(
+            "fnbuild gc needs --cache-repo REPOSITORY (or FNBUILD_CACHE_REPO): the repository \
+             builds cache their deps layers in"
+                .into(),
+        ));
+    };
+    let now = std::time::SystemTime::now();
+    let entries = repo.entries().await?;
+    let total = entries.len();
+    let stale: Vec<_> = entries
+        .into_iter()
+        .filter(|e| repo.is_stale(e, now))
+        .collect();
+    let verb = if args.dry_run {
+        "would delete"
+    } else {
+        "deleting"
+    };
+    let mut out = std::io::stdout().lock();
+    for entry in &stale {
+        let age = entry
+            .created
+            .and_then(|c| now.duration_since(c).ok())
+            .map_or("unknown age".to_string(), |age| {
+                format!(
+                    "{} old",
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        age.as_secs() / 60 * 60
+                    ))
+                )
+            });
+        let _ = writeln!(
+            out,
+            "{verb} {}:{} ({age}, layer {} bytes)",
+            repo.name(),
+            entry.tag,
+            entry.layer_size
+        );
+    }
+    let _ = out.flush();
+    if !args.dry_run {
+        for entry in &stale {
+            repo.delete(entry).await?;
+        }
+    }
+    tracing::info!(
+        cache = %repo.name(),
+        entries = total,
+        stale = stale.len(),
+        deleted = if args.dry_run { 0 } else { stale.len() },
+        "garbage collection finished{}",
+        if args.dry_run { " (dry run)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -162,6 +162,8 @@ async fn convert_one(
                 outputs: vec![destination],
                 installer: request.installer,
                 source_date_epoch: request.source_date_epoch,
+                sbom: true,
+                sbom_file: None,
             };
             let outcome = build(&build_request, ctx).await?;
             let pinned = outcome.published[0].clone();

@@ -531,13 +531,16 @@ impl RegistryClient {
     }
 
     /// Uploads a blob from a file: `POST` an upload session, then one streamed `PUT`. The
-    /// whole exchange is retried if the session fails midway.
+    /// whole exchange is retried if the session fails midway. `on_sent` hears how many bytes
+    /// of the attempt under way have been handed to the connection (from 0 again on a retry);
+    /// pass `Arc::new(|_| {})` when nobody listens.
     pub async fn upload_blob(
         &self,
         repo: &str,
         digest: &Digest,
         size: u64,
         path: &Path,
+        on_sent: Arc<dyn Fn(u64) + Send + Sync>,
     ) -> Result<(), RegistryError> {
         let scope = [(repo, "pull,push")];
         let mut delay = Duration::from_millis(500);
@@ -564,10 +567,21 @@ impl RegistryClient {
                 registry: self.registry.clone(),
                 detail: format!("cannot read {}: {e}", path.display()),
             })?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                tokio::fs::File::from_std(file),
-                256 * 1024,
-            ));
+            let mut sent = 0;
+            let on_sent = on_sent.clone();
+            on_sent(sent);
+            let body = reqwest::Body::wrap_stream(
+                tokio_util::io::ReaderStream::with_capacity(
+                    tokio::fs::File::from_std(file),
+                    256 * 1024,
+                )
+                .inspect(move |chunk| {
+                    if let Ok(chunk) = chunk {
+                        sent += chunk.len() as u64;
+                        on_sent(sent);
+                    }
+                }),
+            );
             let auth = self.authorization(&scope).await?;
             let put = with_auth(
                 self.http
@@ -701,13 +715,15 @@ impl RegistryClient {
     }
 
     /// Stores a manifest under a tag or its digest. The registry keeps these exact bytes.
+    /// Returns whether the registry indexed the manifest's `subject` itself (it answered with
+    /// `OCI-Subject`: it has the OCI 1.1 referrers API).
     pub async fn put_manifest(
         &self,
         repo: &str,
         reference: &str,
         bytes: &[u8],
         media_type: &str,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         let scope = [(repo, "pull,push")];
         let response = self
             .send(&scope, |base| {
@@ -718,7 +734,7 @@ impl RegistryClient {
             })
             .await?;
         if response.status().is_success() {
-            Ok(())
+            Ok(response.headers().contains_key("oci-subject"))
         } else {
             Err(self
                 .fail(response, "PUT", &scope, &format!("manifest {reference}"))
@@ -726,10 +742,92 @@ impl RegistryClient {
         }
     }
 
+    /// Deletes a manifest by digest (and with it every tag pointing at it). Registries
+    /// refuse this unless deleting is enabled in their configuration.
+    pub async fn delete_manifest(&self, repo: &str, digest: &Digest) -> Result<(), RegistryError> {
+        let scope = [(repo, "pull,push,delete")];
+        let response = self
+            .send(&scope, |base| {
+                self.http
+                    .delete(format!("{base}/v2/{repo}/manifests/{digest}"))
+            })
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(()),
+            StatusCode::METHOD_NOT_ALLOWED => Err(RegistryError::Refused {
+                registry: self.registry.clone(),
+                method: "DELETE",
+                path: format!("/v2/{repo}/manifests/{digest}"),
+                status: 405,
+                detail: "the registry does not allow deleting manifests; enable it in the \
+                         registry's configuration (for the CNCF distribution registry: \
+                         storage.delete.enabled: true, or REGISTRY_STORAGE_DELETE_ENABLED=true)"
+                    .into(),
+            }),
+            _ => Err(self
+                .fail(response, "DELETE", &scope, &format!("manifest {digest}"))
+                .await),
+        }
+    }
+
+    // === tags ===
+
+    /// Every tag of a repository (`GET /v2/NAME/tags/list`, following `Link` pages).
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(Deserialize)]
+        struct TagList {
+            tags: Option<Vec<String>>,
+        }
+        let scope = [(repo, "pull")];
+        let mut tags = Vec::new();
+        let mut next = Some(format!("/v2/{repo}/tags/list?n=1000"));
+        while let Some(path) = next.take() {
+            let response = self
+                .send(&scope, |base| self.http.get(format!("{base}{path}")))
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                // A repository nothing was pushed to yet has no tags.
+                return Ok(tags);
+            }
+            if !response.status().is_success() {
+                return Err(self
+                    .fail(response, "GET", &scope, &format!("tags of {repo}"))
+                    .await);
+            }
+            next = next_page(response.headers());
+            let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+            let page: TagList =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+                    registry: self.registry.clone(),
+                    detail: format!("the tag list of {repo} is not valid: {e}"),
+                })?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+
     /// Resolves the Location of an upload session against the registry's URL.
     fn location(&self, response: &Response) -> Option<String> {
         let location = response.headers().get(LOCATION)?.to_str().ok()?;
         response.url().join(location).ok().map(String::from)
+    }
+}
+
+/// The path of the next page from a `Link: </v2/...>; rel="next"` header.
+fn next_page(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("rel=\"next\"") {
+        return None;
+    }
+    let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+    match reqwest::Url::parse(target) {
+        // An absolute URL: its path and query, on the endpoint already in use.
+        Ok(url) => Some(match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        }),
+        Err(_) => Some(target.to_string()),
     }
 }
 

@@ -1,10 +1,12 @@
 //! Where images are read from and written to, interchangeably: a registry (`REF`), an OCI
-//! image layout (`oci:DIR[:TAG]`) or a tarball (`tar:FILE`, written only). Reading an image
+//! image layout (`oci:DIR[:NAME]`) or a tarball (`tar:FILE[:NAME]`). Reading an image
 //! fetches just its manifest and config; layers stay where they are until something needs
-//! them (`Blobs::local_path`). Writing is `publish`.
+//! them (`local_blob`); a tarball's blobs are unpacked into the local blob store. Writing is
+//! `publish`.
 
 pub mod layout;
 pub mod publish;
+pub mod referrers;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -20,13 +22,18 @@ use crate::registry::{Reference, Registries, RegistryClient};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     Registry(Reference),
-    /// `oci:DIR[:TAG]`: an OCI image layout directory, optionally naming a tag in it.
+    /// `oci:DIR[:NAME]`: an OCI image layout directory, optionally naming an image in it
+    /// (its `org.opencontainers.image.ref.name`, e.g. `v1` or `fnbuild/runtime-python:3.13`).
     Layout {
         dir: PathBuf,
         tag: Option<String>,
     },
-    /// `tar:FILE`: a tarball readable as `docker-archive:` and `oci-archive:`.
-    Tarball(PathBuf),
+    /// `tar:FILE[:NAME]`: a tarball readable as `docker-archive:` and `oci-archive:`, holding
+    /// an OCI layout; NAME picks an image in it, or names the one written.
+    Tarball {
+        file: PathBuf,
+        name: Option<String>,
+    },
 }
 
 impl FromStr for Location {
@@ -34,39 +41,48 @@ impl FromStr for Location {
 
     fn from_str(s: &str) -> Result<Self> {
         if let Some(rest) = s.strip_prefix("oci:") {
-            let (dir, tag) = split_layout_tag(rest);
-            if dir.is_empty() {
-                return Err(Error::Usage(format!(
-                    "'{s}': oci: needs a directory, e.g. oci:./out or oci:./out:v1"
-                )));
-            }
-            return Ok(Self::Layout {
-                dir: PathBuf::from(dir),
-                tag,
-            });
+            let (dir, tag) = split_path_name(s, rest, "a directory", "oci:./out")?;
+            return Ok(Self::Layout { dir, tag });
         }
-        if let Some(file) = s.strip_prefix("tar:") {
-            if file.is_empty() {
-                return Err(Error::Usage(format!(
-                    "'{s}': tar: needs a file name, e.g. tar:./hello.tar"
-                )));
-            }
-            return Ok(Self::Tarball(PathBuf::from(file)));
+        if let Some(rest) = s.strip_prefix("tar:") {
+            let (file, name) = split_path_name(s, rest, "a file name", "tar:./images.tar")?;
+            return Ok(Self::Tarball { file, name });
         }
         s.parse::<Reference>()
             .map(Self::Registry)
-            .map_err(|e| Error::Usage(format!("{e}; or oci:DIR[:TAG], or tar:FILE")))
+            .map_err(|e| Error::Usage(format!("{e}; or oci:DIR[:NAME], or tar:FILE[:NAME]")))
     }
 }
 
-/// `DIR:TAG` where the part after the last `:` is a tag (no `/`), else all of it is the dir.
-fn split_layout_tag(s: &str) -> (&str, Option<String>) {
-    match s.rsplit_once(':') {
-        Some((dir, tag)) if !tag.is_empty() && !tag.contains('/') && !dir.is_empty() => {
-            (dir, Some(tag.to_string()))
-        }
-        _ => (s, None),
+/// `PATH[:NAME]`: the path ends at the first `:` (as skopeo reads `oci:` and `oci-archive:`),
+/// so a name may hold `/` and `:` itself, e.g. `oci:./mirror:fnbuild/runtime-python:3.13`.
+fn split_path_name(
+    whole: &str,
+    rest: &str,
+    what: &str,
+    example: &str,
+) -> Result<(PathBuf, Option<String>)> {
+    let (path, name) = match rest.split_once(':') {
+        Some((path, name)) => (path, Some(name)),
+        None => (rest, None),
+    };
+    let bad = |why: String| {
+        Error::Usage(format!(
+            "'{whole}': {why}; expected {example} or {example}:NAME, where the path holds no ':' \
+             and NAME is a tag (v1) or a repository and tag (fnbuild/runtime-python:3.13)"
+        ))
+    };
+    if path.is_empty() {
+        return Err(bad(format!("it needs {what}")));
     }
+    if let Some(name) = name {
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Err(bad(format!(
+                "the image name after '{path}:' is empty or holds a space"
+            )));
+        }
+    }
+    Ok((PathBuf::from(path), name.map(str::to_string)))
 }
 
 impl std::fmt::Display for Location {
@@ -78,7 +94,11 @@ impl std::fmt::Display for Location {
                 tag: Some(tag),
             } => write!(f, "oci:{}:{tag}", dir.display()),
             Self::Layout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
-            Self::Tarball(file) => write!(f, "tar:{}", file.display()),
+            Self::Tarball {
+                file,
+                name: Some(name),
+            } => write!(f, "tar:{}:{name}", file.display()),
+            Self::Tarball { file, name: None } => write!(f, "tar:{}", file.display()),
         }
     }
 }
@@ -91,6 +111,8 @@ pub enum BlobSource {
         repository: String,
     },
     Layout(PathBuf),
+    /// A tarball whose blobs were unpacked into the local blob store when it was read.
+    Tarball(PathBuf),
 }
 
 /// An image whose manifest and config are known; its layers are fetched on demand.
@@ -136,11 +158,9 @@ impl SourceImage {
                 let (bytes, digest) = layout::read_manifest(dir, tag.as_deref())?;
                 (bytes, digest, BlobSource::Layout(dir.clone()))
             }
-            Location::Tarball(file) => {
-                return Err(Error::Usage(format!(
-                "tar:{} can only be written; to read an image use a registry reference or oci:DIR",
-                file.display()
-            )))
+            Location::Tarball { file, name } => {
+                let (bytes, digest) = layout::read_tarball(file, name.as_deref(), store)?;
+                (bytes, digest, BlobSource::Tarball(file.clone()))
             }
         };
         let manifest: Manifest =
@@ -203,6 +223,16 @@ pub async fn local_blob(
                 )))
             }
         }
+        BlobSource::Tarball(file) => {
+            if store.contains(digest) {
+                Ok(store.path(digest))
+            } else {
+                Err(Error::Image(format!(
+                    "tar:{} lacks blob {digest}",
+                    file.display()
+                )))
+            }
+        }
         BlobSource::Registry { client, repository } => {
             if !store.contains(digest) {
                 tracing::info!(digest = %digest, size = descriptor.size, from = %format!("{}/{repository}", client.registry()), "downloading blob");
@@ -235,8 +265,39 @@ mod tests {
         );
         assert_eq!(
             "tar:f.tar".parse::<Location>().unwrap(),
-            Location::Tarball("f.tar".into())
+            Location::Tarball {
+                file: "f.tar".into(),
+                name: None
+            }
         );
+        // Names keep their repository and tag: the path ends at the first ':'.
+        assert_eq!(
+            "oci:/m:fnbuild/runtime-python:3.13"
+                .parse::<Location>()
+                .unwrap(),
+            Location::Layout {
+                dir: "/m".into(),
+                tag: Some("fnbuild/runtime-python:3.13".into())
+            }
+        );
+        assert_eq!(
+            "tar:m.tar:fnbuild/builder:1".parse::<Location>().unwrap(),
+            Location::Tarball {
+                file: "m.tar".into(),
+                name: Some("fnbuild/builder:1".into())
+            }
+        );
+        for location in [
+            "oci:/m:fnbuild/runtime-python:3.13",
+            "tar:m.tar:v1",
+            "oci:out",
+        ] {
+            assert_eq!(location.parse::<Location>().unwrap().to_string(), location);
+        }
+        for bad in ["oci:out:", "tar:", "tar::v1", "oci:out:a b"] {
+            let err = bad.parse::<Location>().unwrap_err().to_string();
+            assert!(err.contains("NAME"), "{bad}: {err}");
+        }
         assert!(matches!(
             "localhost:5000/a:b".parse::<Location>().unwrap(),
             Location::Registry(_)

@@ -2,8 +2,10 @@
 //! skips what a registry has, a cross-repository mount links what the same registry has
 //! elsewhere, the rest is uploaded from disk), then the manifests and tags. A failure in the
 //! first phase leaves no tag anywhere, so no tag ever points at a manifest with missing blobs.
+//! How far each destination is goes to a [`Reporter`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{self, TryStreamExt};
@@ -15,6 +17,7 @@ use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::image::{Descriptor, Manifest};
+use crate::progress::{self, Blob, BlobOutcome, Reporter};
 use crate::registry::{Reference, Registries};
 
 /// Blob transfers run at once per destination.
@@ -47,11 +50,12 @@ pub struct BuiltImage {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
     pub digest: Digest,
-    pub inherited: Option<Inherited>,
+    /// Blobs it shares with other images, and where those are.
+    pub inherited: Vec<Inherited>,
 }
 
 impl BuiltImage {
-    pub fn new(manifest: Manifest, inherited: Option<Inherited>) -> Self {
+    pub fn new(manifest: Manifest, inherited: Vec<Inherited>) -> Self {
         let manifest_bytes = manifest.to_bytes();
         let digest = Digest::of(&manifest_bytes);
         Self {
@@ -72,7 +76,7 @@ impl BuiltImage {
             manifest: source.manifest.clone(),
             manifest_bytes: source.manifest_bytes.clone(),
             digest: source.digest.clone(),
-            inherited: Some(inherited),
+            inherited: vec![inherited],
         }
     }
 
@@ -91,8 +95,8 @@ impl BuiltImage {
     /// Where an inherited blob is, if this one is inherited.
     fn inherited_source(&self, digest: &Digest) -> Option<&BlobSource> {
         self.inherited
-            .as_ref()
-            .filter(|i| i.digests.contains(digest))
+            .iter()
+            .find(|i| i.digests.contains(digest))
             .map(|i| &i.source)
     }
 
@@ -107,17 +111,29 @@ impl BuiltImage {
 }
 
 /// Publishes the image to every output and returns, per output, the reference by digest.
+/// Progress goes to the process's reporter (see [`progress::reporter`]).
 pub async fn publish(
     image: &BuiltImage,
     outputs: &[Location],
     registries: &Registries,
     store: &BlobStore,
 ) -> Result<Vec<String>> {
+    publish_reporting(image, outputs, registries, store, progress::reporter()).await
+}
+
+/// [`publish`], with progress going to `reporter`.
+pub async fn publish_reporting(
+    image: &BuiltImage,
+    outputs: &[Location],
+    registries: &Registries,
+    store: &BlobStore,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<String>> {
     let started = Instant::now();
     // Phase 1: every blob to every destination.
     for output in outputs {
         if let Location::Registry(reference) = output {
-            push_blobs(image, reference, registries, store).await?;
+            push_blobs(image, reference, registries, store, &reporter).await?;
         }
     }
     let mut local_blobs = Vec::new();
@@ -159,7 +175,7 @@ pub async fn publish(
                 )?;
                 format!("oci:{}@{}", dir.display(), image.digest)
             }
-            Location::Tarball(file) => {
+            Location::Tarball { file, name } => {
                 let layers: Vec<Digest> = image
                     .manifest
                     .layers
@@ -168,7 +184,7 @@ pub async fn publish(
                     .collect();
                 layout::write_tarball(
                     file,
-                    None,
+                    name.as_deref(),
                     &image.manifest.config.digest,
                     &layers,
                     &local_blobs,
@@ -191,31 +207,82 @@ async fn push_blobs(
     destination: &Reference,
     registries: &Registries,
     store: &BlobStore,
+    reporter: &Arc<dyn Reporter>,
 ) -> Result<()> {
     let client = registries.client(&destination.registry)?;
     let repo = destination.repository.as_str();
     client.check_push_access(repo).await?;
-    stream::iter(image.blobs().map(Ok))
+    let id = reporter.on_destination_start(
+        &destination.to_string(),
+        image.manifest.layers.len(),
+        image.blobs().map(|d| d.size).sum(),
+    );
+    let config = &image.manifest.config.digest;
+    let pushed = stream::iter(image.blobs().map(Ok))
         .try_for_each_concurrent(PARALLEL_BLOBS, |descriptor| {
             let client = client.clone();
             async move {
                 let digest = &descriptor.digest;
+                let blob = Blob {
+                    digest,
+                    size: descriptor.size,
+                    is_layer: digest != config,
+                };
                 if client.blob_exists(repo, digest).await? {
-                    tracing::debug!(%digest, "blob already in {}", destination.repository_name());
+                    reporter.on_blob_done(id, &blob, BlobOutcome::Present);
                     return Ok(());
                 }
-                if let Some(BlobSource::Registry { client: from, repository }) = image.inherited_source(digest) {
-                    if from.registry() == client.registry() && client.mount_blob(repo, digest, repository).await? {
-                        tracing::info!(%digest, from = %repository, "mounted blob");
+                if let Some(BlobSource::Registry {
+                    client: from,
+                    repository,
+                }) = image.inherited_source(digest)
+                {
+                    if from.registry() == client.registry()
+                        && client.mount_blob(repo, digest, repository).await?
+                    {
+                        reporter.on_blob_done(
+                            id,
+                            &blob,
+                            BlobOutcome::Mounted {
+                                from: repository.clone(),
+                            },
+                        );
                         return Ok(());
                     }
                 }
                 let path = image.local_path(descriptor, store).await?;
                 let started = Instant::now();
-                client.upload_blob(repo, digest, descriptor.size, &path).await?;
-                tracing::info!(%digest, size = descriptor.size, elapsed = ?started.elapsed(), to = %destination.repository_name(), "uploaded blob");
+                reporter.on_blob_start(id, &blob);
+                let on_sent = {
+                    let (reporter, digest, size) =
+                        (reporter.clone(), digest.clone(), descriptor.size);
+                    let is_layer = blob.is_layer;
+                    Arc::new(move |sent| {
+                        reporter.on_blob_progress(
+                            id,
+                            &Blob {
+                                digest: &digest,
+                                size,
+                                is_layer,
+                            },
+                            sent,
+                        )
+                    })
+                };
+                client
+                    .upload_blob(repo, digest, descriptor.size, &path, on_sent)
+                    .await?;
+                reporter.on_blob_done(
+                    id,
+                    &blob,
+                    BlobOutcome::Uploaded {
+                        elapsed: started.elapsed(),
+                    },
+                );
                 Ok(())
             }
         })
-        .await
+        .await;
+    reporter.on_destination_done(id, pushed.is_ok());
+    pushed
 }

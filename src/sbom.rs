@@ -1,0 +1,320 @@
+//! What a function image is made of, as a software bill of materials: the packages the deps
+//! step installed (read from what pip and npm left behind: `*.dist-info/METADATA`,
+//! `node_modules/**/package.json`) and the runtime they run on, as an SPDX 2.3 JSON document.
+//! The package list travels with every deps cache entry, so a cache hit knows it without the
+//! layer. Attaching the document to the image is `transport::referrers`' job.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::digest::Digest;
+use crate::runtime::{Language, Runtime};
+
+/// The media type (and OCI artifact type) of an SPDX JSON document.
+pub const SPDX_JSON: &str = "application/spdx+json";
+
+/// What goes into a function image's SBOM besides the image itself.
+pub struct Contents<'a> {
+    pub runtime: &'a Runtime,
+    /// The base image as it was named (a reference or `oci:DIR`).
+    pub base_image: String,
+    pub base_digest: &'a Digest,
+    pub packages: &'a [Package],
+    /// The image's creation time (RFC 3339), so the same build gives the same document.
+    pub created: &'a str,
+}
+
+/// The SPDX 2.3 document of the image `digest` in `repository` (`REGISTRY/REPO`): the image
+/// contains the runtime (its base image) and every installed package.
+pub fn spdx_document(repository: &str, digest: &Digest, contents: &Contents<'_>) -> Value {
+    let runtime = contents.runtime;
+    let short_name = repository.rsplit('/').next().unwrap_or(repository);
+    let mut packages = vec![
+        json!({
+            "SPDXID": "SPDXRef-Image",
+            "name": repository,
+            "versionInfo": digest.to_string(),
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "CONTAINER",
+            "externalRefs": [{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": format!(
+                    "pkg:oci/{short_name}@{}?repository_url={repository}",
+                    digest.to_string().replacen(':', "%3A", 1)
+                ),
+            }],
+        }),
+        json!({
+            "SPDXID": "SPDXRef-Runtime",
+            "name": runtime.language.to_string(),
+            "versionInfo": runtime.version,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "OPERATING-SYSTEM",
+            "comment": format!(
+                "fnbuild runtime {} on base image {}@{}",
+                runtime.name, contents.base_image, contents.base_digest
+            ),
+        }),
+    ];
+    let mut relationships = vec![
+        relationship("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Image"),
+        relationship("SPDXRef-Image", "CONTAINS", "SPDXRef-Runtime"),
+    ];
+    for (i, package) in contents.packages.iter().enumerate() {
+        let id = format!("SPDXRef-Package-{}", i + 1);
+        packages.push(json!({
+            "SPDXID": id,
+            "name": package.name,
+            "versionInfo": package.version,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "LIBRARY",
+            "externalRefs": [{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": package.purl(runtime.language),
+            }],
+        }));
+        relationships.push(relationship("SPDXRef-Image", "CONTAINS", &id));
+    }
+    json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{repository}@{digest}"),
+        "documentNamespace": format!("https://spdx.fnbuild.dev/images/{}", digest.hex()),
+        "creationInfo": {
+            "created": contents.created,
+            "creators": [concat!("Tool: fnbuild-", env!("CARGO_PKG_VERSION"))],
+        },
+        "packages": packages,
+        "relationships": relationships,
+    })
+}
+
+fn relationship(from: &str, kind: &str, to: &str) -> Value {
+    json!({
+        "spdxElementId": from,
+        "relationshipType": kind,
+        "relatedSpdxElement": to,
+    })
+}
+
+/// One installed package.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+impl Package {
+    /// The package URL (purl) naming this package in its ecosystem.
+    pub fn purl(&self, language: Language) -> String {
+        match language {
+            Language::Python => format!(
+                "pkg:pypi/{}@{}",
+                normalize_python_name(&self.name),
+                self.version
+            ),
+            Language::Nodejs => {
+                // A scoped name's `@` is percent-encoded in a purl.
+                let name = self.name.replacen('@', "%40", 1);
+                format!("pkg:npm/{name}@{}", self.version)
+            }
+        }
+    }
+}
+
+/// PEP 503 normalization: lower case, runs of `-`, `_`, `.` as one `-`.
+fn normalize_python_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// The packages installed under `dir` (the deps step's output, laid out as the code directory),
+/// sorted by name and version.
+pub fn installed_packages(dir: &Path, language: Language) -> Vec<Package> {
+    let mut packages = Vec::new();
+    match language {
+        Language::Python => python_packages(dir, &mut packages),
+        Language::Nodejs => node_packages(&dir.join("node_modules"), &mut packages),
+    }
+    packages.sort();
+    packages.dedup();
+    packages
+}
+
+/// `lib/python*/site-packages/*.dist-info/METADATA`.
+fn python_packages(dir: &Path, packages: &mut Vec<Package>) {
+    for lib in read_dir(&dir.join("lib")) {
+        for entry in read_dir(&lib.join("site-packages")) {
+            let is_dist_info = entry
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".dist-info"));
+            if !is_dist_info {
+                continue;
+            }
+            if let Ok(text) = std::fs::read_to_string(entry.join("METADATA")) {
+                packages.extend(parse_metadata(&text));
+            }
+        }
+    }
+}
+
+/// `Name:` and `Version:` from the header block of a core metadata file.
+fn parse_metadata(text: &str) -> Option<Package> {
+    let mut name = None;
+    let mut version = None;
+    for line in text.lines().take_while(|l| !l.is_empty()) {
+        if let Some(v) = line.strip_prefix("Name:") {
+            name = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("Version:") {
+            version = Some(v.trim().to_string());
+        }
+    }
+    Some(Package {
+        name: name?,
+        version: version?,
+    })
+}
+
+/// Every `package.json` directly under a `node_modules` (scoped ones one level deeper), and
+/// the `node_modules` nested in those packages.
+fn node_packages(node_modules: &Path, packages: &mut Vec<Package>) {
+    for entry in read_dir(node_modules) {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.starts_with('@') {
+            for scoped in read_dir(&entry) {
+                node_package(&scoped, packages);
+            }
+        } else {
+            node_package(&entry, packages);
+        }
+    }
+}
+
+fn node_package(dir: &Path, packages: &mut Vec<Package>) {
+    #[derive(Deserialize)]
+    struct PackageJson {
+        name: Option<String>,
+        version: Option<String>,
+    }
+    if let Some(PackageJson {
+        name: Some(name),
+        version: Some(version),
+    }) = std::fs::read(dir.join("package.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        packages.push(Package { name, version });
+    }
+    node_packages(&dir.join("node_modules"), packages);
+}
+
+/// The entries of a directory that are directories (not symlinks), in name order; none when
+/// it cannot be read.
+fn read_dir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn python_packages_come_from_dist_info_metadata() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("lib/python3.13/site-packages");
+        write(
+            &site.join("requests-2.32.3.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nName: requests\nVersion: 2.32.3\n\nVersion: 9 (body)\n",
+        );
+        write(
+            &site.join("Jinja2-3.1.4.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nName: Jinja2\nVersion: 3.1.4\n",
+        );
+        write(&site.join("requests/__init__.py"), "");
+        let packages = installed_packages(dir.path(), Language::Python);
+        assert_eq!(
+            packages,
+            vec![
+                Package {
+                    name: "Jinja2".into(),
+                    version: "3.1.4".into()
+                },
+                Package {
+                    name: "requests".into(),
+                    version: "2.32.3".into()
+                },
+            ]
+        );
+        assert_eq!(packages[0].purl(Language::Python), "pkg:pypi/jinja2@3.1.4");
+    }
+
+    #[test]
+    fn node_packages_include_scoped_and_nested_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let modules = dir.path().join("node_modules");
+        write(
+            &modules.join("lodash/package.json"),
+            r#"{"name":"lodash","version":"4.17.21"}"#,
+        );
+        write(
+            &modules.join("@types/node/package.json"),
+            r#"{"name":"@types/node","version":"20.1.0"}"#,
+        );
+        write(
+            &modules.join("a/node_modules/b/package.json"),
+            r#"{"name":"b","version":"1.0.0"}"#,
+        );
+        write(
+            &modules.join("a/package.json"),
+            r#"{"name":"a","version":"2.0.0"}"#,
+        );
+        write(&modules.join(".package-lock.json"), "{}");
+        let packages = installed_packages(dir.path(), Language::Nodejs);
+        let names: Vec<_> = packages
+            .iter()
+            .map(|p| format!("{}@{}", p.name, p.version))
+            .collect();
+        assert_eq!(
+            names,
+            ["@types/node@20.1.0", "a@2.0.0", "b@1.0.0", "lodash@4.17.21"]
+        );
+        assert_eq!(
+            packages[0].purl(Language::Nodejs),
+            "pkg:npm/%40types/node@20.1.0"
+        );
+    }
+}
