@@ -14,7 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::handler_check;
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{Descriptor, ImageConfig, Manifest};
+use crate::image::{Descriptor, ImageConfig, Manifest, CREATED_ANNOTATION};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
@@ -24,8 +24,9 @@ use crate::transport::publish::{publish, BuiltImage, Inherited};
 use crate::transport::referrers;
 use crate::transport::{BlobSource, Location, SourceImage};
 
-/// Bumped when the deps layer's content for the same inputs changes, to retire cache entries.
-const DEPS_LAYER_FORMAT: &str = "1";
+/// Bumped when the deps layer's content, or what a cache entry records of it, changes for the
+/// same inputs, to retire cache entries.
+const DEPS_LAYER_FORMAT: &str = "2";
 /// The port the runtime servers listen on unless `PORT` says otherwise.
 pub const DEFAULT_PORT: u16 = 8080;
 
@@ -169,13 +170,13 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         created: &created,
     };
     if let Some(path) = &request.sbom_file {
-        let name = request.outputs.first().map_or(String::new(), |o| match o {
-            Location::Registry(r) => r.repository_name(),
-            other => other.to_string(),
-        });
-        let document = sbom::spdx_document(&name, &image.digest, &contents);
+        let subject = request
+            .outputs
+            .first()
+            .map_or_else(|| sbom::ImageName::local("function"), sbom_name);
+        let document = sbom::spdx_document(&subject, &image.digest, &contents);
         let text = serde_json::to_string_pretty(&document).expect("a document serializes");
-        std::fs::write(path, text + "\n").io_context("write the SBOM to", path)?;
+        write_file_atomically(path, format!("{text}\n").as_bytes())?;
     }
     if request.sbom {
         attach_sbom(&image, &request.outputs, &contents, ctx).await;
@@ -195,42 +196,26 @@ async fn attach_sbom(
     contents: &sbom::Contents<'_>,
     ctx: &BuildContext<'_>,
 ) {
-    let subject = Descriptor::new(
-        image
-            .manifest
-            .media_type
-            .clone()
-            .unwrap_or_else(|| crate::image::OCI_MANIFEST.to_string()),
-        image.digest.clone(),
-        image.manifest_bytes.len() as u64,
-    );
+    let subject = image.descriptor();
+    let store = ctx.cache.blobs();
     for output in outputs {
         let Location::Registry(reference) = output else {
             continue;
         };
         let name = reference.repository_name();
-        let document = sbom::spdx_document(&name, &image.digest, contents);
-        let bytes = serde_json::to_vec(&document).expect("a document serializes");
-        let artifact = referrers::Artifact {
-            artifact_type: sbom::SPDX_JSON,
-            media_type: sbom::SPDX_JSON,
-            bytes: &bytes,
-            annotations: [(
-                "org.opencontainers.image.created".to_string(),
-                contents.created.to_string(),
-            )]
-            .into(),
-        };
         let attached = async {
+            let document = sbom::spdx_document(&sbom_name(output), &image.digest, contents);
+            let bytes = serde_json::to_vec(&document).expect("a document serializes");
+            let blob = store.insert_bytes(&bytes)?;
+            let artifact = referrers::Artifact {
+                artifact_type: sbom::SPDX_JSON,
+                layers: vec![Descriptor::new(sbom::SPDX_JSON, blob, bytes.len() as u64)],
+                subject: Some(&subject),
+                annotations: [(CREATED_ANNOTATION.to_string(), contents.created.to_string())]
+                    .into(),
+            };
             let client = ctx.registries.client(&reference.registry)?;
-            referrers::attach(
-                &client,
-                &reference.repository,
-                &subject,
-                &artifact,
-                &ctx.cache.blobs(),
-            )
-            .await
+            referrers::attach(&client, &reference.repository, &artifact, &store).await
         }
         .await;
         match attached {
@@ -245,6 +230,36 @@ async fn attach_sbom(
             }
         }
     }
+}
+
+/// How the SBOM names the image at an output: a registry repository, else the name in the
+/// layout or tarball (or the file's name).
+fn sbom_name(output: &Location) -> sbom::ImageName {
+    match output {
+        Location::Registry(reference) => sbom::ImageName::in_registry(&reference.repository_name()),
+        Location::Layout { dir, tag } => sbom::ImageName::local(
+            tag.as_deref()
+                .unwrap_or(&dir.file_name().unwrap_or_default().to_string_lossy()),
+        ),
+        Location::Tarball { file, name } => sbom::ImageName::local(
+            name.as_deref()
+                .unwrap_or(&file.file_stem().unwrap_or_default().to_string_lossy()),
+        ),
+    }
+}
+
+/// Writes a file whole or not at all (a temporary file beside it, then renamed).
+fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir).io_context("write", path)?;
+    std::io::Write::write_all(&mut temp, bytes).io_context("write", path)?;
+    temp.persist(path)
+        .map_err(|e| e.error)
+        .io_context("write", path)?;
+    Ok(())
 }
 
 /// The deps file: `--dependencies`, else the runtime's deps file in the source, if any.
@@ -308,8 +323,8 @@ fn deps_cache_key(
     Ok(Digest::of(key.to_string().as_bytes()))
 }
 
-/// A deps layer ready to go into the image, and where its blob is when it is not in the local
-/// blob store (a hit in the cache repository).
+/// A deps layer ready to go into the image, and the cache repository holding its blob, when
+/// one does (after a hit there, the blob is not in the local blob store).
 struct ResolvedDeps {
     layer: DepsLayer,
     remote: Option<BlobSource>,
@@ -340,7 +355,11 @@ async fn deps_layer(
         });
     }
     if let Some(repo) = ctx.cache_repo {
-        match repo.lookup(&key).await? {
+        // The cache only saves time: a cache repository that cannot be read is a miss.
+        match repo.lookup(&key).await.unwrap_or_else(|e| {
+            tracing::warn!(cache = %repo.name(), "cannot read the cache repository: {e}");
+            Lookup::Miss
+        }) {
             Lookup::Hit(layer) => {
                 tracing::info!(digest = %layer.digest, cache = %repo.name(), "deps layer cache hit in the cache repository: nothing to install");
                 return Ok(ResolvedDeps {
@@ -349,7 +368,10 @@ async fn deps_layer(
                 });
             }
             Lookup::Expired { age } => {
-                tracing::info!(cache = %repo.name(), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "deps layer cache entry older than --cache-ttl: installing again")
+                let age = age.map_or("unknown".to_string(), |a| {
+                    humantime::format_duration(Duration::from_secs(a.as_secs())).to_string()
+                });
+                tracing::info!(cache = %repo.name(), %age, "deps layer cache entry older than --cache-ttl: installing again")
             }
             Lookup::Miss => {
                 tracing::info!(cache = %repo.name(), "deps layer not in the cache repository")
@@ -363,21 +385,21 @@ async fn deps_layer(
         serde_json::to_vec(&layer).expect("a cache entry serializes"),
     )
     .io_context("write", &entry_path)?;
+    let mut remote = None;
     if let Some(repo) = ctx.cache_repo {
-        // The cache only saves time: a build whose layer cannot be cached still succeeds.
+        // A build whose layer cannot be cached still succeeds.
         match repo.store(&key, &layer, &runtime.name, &store).await {
             Ok(()) => {
-                tracing::info!(cache = %repo.name(), "stored the deps layer in the cache repository")
+                tracing::info!(cache = %repo.name(), "stored the deps layer in the cache repository");
+                // Destinations on the same registry mount it from there instead of a second upload.
+                remote = Some(repo.blob_source());
             }
             Err(e) => {
                 tracing::warn!(cache = %repo.name(), "cannot store the deps layer in the cache repository: {e}")
             }
         }
     }
-    Ok(ResolvedDeps {
-        layer,
-        remote: None,
-    })
+    Ok(ResolvedDeps { layer, remote })
 }
 
 /// Installs the dependencies into a fresh directory and makes the deps layer of it.
@@ -525,7 +547,7 @@ fn assemble(
     }
     let mut annotations = std::collections::BTreeMap::new();
     if family == crate::image::MediaFamily::Oci {
-        annotations.insert("org.opencontainers.image.created".to_string(), created);
+        annotations.insert(CREATED_ANNOTATION.to_string(), created);
         annotations.insert(
             "org.opencontainers.image.base.digest".to_string(),
             base.digest.to_string(),

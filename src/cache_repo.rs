@@ -19,20 +19,17 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::config::rfc3339;
 use crate::image::layer::BuiltLayer;
-use crate::image::{Descriptor, OCI_LAYER_GZIP, OCI_MANIFEST};
+use crate::image::{Descriptor, CREATED_ANNOTATION, OCI_LAYER_GZIP};
 use crate::registry::{Reference, Registries, RegistryClient};
 use crate::sbom::Package;
+use crate::transport::referrers::{push_artifact, Artifact};
 use crate::transport::BlobSource;
 
 /// Kaniko's default: two weeks.
 pub const DEFAULT_TTL: &str = "14days";
 /// The artifact type of a cache entry's manifest.
 const ARTIFACT_TYPE: &str = "application/vnd.dev.fnbuild.deps-layer.v1";
-/// The OCI empty descriptor's media type and content, used as the artifact's config.
-const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const EMPTY_CONFIG: &[u8] = b"{}";
 const TAG_PREFIX: &str = "deps-";
-const CREATED: &str = "org.opencontainers.image.created";
 const KEY: &str = "dev.fnbuild.deps.key";
 const DIFF_ID: &str = "dev.fnbuild.deps.diff-id";
 const PACKAGES: &str = "dev.fnbuild.deps.packages";
@@ -44,7 +41,6 @@ pub struct DepsLayer {
     pub digest: Digest,
     pub size: u64,
     pub diff_id: Digest,
-    #[serde(default)]
     pub packages: Vec<Package>,
 }
 
@@ -69,9 +65,10 @@ pub struct CacheRepo {
 pub enum Lookup {
     Hit(DepsLayer),
     Miss,
-    /// An entry older than the TTL: treated as a miss, and replaced.
+    /// An entry older than the TTL (or that does not say when it was made): treated as a
+    /// miss, and replaced.
     Expired {
-        age: Duration,
+        age: Option<Duration>,
     },
 }
 
@@ -143,23 +140,22 @@ impl CacheRepo {
             return Ok(Lookup::Miss);
         };
         let created = created_at(&manifest.annotations);
-        if let Some(age) = created.and_then(|c| SystemTime::now().duration_since(c).ok()) {
-            if age > self.ttl {
-                return Ok(Lookup::Expired { age });
-            }
+        if self.is_stale(created, SystemTime::now()) {
+            return Ok(Lookup::Expired {
+                age: created.and_then(|c| SystemTime::now().duration_since(c).ok()),
+            });
         }
         let annotations = &manifest.annotations;
-        let (Some(layer), Some(diff_id)) = (
+        let (Some(layer), Some(diff_id), Some(packages)) = (
             manifest.layers.first(),
             annotations.get(DIFF_ID).and_then(|d| d.parse().ok()),
+            annotations
+                .get(PACKAGES)
+                .and_then(|p| serde_json::from_str(p).ok()),
         ) else {
-            tracing::warn!(tag = %Self::tag(key), cache = %self.name(), "a cache entry lacks its layer or diff ID; rebuilding it");
+            tracing::warn!(tag = %Self::tag(key), cache = %self.name(), "a cache entry lacks its layer, diff ID or package list; rebuilding it");
             return Ok(Lookup::Miss);
         };
-        let packages = annotations
-            .get(PACKAGES)
-            .and_then(|p| serde_json::from_str(p).ok())
-            .unwrap_or_default();
         Ok(Lookup::Hit(DepsLayer {
             digest: layer.digest.clone(),
             size: layer.size,
@@ -176,51 +172,36 @@ impl CacheRepo {
         runtime: &str,
         store: &BlobStore,
     ) -> Result<()> {
-        let repo = &self.reference.repository;
-        let client = &self.client;
-        client.check_push_access(repo).await?;
-        if !client.blob_exists(repo, &layer.digest).await? {
-            client
-                .upload_blob(
-                    repo,
-                    &layer.digest,
-                    layer.size,
-                    &store.path(&layer.digest),
-                    Arc::new(|_| {}),
-                )
-                .await?;
-        }
-        let config = Digest::of(EMPTY_CONFIG);
-        if !client.blob_exists(repo, &config).await? {
-            store.insert_bytes(EMPTY_CONFIG)?;
-            client
-                .upload_blob(
-                    repo,
-                    &config,
-                    EMPTY_CONFIG.len() as u64,
-                    &store.path(&config),
-                    Arc::new(|_| {}),
-                )
-                .await?;
-        }
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "config": Descriptor::new(EMPTY_CONFIG_TYPE, config, EMPTY_CONFIG.len() as u64),
-            "layers": [Descriptor::new(OCI_LAYER_GZIP, layer.digest.clone(), layer.size)],
-            "annotations": {
-                CREATED: rfc3339(unix_now()),
-                KEY: key.to_string(),
-                DIFF_ID: layer.diff_id.to_string(),
-                RUNTIME: runtime,
-                PACKAGES: serde_json::to_string(&layer.packages).expect("packages serialize"),
-            },
-        });
-        let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-        client
-            .put_manifest(repo, &Self::tag(key), &bytes, OCI_MANIFEST)
-            .await?;
+        let artifact = Artifact {
+            artifact_type: ARTIFACT_TYPE,
+            layers: vec![Descriptor::new(
+                OCI_LAYER_GZIP,
+                layer.digest.clone(),
+                layer.size,
+            )],
+            subject: None,
+            annotations: [
+                (CREATED_ANNOTATION, rfc3339(unix_now())),
+                (KEY, key.to_string()),
+                (DIFF_ID, layer.diff_id.to_string()),
+                (RUNTIME, runtime.to_string()),
+                (
+                    PACKAGES,
+                    serde_json::to_string(&layer.packages).expect("packages serialize"),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        };
+        push_artifact(
+            &self.client,
+            &self.reference.repository,
+            &artifact,
+            Some(&Self::tag(key)),
+            store,
+        )
+        .await?;
         Ok(())
     }
 
@@ -247,11 +228,10 @@ impl CacheRepo {
         Ok(entries)
     }
 
-    /// Whether an entry is older than the TTL (or does not say when it was made).
-    pub fn is_stale(&self, entry: &Entry, now: SystemTime) -> bool {
-        entry
-            .created
-            .is_none_or(|c| now.duration_since(c).is_ok_and(|age| age > self.ttl))
+    /// Whether an entry made at `created` is older than the TTL (one that does not say when it
+    /// was made is).
+    pub fn is_stale(&self, created: Option<SystemTime>, now: SystemTime) -> bool {
+        created.is_none_or(|c| now.duration_since(c).is_ok_and(|age| age > self.ttl))
     }
 
     /// Deletes an entry's manifest (the registry's own garbage collection frees the blobs).
@@ -273,7 +253,7 @@ pub fn parse_ttl(value: &str) -> Result<Duration> {
 }
 
 fn created_at(annotations: &BTreeMap<String, String>) -> Option<SystemTime> {
-    humantime::parse_rfc3339(annotations.get(CREATED)?).ok()
+    humantime::parse_rfc3339(annotations.get(CREATED_ANNOTATION)?).ok()
 }
 
 fn unix_now() -> u64 {

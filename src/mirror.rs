@@ -74,8 +74,12 @@ impl Place {
         if value.contains('@') {
             return Err(usage("a mirror takes no digest: each image keeps its own"));
         }
+        // A trailing slash adds nothing: `registry.local:5000/` is the registry itself.
         let (host, prefix) = match value.split_once('/') {
-            Some((host, prefix)) => (host, Some(prefix.trim_end_matches('/'))),
+            Some((host, prefix)) => (
+                host,
+                Some(prefix.trim_end_matches('/')).filter(|p| !p.is_empty()),
+            ),
             None => (value, None),
         };
         let host_chars = |c: char| c.is_ascii_alphanumeric() || ".-:[]".contains(c);
@@ -111,7 +115,7 @@ impl Place {
         }
         Ok(Self::Registry {
             host: host.to_string(),
-            prefix: prefix.filter(|p| !p.is_empty()).map(str::to_string),
+            prefix: prefix.map(str::to_string),
         })
     }
 
@@ -473,6 +477,16 @@ mod tests {
             Place::parse("--from", "localhost").unwrap().to_string(),
             "localhost"
         );
+        for bare in ["registry.local:5000/", "registry.local:5000//"] {
+            assert_eq!(
+                Place::parse("--to", bare).unwrap(),
+                Place::Registry {
+                    host: "registry.local:5000".into(),
+                    prefix: None
+                },
+                "{bare}"
+            );
+        }
         for bad in [
             "oci:./m:v1",
             "tar:m.tar:fnbuild/x:1",
@@ -481,6 +495,8 @@ mod tests {
             "registry.local/Mirror",
             "registry.local/mirror:v1",
             "registry.local/a@sha256:00",
+            "registry.local/a//b",
+            "/mirror",
             "",
         ] {
             let err = Place::parse("--to", bad).unwrap_err();

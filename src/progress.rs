@@ -146,18 +146,25 @@ impl Destination {
     }
 }
 
-/// Destinations by id.
-#[derive(Default)]
-struct Destinations(Mutex<Vec<Destination>>);
+/// The state of each destination by id (a [`Destination`], or for bars a [`BarDestination`]),
+/// under one lock: whatever belongs to a destination is kept together, so an id always names
+/// the same one.
+struct Destinations<T = Destination>(Mutex<Vec<T>>);
 
-impl Destinations {
-    fn add(&self, destination: Destination) -> DestinationId {
+impl<T> Default for Destinations<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Destinations<T> {
+    fn add(&self, destination: T) -> DestinationId {
         let mut all = self.0.lock().expect("progress state poisoned");
         all.push(destination);
         DestinationId(all.len() - 1)
     }
 
-    fn with<R>(&self, id: DestinationId, f: impl FnOnce(&mut Destination) -> R) -> R {
+    fn with<R>(&self, id: DestinationId, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.0.lock().expect("progress state poisoned")[id.0])
     }
 }
@@ -244,17 +251,34 @@ impl Reporter for LogReporter {
 /// runs; a one-line summary when it is done.
 pub struct TerminalReporter {
     multi: MultiProgress,
-    destinations: Destinations,
-    bars: Mutex<Vec<ProgressBar>>,
+    destinations: Destinations<BarDestination>,
+}
+
+/// A destination's state and its bar.
+struct BarDestination {
+    state: Destination,
+    bar: ProgressBar,
+}
+
+impl BarDestination {
+    /// The bar showing the bytes to send and sent so far, and the counts.
+    fn update(&self) {
+        self.bar.set_length(self.state.to_send);
+        self.bar.set_position(self.state.sent());
+        self.bar.set_message(self.state.counts());
+    }
 }
 
 impl TerminalReporter {
     /// Bars on stderr (drawn at most 10 times a second).
     pub fn new() -> Self {
+        Self::with_draw_target(ProgressDrawTarget::stderr_with_hz(10))
+    }
+
+    fn with_draw_target(target: ProgressDrawTarget) -> Self {
         Self {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
+            multi: MultiProgress::with_draw_target(target),
             destinations: Destinations::default(),
-            bars: Mutex::new(Vec::new()),
         }
     }
 
@@ -267,20 +291,6 @@ impl TerminalReporter {
             buffer: Vec::new(),
         }
     }
-
-    fn bar(&self, id: DestinationId) -> ProgressBar {
-        self.bars.lock().expect("progress state poisoned")[id.0].clone()
-    }
-
-    fn update(&self, id: DestinationId) {
-        let (length, sent, message) = self
-            .destinations
-            .with(id, |d| (d.to_send, d.sent(), d.counts()));
-        let bar = self.bar(id);
-        bar.set_length(length);
-        bar.set_position(sent);
-        bar.set_message(message);
-    }
 }
 
 impl Default for TerminalReporter {
@@ -292,8 +302,6 @@ impl Default for TerminalReporter {
 impl Reporter for TerminalReporter {
     fn on_destination_start(&self, destination: &str, layers: usize, _bytes: u64) -> DestinationId {
         let state = Destination::new(destination, layers);
-        let message = state.counts();
-        let id = self.destinations.add(state);
         // A line without a bar until something has to be sent.
         let bar = self.multi.add(
             ProgressBar::new(0)
@@ -302,66 +310,63 @@ impl Reporter for TerminalReporter {
                         .expect("a valid progress template"),
                 )
                 .with_prefix(destination.to_string())
-                .with_message(message),
+                .with_message(state.counts()),
         );
         bar.tick();
-        let mut bars = self.bars.lock().expect("progress state poisoned");
-        bars.push(bar);
-        debug_assert_eq!(bars.len(), id.0 + 1);
-        id
+        self.destinations.add(BarDestination { state, bar })
     }
 
     fn on_blob_start(&self, destination: DestinationId, blob: &Blob<'_>) {
-        let first = self.destinations.with(destination, |d| {
-            let first = d.to_send == 0;
-            d.start(blob);
-            first
+        self.destinations.with(destination, |d| {
+            if d.state.to_send == 0 {
+                // The bytes to send, as far as known, below the counts.
+                d.bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix} {msg}\n  [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
+                    )
+                    .expect("a valid progress template")
+                    .progress_chars("=> "),
+                );
+            }
+            d.state.start(blob);
+            d.update();
         });
-        if first {
-            // The bytes to send, as far as known, below the counts.
-            self.bar(destination).set_style(
-                ProgressStyle::with_template(
-                    "{prefix} {msg}\n  [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed}",
-                )
-                .expect("a valid progress template")
-                .progress_chars("=> "),
-            );
-        }
-        self.update(destination);
     }
 
     fn on_blob_progress(&self, destination: DestinationId, blob: &Blob<'_>, sent: u64) {
-        let sent = self.destinations.with(destination, |d| {
-            d.in_flight.insert(blob.digest.clone(), sent);
-            d.sent()
+        self.destinations.with(destination, |d| {
+            d.state.in_flight.insert(blob.digest.clone(), sent);
+            d.bar.set_position(d.state.sent());
         });
-        self.bar(destination).set_position(sent);
     }
 
     fn on_blob_done(&self, destination: DestinationId, blob: &Blob<'_>, outcome: BlobOutcome) {
-        self.destinations
-            .with(destination, |d| d.done(blob, &outcome));
-        self.update(destination);
+        self.destinations.with(destination, |d| {
+            d.state.done(blob, &outcome);
+            d.update();
+        });
     }
 
     fn on_destination_done(&self, destination: DestinationId, ok: bool) {
-        let summary = self.destinations.with(destination, |d| {
-            format!(
+        self.destinations.with(destination, |d| {
+            let state = &d.state;
+            let summary = format!(
                 "{}: {}, {}; {} sent in {}",
-                d.name,
+                state.name,
                 if ok { "done" } else { "failed" },
-                d.counts(),
-                HumanBytes(d.bytes_uploaded),
-                HumanDuration(d.started.elapsed()),
-            )
+                state.counts(),
+                HumanBytes(state.bytes_uploaded),
+                HumanDuration(state.started.elapsed()),
+            );
+            d.bar.set_style(
+                ProgressStyle::with_template("{msg}").expect("a valid progress template"),
+            );
+            if ok {
+                d.bar.finish_with_message(summary);
+            } else {
+                d.bar.abandon_with_message(summary);
+            }
         });
-        let bar = self.bar(destination);
-        bar.set_style(ProgressStyle::with_template("{msg}").expect("a valid progress template"));
-        if ok {
-            bar.finish_with_message(summary);
-        } else {
-            bar.abandon_with_message(summary);
-        }
     }
 }
 
@@ -396,6 +401,53 @@ impl Drop for SuspendingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Destinations started from many threads at once each get their own bar.
+    #[test]
+    fn each_destination_keeps_its_own_bar() {
+        let reporter = Arc::new(TerminalReporter::with_draw_target(
+            ProgressDrawTarget::hidden(),
+        ));
+        let started: Vec<(DestinationId, String)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..16)
+                .map(|i| {
+                    let reporter = reporter.clone();
+                    scope.spawn(move || {
+                        let name = format!("r.local/app{i}:v1");
+                        (reporter.on_destination_start(&name, i, 0), name)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let digest = Digest::of(b"layer");
+        for (id, name) in &started {
+            let blob = Blob {
+                digest: &digest,
+                size: 100,
+                is_layer: true,
+            };
+            reporter.on_blob_start(*id, &blob);
+            reporter.on_blob_progress(*id, &blob, 40);
+            reporter.destinations.with(*id, |d| {
+                assert_eq!(d.state.name, *name);
+                assert_eq!(d.bar.prefix(), *name);
+                assert_eq!((d.bar.length(), d.bar.position()), (Some(100), 40));
+            });
+            reporter.on_blob_done(
+                *id,
+                &blob,
+                BlobOutcome::Uploaded {
+                    elapsed: Duration::from_secs(1),
+                },
+            );
+            reporter.on_destination_done(*id, true);
+            reporter.destinations.with(*id, |d| {
+                assert!(d.bar.is_finished());
+                assert!(d.bar.message().starts_with(&format!("{name}: done")));
+            });
+        }
+    }
 
     #[test]
     fn counts_follow_blobs_and_retries() {

@@ -26,15 +26,51 @@ pub struct Contents<'a> {
     pub created: &'a str,
 }
 
-/// The SPDX 2.3 document of the image `digest` in `repository` (`REGISTRY/REPO`): the image
-/// contains the runtime (its base image) and every installed package.
-pub fn spdx_document(repository: &str, digest: &Digest, contents: &Contents<'_>) -> Value {
+/// How the document names the image: its name, and the repository it is pulled from when it
+/// is in a registry.
+pub struct ImageName {
+    name: String,
+    repository_url: Option<String>,
+}
+
+impl ImageName {
+    /// An image in a registry repository (`REGISTRY/REPOSITORY`).
+    pub fn in_registry(repository: &str) -> Self {
+        Self {
+            name: repository.to_string(),
+            repository_url: Some(repository.to_string()),
+        }
+    }
+
+    /// An image in an OCI layout or a tarball, by the name it has there.
+    pub fn local(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            repository_url: None,
+        }
+    }
+
+    /// `pkg:oci/NAME@DIGEST[?repository_url=...]`: NAME is the last path segment, lower case,
+    /// without a tag.
+    fn purl(&self, digest: &Digest) -> String {
+        let last = self.name.rsplit('/').next().unwrap_or(&self.name);
+        let short = last.split(':').next().unwrap_or(last).to_ascii_lowercase();
+        let version = digest.to_string().replacen(':', "%3A", 1);
+        match &self.repository_url {
+            Some(url) => format!("pkg:oci/{short}@{version}?repository_url={url}"),
+            None => format!("pkg:oci/{short}@{version}"),
+        }
+    }
+}
+
+/// The SPDX 2.3 document of the image `digest`: the image contains the runtime (its base
+/// image) and every installed package.
+pub fn spdx_document(image: &ImageName, digest: &Digest, contents: &Contents<'_>) -> Value {
     let runtime = contents.runtime;
-    let short_name = repository.rsplit('/').next().unwrap_or(repository);
     let mut packages = vec![
         json!({
             "SPDXID": "SPDXRef-Image",
-            "name": repository,
+            "name": image.name,
             "versionInfo": digest.to_string(),
             "downloadLocation": "NOASSERTION",
             "filesAnalyzed": false,
@@ -42,10 +78,7 @@ pub fn spdx_document(repository: &str, digest: &Digest, contents: &Contents<'_>)
             "externalRefs": [{
                 "referenceCategory": "PACKAGE-MANAGER",
                 "referenceType": "purl",
-                "referenceLocator": format!(
-                    "pkg:oci/{short_name}@{}?repository_url={repository}",
-                    digest.to_string().replacen(':', "%3A", 1)
-                ),
+                "referenceLocator": image.purl(digest),
             }],
         }),
         json!({
@@ -86,7 +119,7 @@ pub fn spdx_document(repository: &str, digest: &Digest, contents: &Contents<'_>)
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
-        "name": format!("{repository}@{digest}"),
+        "name": format!("{}@{digest}", image.name),
         "documentNamespace": format!("https://spdx.fnbuild.dev/images/{}", digest.hex()),
         "creationInfo": {
             "created": contents.created,
@@ -280,6 +313,40 @@ mod tests {
             ]
         );
         assert_eq!(packages[0].purl(Language::Python), "pkg:pypi/jinja2@3.1.4");
+    }
+
+    #[test]
+    fn the_document_names_the_image_runtime_and_packages() {
+        let runtime: Runtime = serde_json::from_value(json!({
+            "name": "python3.13", "language": "python", "version": "3.13",
+            "base_image": "{base_registry}/fnbuild/runtime-python:3.13"
+        }))
+        .unwrap();
+        let digest = Digest::of(b"manifest");
+        let packages = [Package {
+            name: "six".into(),
+            version: "1.16.0".into(),
+        }];
+        let contents = Contents {
+            runtime: &runtime,
+            base_image: "oci:/mirror:fnbuild/runtime-python:3.13".into(),
+            base_digest: &digest,
+            packages: &packages,
+            created: "2026-01-01T00:00:00Z",
+        };
+        let in_registry = spdx_document(
+            &ImageName::in_registry("registry.local:5000/team/hello"),
+            &digest,
+            &contents,
+        )
+        .to_string();
+        assert!(in_registry.contains(&format!(
+            "pkg:oci/hello@sha256%3A{}?repository_url=registry.local:5000/team/hello",
+            digest.hex()
+        )));
+        assert!(in_registry.contains("pkg:pypi/six@1.16.0"));
+        let local = spdx_document(&ImageName::local("Hello:v1"), &digest, &contents).to_string();
+        assert!(local.contains(&format!("\"pkg:oci/hello@sha256%3A{}\"", digest.hex())));
     }
 
     #[test]

@@ -112,6 +112,10 @@ fn a_second_build_pod_reuses_the_deps_layer_through_the_registry_and_gc_removes_
         log.contains("stored the deps layer in the cache repository"),
         "{log}"
     );
+    assert!(
+        log.contains("from=fnbuild/cache"),
+        "the destination mounts the layer the cache repository just got: {log}"
+    );
     let tags = cache_tags(&registry);
     assert_eq!(tags.len(), 1, "one entry per deps key: {tags:?}");
     assert!(tags[0].starts_with("deps-"), "{tags:?}");

@@ -173,7 +173,7 @@ impl Image {
     /// contents of a regular file, or None for anything else.
     fn code_entries(&self) -> BTreeMap<String, Option<String>> {
         let gz = fs::read(blob_path(&self.layout, &self.code_layer())).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(gz.as_slice()));
         let mut entries = BTreeMap::new();
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();

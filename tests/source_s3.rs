@@ -148,7 +148,7 @@ impl Image {
     /// The regular files of the code layer (gzip tar), path to content.
     fn code_files(&self) -> BTreeMap<String, Vec<u8>> {
         let gz = blob(&self.layout, &self.code_layer_digest());
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz.as_slice()));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(gz.as_slice()));
         let mut files = BTreeMap::new();
         for entry in archive.entries().unwrap() {
             let mut entry = entry.unwrap();

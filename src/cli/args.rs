@@ -432,6 +432,9 @@ pub struct MirrorArgs {
     pub registry: RegistryArgs,
 }
 
+/// Where `fnbuild convert` writes when `--out` is not given (or empty).
+const CONVERT_OUT: &str = "kubeless-functions";
+
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
     /// The Kubeless objects: Functions (kubeless.io/v1beta1), and their CronJobTrigger and
@@ -441,7 +444,7 @@ pub struct ConvertArgs {
 
     /// Where each function's directory is written (code, deps, build.sh, service.yaml,
     /// pingsource.yaml).
-    #[arg(value_parser = path_or_empty, long, value_name = "DIR", default_value = "kubeless-functions")]
+    #[arg(value_parser = path_or_empty, long, value_name = "DIR", default_value = CONVERT_OUT)]
     pub out: PathBuf,
 
     /// Build and push each function to PREFIX/NAME:latest and pin its Service to the digest,
@@ -565,6 +568,29 @@ impl EmptyMeansAbsent for CacheRepoArgs {
             cache_repo: given(self.cache_repo),
             cache_ttl: given(Some(self.cache_ttl))
                 .unwrap_or_else(|| crate::cache_repo::DEFAULT_TTL.to_string()),
+        }
+    }
+}
+
+impl EmptyMeansAbsent for ConvertArgs {
+    fn without_empty_values(self) -> Self {
+        Self {
+            out: given(Some(self.out)).unwrap_or_else(|| PathBuf::from(CONVERT_OUT)),
+            image_prefix: given(self.image_prefix),
+            base_image: given(self.base_image),
+            cache: self.cache.without_empty_values(),
+            registry: self.registry.without_empty_values(),
+            ..self
+        }
+    }
+}
+
+impl EmptyMeansAbsent for GcArgs {
+    fn without_empty_values(self) -> Self {
+        Self {
+            cache: self.cache.without_empty_values(),
+            registry: self.registry.without_empty_values(),
+            ..self
         }
     }
 }

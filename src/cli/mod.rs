@@ -13,7 +13,7 @@ use clap::Parser;
 use crate::base::{make_base, BaseRequest};
 use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
-use crate::cache_repo::CacheRepo;
+use crate::cache_repo::{CacheRepo, Entry};
 use crate::error::{Error, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::kubeless::ConvertRequest;
@@ -118,9 +118,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::BuilderImage(args) => builder_image(args).await,
         Command::Push(args) => push_image(args).await,
         Command::Mirror(args) => mirror_images(args).await,
-        Command::Convert(args) => convert_functions(args).await,
+        Command::Convert(args) => convert_functions(args.without_empty_values()).await,
         Command::Runtimes(args) => list_runtimes(args),
-        Command::Gc(args) => collect_garbage(args).await,
+        Command::Gc(args) => collect_garbage(args.without_empty_values()).await,
         Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
     }
 }
@@ -469,14 +469,10 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `fnbuild gc`: lists the stale entries of the cache repository on stdout, then deletes them
-/// (unless `--dry-run`).
+/// `fnbuild gc`: deletes the stale entries of the cache repository, saying on stdout which
+/// were deleted (or, with `--dry-run`, which would be). An entry that cannot be deleted is
+/// reported and the rest are still deleted; the exit code is then 1.
 async fn collect_garbage(args: GcArgs) -> Result<ExitCode> {
-    let args = GcArgs {
-        cache: args.cache.without_empty_values(),
-        registry: args.registry.without_empty_values(),
-        ..args
-    };
     let (registries, _cache, _catalog) = setup(&args.registry)?;
     let Some(repo) = cache_repo(&args.cache, &registries)? else {
         return Err(Error::Usage(
@@ -490,15 +486,56 @@ async fn collect_garbage(args: GcArgs) -> Result<ExitCode> {
     let total = entries.len();
     let stale: Vec<_> = entries
         .into_iter()
-        .filter(|e| repo.is_stale(e, now))
+        .filter(|e| repo.is_stale(e.created, now))
         .collect();
-    let verb = if args.dry_run {
-        "would delete"
-    } else {
-        "deleting"
-    };
-    let mut out = std::io::stdout().lock();
-    for entry in &stale {
+    let failed = delete_stale(
+        &stale,
+        &repo.name(),
+        now,
+        args.dry_run,
+        |entry| repo.delete(entry),
+        &mut std::io::stdout(),
+    )
+    .await;
+    tracing::info!(
+        cache = %repo.name(),
+        entries = total,
+        stale = stale.len(),
+        deleted = if args.dry_run { 0 } else { stale.len() - failed },
+        failed,
+        "garbage collection finished{}",
+        if args.dry_run { " (dry run)" } else { "" }
+    );
+    if failed > 0 {
+        tracing::error!(
+            cache = %repo.name(),
+            "{failed} of {} stale entries could not be deleted",
+            stale.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes each stale entry of the cache repository `repo` with `delete`, going on after a
+/// failure: a line on `out` per entry deleted (`deleted REPO:TAG (...)`, written once it is),
+/// an error log per entry that could not be. With `dry_run`, nothing is deleted and each line
+/// says `would delete`. Returns how many deletes failed.
+async fn delete_stale<'a, F, Fut>(
+    stale: &'a [Entry],
+    repo: &str,
+    now: std::time::SystemTime,
+    dry_run: bool,
+    mut delete: F,
+    out: &mut dyn Write,
+) -> usize
+where
+    F: FnMut(&'a Entry) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed = 0;
+    for entry in stale {
+        let name = format!("{repo}:{}", entry.tag);
         let age = entry
             .created
             .and_then(|c| now.duration_since(c).ok())
@@ -510,29 +547,24 @@ async fn collect_garbage(args: GcArgs) -> Result<ExitCode> {
                     ))
                 )
             });
-        let _ = writeln!(
-            out,
-            "{verb} {}:{} ({age}, layer {} bytes)",
-            repo.name(),
-            entry.tag,
-            entry.layer_size
-        );
+        let details = format!("({age}, layer {} bytes)", entry.layer_size);
+        if dry_run {
+            let _ = writeln!(out, "would delete {name} {details}");
+            continue;
+        }
+        match delete(entry).await {
+            Ok(()) => {
+                let _ = writeln!(out, "deleted {name} {details}");
+            }
+            Err(err) => {
+                failed += 1;
+                tracing::error!(entry = %name, "could not delete {name}: {err}");
+            }
+        }
+        let _ = out.flush();
     }
     let _ = out.flush();
-    if !args.dry_run {
-        for entry in &stale {
-            repo.delete(entry).await?;
-        }
-    }
-    tracing::info!(
-        cache = %repo.name(),
-        entries = total,
-        stale = stale.len(),
-        deleted = if args.dry_run { 0 } else { stale.len() },
-        "garbage collection finished{}",
-        if args.dry_run { " (dry run)" } else { "" }
-    );
-    Ok(ExitCode::SUCCESS)
+    failed
 }
 
 fn list_runtimes(args: RuntimesArgs) -> Result<ExitCode> {
@@ -683,6 +715,103 @@ mod tests {
         assert!(args.sub_dir.is_none() && args.base_image.is_none() && args.git_revision.is_none());
         assert!(args.registry.docker_config.is_none());
         assert!(matches!(source_spec(&args).unwrap(), SourceSpec::Path(_)));
+    }
+
+    #[test]
+    fn convert_treats_empty_values_as_absent_like_build() {
+        let cli = Cli::try_parse_from([
+            "fnbuild",
+            "convert",
+            "--file=functions.yaml",
+            "--out=",
+            "--image-prefix=",
+            "--base-image=",
+            "--cache-repo=",
+            "--cache-ttl=",
+            "--docker-config=",
+            "--insecure-registry=",
+        ])
+        .unwrap();
+        let Command::Convert(args) = cli.command else {
+            panic!("not a convert")
+        };
+        let args = args.without_empty_values();
+        assert_eq!(args.file, Path::new("functions.yaml"));
+        assert_eq!(args.out, Path::new("kubeless-functions"));
+        assert!(args.image_prefix.is_none() && args.base_image.is_none());
+        assert!(args.cache.cache_repo.is_none());
+        assert_eq!(args.cache.cache_ttl, crate::cache_repo::DEFAULT_TTL);
+        assert!(args.registry.docker_config.is_none());
+        assert!(args.registry.insecure_registries.is_empty());
+    }
+
+    fn entries(tags: &[&str]) -> Vec<Entry> {
+        tags.iter()
+            .map(|tag| Entry {
+                tag: tag.to_string(),
+                digest: crate::digest::Digest::of(tag.as_bytes()),
+                created: None,
+                layer_size: 10,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn gc_says_deleted_only_after_each_delete_and_goes_on_after_a_failure() {
+        let stale = entries(&["deps-a", "deps-b", "deps-c"]);
+        let now = std::time::SystemTime::now();
+        let mut tried = Vec::new();
+        let mut out = Vec::new();
+        let failed = delete_stale(
+            &stale,
+            "r.local/cache",
+            now,
+            false,
+            |entry| {
+                tried.push(entry.tag.clone());
+                let result = match entry.tag.as_str() {
+                    "deps-b" => Err(Error::Image("refused".into())),
+                    _ => Ok(()),
+                };
+                async move { result }
+            },
+            &mut out,
+        )
+        .await;
+        assert_eq!(failed, 1);
+        assert_eq!(tried, ["deps-a", "deps-b", "deps-c"]);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                "deleted r.local/cache:deps-a (unknown age, layer 10 bytes)",
+                "deleted r.local/cache:deps-c (unknown age, layer 10 bytes)",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn gc_dry_run_deletes_nothing() {
+        let stale = entries(&["deps-a", "deps-b"]);
+        let mut out = Vec::new();
+        let failed = delete_stale(
+            &stale,
+            "r.local/cache",
+            std::time::SystemTime::now(),
+            true,
+            |_: &Entry| -> std::future::Ready<Result<()>> { panic!("a dry run deletes nothing") },
+            &mut out,
+        )
+        .await;
+        assert_eq!(failed, 0);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            [
+                "would delete r.local/cache:deps-a (unknown age, layer 10 bytes)",
+                "would delete r.local/cache:deps-b (unknown age, layer 10 bytes)",
+            ]
+        );
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! Reproducible layers: a list of entries (directories, files, symlinks) written as one sorted
 //! tar stream with fixed owners, modes and times, gzip-compressed on the way to the blob store.
 //! The uncompressed digest (diff ID) and the compressed digest are both computed in the same
-//! single pass, so a layer of any size needs only a small, fixed amount of memory.
+//! single pass, so a layer of any size needs only a small, fixed amount of memory. Layers larger
+//! than one chunk are compressed on several cores as consecutive gzip members (see `gzip`).
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::write::GzEncoder;
 use flate2::Compression;
 
+use super::gzip::ParallelGzEncoder;
 use crate::cache::BlobStore;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
@@ -207,7 +208,9 @@ fn join_image_path(prefix: &str, rel: &Path) -> Result<String> {
     })
 }
 
-/// Writes the entries, sorted by path, as a gzip-compressed layer into the blob store.
+/// Writes the entries, sorted by path, as a gzip-compressed layer into the blob store. The tar
+/// stream is compressed in fixed-size chunks on several threads (one gzip member each), so the
+/// layer's bytes depend only on the entries and options, never on the machine.
 pub fn write_layer(
     mut entries: Vec<Entry>,
     options: &LayerOptions,
@@ -217,7 +220,7 @@ pub fn write_layer(
     entries.dedup_by(|a, b| a.path == b.path);
 
     let blob = store.writer()?;
-    let gzip = GzEncoder::new(blob, options.compression);
+    let gzip = ParallelGzEncoder::new(blob, options.compression);
     let mut tar = tar::Builder::new(HashingWriter::new(gzip));
     for entry in &entries {
         append_entry(&mut tar, entry, options)?;
@@ -281,7 +284,7 @@ mod tests {
 
     fn read_layer(store: &BlobStore, layer: &BuiltLayer) -> Vec<(String, u32, u64, Vec<u8>)> {
         let file = fs::File::open(store.path(&layer.digest)).unwrap();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
         archive
             .entries()
             .unwrap()
@@ -358,12 +361,43 @@ mod tests {
         .unwrap();
         let file = fs::File::open(store.path(&layer.digest)).unwrap();
         let mut hasher = HashingWriter::new(io::sink());
-        io::copy(&mut flate2::read::GzDecoder::new(file), &mut hasher).unwrap();
+        io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut hasher).unwrap();
         let (diff_id, _, _) = hasher.finish();
         assert_eq!(diff_id, layer.diff_id);
         assert_eq!(
             fs::metadata(store.path(&layer.digest)).unwrap().len(),
             layer.size
         );
+    }
+
+    #[test]
+    fn a_large_layer_is_several_gzip_members_of_the_same_tar() {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let store = Cache::open(cache_dir.path()).unwrap().blobs();
+        let data: Vec<u8> = (0..3 * crate::image::gzip::CHUNK_SIZE as u64)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let entries = || vec![Entry::file("big.bin", 0o644, data.clone())];
+        let layer = write_layer(entries(), &LayerOptions::default(), &store).unwrap();
+        assert_eq!(
+            write_layer(entries(), &LayerOptions::default(), &store).unwrap(),
+            layer
+        );
+
+        let gz = fs::read(store.path(&layer.digest)).unwrap();
+        let mut first = flate2::bufread::GzDecoder::new(gz.as_slice());
+        io::copy(&mut first, &mut io::sink()).unwrap();
+        assert!(!first.into_inner().is_empty(), "one gzip member only");
+
+        let mut hasher = HashingWriter::new(io::sink());
+        io::copy(
+            &mut flate2::read::MultiGzDecoder::new(gz.as_slice()),
+            &mut hasher,
+        )
+        .unwrap();
+        assert_eq!(hasher.finish().0, layer.diff_id);
+        let entries = read_layer(&store, &layer);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].3, data);
     }
 }

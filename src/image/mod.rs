@@ -1,11 +1,12 @@
 //! The image model: descriptors, manifests, indexes and configs as the OCI image spec and
-//! Docker schema 2 define them, plus the layers fnbuild makes (`layer`), the config it derives
-//! (`config`).
+//! Docker schema 2 define them, plus the layers fnbuild makes (`layer`, compressed on several
+//! cores by `gzip`), the config it derives (`config`).
 //!
 //! Values here are plain data: reading and writing them is done by `registry` and
 //! `transport`; deciding what goes in them is done by `build` and `base`.
 
 pub mod config;
+pub mod gzip;
 pub mod layer;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// The annotation saying when an image or artifact was made (RFC 3339).
+pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
 /// The `Accept` header value for fetching any manifest or index fnbuild understands.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \

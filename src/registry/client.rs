@@ -6,7 +6,7 @@
 //! Everything fnbuild pushes goes through `upload_blob` and `put_manifest`; nothing here
 //! decides what to push (that is `output`'s job).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -781,7 +781,13 @@ impl RegistryClient {
         let scope = [(repo, "pull")];
         let mut tags = Vec::new();
         let mut next = Some(format!("/v2/{repo}/tags/list?n=1000"));
+        // Pages already fetched: a registry whose `Link` points back to one of them would
+        // otherwise be followed forever.
+        let mut seen = HashSet::new();
         while let Some(path) = next.take() {
+            if !seen.insert(path.clone()) {
+                break;
+            }
             let response = self
                 .send(&scope, |base| self.http.get(format!("{base}{path}")))
                 .await?;
@@ -813,22 +819,70 @@ impl RegistryClient {
     }
 }
 
-/// The path of the next page from a `Link: </v2/...>; rel="next"` header.
+/// The path of the next page from the `Link` headers (RFC 8288), e.g.
+/// `Link: </v2/app/tags/list?n=1000&last=v9>; rel="next"`.
+///
+/// Every `Link` header is read, and each header value may hold several comma-separated
+/// links; the first whose `rel` (quoted or not, possibly a space-separated list) names
+/// `next` wins. An absolute target keeps only its path and query, on the endpoint already
+/// in use.
 fn next_page(headers: &HeaderMap) -> Option<String> {
-    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
-    let (target, params) = link.split_once(';')?;
-    if !params.contains("rel=\"next\"") {
-        return None;
-    }
-    let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+    let target = headers
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(split_outside_quotes::<','>)
+        .find_map(|link| {
+            let (target, params) = parse_link(link)?;
+            let is_next = split_outside_quotes::<';'>(params).any(|param| {
+                let (name, value) = param.split_once('=').unwrap_or((param, ""));
+                name.trim().eq_ignore_ascii_case("rel")
+                    && value
+                        .trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case("next"))
+            });
+            is_next.then_some(target)
+        })?;
     match reqwest::Url::parse(target) {
-        // An absolute URL: its path and query, on the endpoint already in use.
         Ok(url) => Some(match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
         }),
+        Err(_) if target.is_empty() => None,
         Err(_) => Some(target.to_string()),
     }
+}
+
+/// One link `<target>; params` split into the target and the parameters after it.
+fn parse_link(link: &str) -> Option<(&str, &str)> {
+    let rest = link.trim().strip_prefix('<')?;
+    let (target, params) = rest.split_once('>')?;
+    Some((target.trim(), params))
+}
+
+/// Splits on `SEP` outside double quotes and outside `<...>`, so a comma in a quoted
+/// parameter or in a link target does not split a link.
+fn split_outside_quotes<const SEP: char>(value: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut bracketed, mut escaped) = (0, false, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' if !bracketed => quoted = !quoted,
+            '<' if !quoted => bracketed = true,
+            '>' if !quoted => bracketed = false,
+            c if c == SEP && !quoted && !bracketed => {
+                parts.push(&value[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts.into_iter().filter(|part| !part.trim().is_empty())
 }
 
 /// Whether a 401 says the token lacks a permission (`error="insufficient_scope"`).
@@ -1007,6 +1061,153 @@ mod tests {
             r#"Basic realm="Registry""#.parse().unwrap(),
         );
         assert!(matches!(parse_challenge(&headers), Challenge::Basic));
+    }
+
+    fn link_headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(reqwest::header::LINK, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn next_page_reads_quoted_and_unquoted_rel() {
+        let quoted = link_headers(&[r#"</v2/app/tags/list?n=2&last=b>; rel="next""#]);
+        assert_eq!(
+            next_page(&quoted).as_deref(),
+            Some("/v2/app/tags/list?n=2&last=b")
+        );
+        let unquoted = link_headers(&["</v2/app/tags/list?last=b>;rel=next"]);
+        assert_eq!(
+            next_page(&unquoted).as_deref(),
+            Some("/v2/app/tags/list?last=b")
+        );
+        let upper = link_headers(&[r#"</v2/app/tags/list?last=c> ; REL = "Next""#]);
+        assert_eq!(
+            next_page(&upper).as_deref(),
+            Some("/v2/app/tags/list?last=c")
+        );
+        let list = link_headers(&[r#"</v2/app/tags/list?last=d>; rel="prefetch next""#]);
+        assert_eq!(
+            next_page(&list).as_deref(),
+            Some("/v2/app/tags/list?last=d")
+        );
+    }
+
+    #[test]
+    fn next_page_splits_links_on_commas_across_headers() {
+        let one_header = link_headers(&[
+            r#"</v2/app/tags/list?last=a>; rel="prev"; title="a, b", </v2/app/tags/list?last=z>; rel="next""#,
+        ]);
+        assert_eq!(
+            next_page(&one_header).as_deref(),
+            Some("/v2/app/tags/list?last=z")
+        );
+        let two_headers = link_headers(&[
+            r#"</v2/app/tags/list?last=a>; rel="prev""#,
+            r#"<https://registry.local:5000/v2/app/tags/list?n=10&last=y>; rel="next""#,
+        ]);
+        assert_eq!(
+            next_page(&two_headers).as_deref(),
+            Some("/v2/app/tags/list?n=10&last=y")
+        );
+        let comma_in_target = link_headers(&[r#"</v2/app/tags/list?last=a,b>; rel=next"#]);
+        assert_eq!(
+            next_page(&comma_in_target).as_deref(),
+            Some("/v2/app/tags/list?last=a,b")
+        );
+    }
+
+    #[test]
+    fn next_page_ignores_other_relations() {
+        assert_eq!(next_page(&HeaderMap::new()), None);
+        let prev = link_headers(&[r#"</v2/app/tags/list?last=a>; rel="prev""#]);
+        assert_eq!(next_page(&prev), None);
+        let not_rel = link_headers(&[r#"</v2/app/tags/list?last=a>; title="rel=next""#]);
+        assert_eq!(next_page(&not_rel), None);
+        let nextish = link_headers(&[r#"</v2/app/tags/list?last=a>; rel="next-archive""#]);
+        assert_eq!(next_page(&nextish), None);
+        let malformed = link_headers(&[r#"/v2/app/tags/list?last=a; rel="next""#]);
+        assert_eq!(next_page(&malformed), None);
+    }
+
+    /// A plain-HTTP registry on 127.0.0.1 whose tag list has two pages, the second linking
+    /// back to the first; answers every request with `Connection: close`.
+    fn serve_looping_tag_list() -> (String, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let requested = Arc::new(Mutex::new(Vec::new()));
+        let log = requested.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let mut reader = BufReader::new(stream);
+                // A TLS client hello (the HTTPS try) is refused by closing.
+                if reader.fill_buf().map_or(true, |b| b.first() != Some(&b'G')) {
+                    continue;
+                }
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                log.lock().unwrap().push(path.clone());
+                let first = "/v2/app/tags/list?n=1000";
+                let (link, body) = match path.as_str() {
+                    "/v2/" => (String::new(), "{}"),
+                    p if p == first => (
+                        "Link: </v2/app/tags/list?n=1000&last=a>; rel=\"next\"\r\n".to_string(),
+                        r#"{"tags":["a"]}"#,
+                    ),
+                    _ => (
+                        format!("Link: <{first}>; rel=next\r\n"),
+                        r#"{"tags":["b"]}"#,
+                    ),
+                };
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{link}\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut stream = reader.into_inner();
+                let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+                let _ = stream.read(&mut [0; 1]);
+            }
+        });
+        (host, requested)
+    }
+
+    #[tokio::test]
+    async fn list_tags_stops_when_a_page_repeats() {
+        let (host, requested) = serve_looping_tag_list();
+        let registries = Registries::new(&TransportOptions {
+            insecure_registries: vec![host.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+        let client = registries.client(&host).unwrap();
+        let tags = tokio::time::timeout(Duration::from_secs(30), client.list_tags("app"))
+            .await
+            .expect("the tag list ends")
+            .unwrap();
+        assert_eq!(tags, ["a", "b"]);
+        let requested = requested.lock().unwrap().clone();
+        assert_eq!(
+            requested
+                .iter()
+                .filter(|p| p.contains("tags/list"))
+                .collect::<Vec<_>>(),
+            [
+                "/v2/app/tags/list?n=1000",
+                "/v2/app/tags/list?n=1000&last=a"
+            ]
+        );
     }
 
     #[test]

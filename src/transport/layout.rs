@@ -16,6 +16,7 @@ use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{self, Descriptor, Index, Manifest, OCI_INDEX};
+use crate::registry::Reference;
 
 /// The annotation naming an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -42,13 +43,28 @@ pub fn read_index(dir: &Path) -> Result<Index> {
 pub fn read_manifest(dir: &Path, tag: Option<&str>) -> Result<(Vec<u8>, Digest)> {
     let index = read_index(dir)?;
     let place = format!("oci:{}", dir.display());
-    let read = |digest: &Digest| read_blob(dir, digest);
-    let mut descriptor = choose(&index, tag, &place)?.clone();
+    pick_manifest(&index, tag, &place, |digest| read_blob(dir, digest))
+}
+
+/// The manifest of the image named `name` (or the only one) in `index`, with its digest:
+/// a nested index is followed to this platform's manifest. `read` gives a blob's bytes,
+/// checked against its digest; `place` names where the index is, for errors.
+fn pick_manifest(
+    index: &Index,
+    name: Option<&str>,
+    place: &str,
+    read: impl Fn(&Digest) -> Result<Vec<u8>>,
+) -> Result<(Vec<u8>, Digest)> {
+    let mut descriptor = choose(index, name, place)?;
+    let nested: Index;
     if image::is_index(&descriptor.media_type) {
-        let nested: Index = image::parse_json("a nested index", &read(&descriptor.digest)?)?;
-        descriptor = nested.manifest_for_this_platform()?.clone();
+        nested = image::parse_json(
+            &format!("the index {} in {place}", descriptor.digest),
+            &read(&descriptor.digest)?,
+        )?;
+        descriptor = nested.manifest_for_this_platform()?;
     }
-    Ok((read(&descriptor.digest)?, descriptor.digest))
+    Ok((read(&descriptor.digest)?, descriptor.digest.clone()))
 }
 
 /// The entry of an index named `name`, or its only entry; errors list the names there are.
@@ -152,12 +168,45 @@ pub fn write_image(
     Ok(descriptor)
 }
 
+/// An image's entry in a Docker archive's `manifest.json`, naming its files in the tarball.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DockerArchiveEntry {
     config: String,
     repo_tags: Vec<String>,
     layers: Vec<String>,
+}
+
+impl DockerArchiveEntry {
+    /// The entry of the image with this config and these layers. `name` becomes its tag only
+    /// when it parses as an image reference with a tag and no digest
+    /// (`fnbuild/runtime-python:3.13`): `docker load` refuses the whole archive over a bare
+    /// tag (`v1`), a name without a tag (`localhost:5000/x`) or a digest.
+    fn new<'a>(
+        name: Option<&str>,
+        config: &Digest,
+        layers: impl IntoIterator<Item = &'a Digest>,
+    ) -> Self {
+        Self {
+            config: blob_entry(config),
+            repo_tags: name
+                .filter(|n| is_repo_tag(n))
+                .map(|n| vec![n.to_string()])
+                .unwrap_or_default(),
+            layers: layers.into_iter().map(blob_entry).collect(),
+        }
+    }
+}
+
+/// Whether `name` is a `[REGISTRY/]REPOSITORY:TAG` reference, as Docker's `RepoTags` hold.
+fn is_repo_tag(name: &str) -> bool {
+    name.parse::<Reference>()
+        .is_ok_and(|r| r.tag.is_some() && r.digest.is_none())
+}
+
+/// The name of a blob in a layout and in a tarball.
+fn blob_entry(digest: &Digest) -> String {
+    format!("blobs/sha256/{}", digest.hex())
 }
 
 /// Writes a tarball holding the image as an OCI layout and as a Docker archive.
@@ -170,41 +219,7 @@ pub fn write_tarball(
     manifest: &[u8],
     media_type: &str,
 ) -> Result<()> {
-    let parent = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temp =
-        tempfile::NamedTempFile::new_in(parent).io_context("create a temporary file in", parent)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(temp));
-    let add_bytes = |tar: &mut tar::Builder<_>, name: &str, bytes: &[u8]| -> Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(bytes.len() as u64);
-        tar.append_data(&mut header, name, bytes)
-            .io_context("write", file)
-    };
-    add_bytes(&mut tar, "oci-layout", LAYOUT_FILE.as_bytes())?;
-    for (digest, path) in blobs {
-        let mut source = fs::File::open(path).io_context("read blob", path)?;
-        let size = source.metadata().io_context("read blob", path)?.len();
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(size);
-        tar.append_data(
-            &mut header,
-            format!("blobs/sha256/{}", digest.hex()),
-            &mut source,
-        )
-        .io_context("write", file)?;
-    }
-    let digest = Digest::of(manifest);
-    add_bytes(
-        &mut tar,
-        &format!("blobs/sha256/{}", digest.hex()),
-        manifest,
-    )?;
-    let mut descriptor = Descriptor::new(media_type, digest, manifest.len() as u64);
+    let mut descriptor = Descriptor::new(media_type, Digest::of(manifest), manifest.len() as u64);
     if let Some(tag) = repo_tag {
         descriptor.annotations.insert(REF_NAME.into(), tag.into());
     }
@@ -214,24 +229,56 @@ pub fn write_tarball(
         manifests: vec![descriptor],
         annotations: BTreeMap::new(),
     };
-    add_bytes(
-        &mut tar,
-        "index.json",
-        &serde_json::to_vec(&index).expect("an index serializes"),
+    let docker = [DockerArchiveEntry::new(repo_tag, config, layers)];
+    write_archive(file, blobs, &[manifest], &index, &docker)
+}
+
+/// Writes `file` under a temporary name and moves it into place once complete: `oci-layout`,
+/// each blob as `blobs/sha256/HEX` (the `blob_files`, then the `blobs_in_memory`), `index`
+/// as `index.json` and `docker` as the Docker `manifest.json`.
+fn write_archive(
+    file: &Path,
+    blob_files: &[(Digest, PathBuf)],
+    blobs_in_memory: &[&[u8]],
+    index: &Index,
+    docker: &[DockerArchiveEntry],
+) -> Result<()> {
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp =
+        tempfile::NamedTempFile::new_in(parent).io_context("create a temporary file in", parent)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(temp));
+    let mut append = |name: &str, size: u64, data: &mut dyn std::io::Read| -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(size);
+        tar.append_data(&mut header, name, data)
+            .io_context("write", file)
+    };
+    append(
+        "oci-layout",
+        LAYOUT_FILE.len() as u64,
+        &mut LAYOUT_FILE.as_bytes(),
     )?;
-    let docker = [DockerArchiveEntry {
-        config: format!("blobs/sha256/{}", config.hex()),
-        repo_tags: repo_tag.map(|t| vec![t.to_string()]).unwrap_or_default(),
-        layers: layers
-            .iter()
-            .map(|d| format!("blobs/sha256/{}", d.hex()))
-            .collect(),
-    }];
-    add_bytes(
-        &mut tar,
-        "manifest.json",
-        &serde_json::to_vec(&docker).expect("a manifest list serializes"),
-    )?;
+    for (digest, path) in blob_files {
+        let mut source = fs::File::open(path).io_context("read blob", path)?;
+        let size = source.metadata().io_context("read blob", path)?.len();
+        append(&blob_entry(digest), size, &mut source)?;
+    }
+    let index = serde_json::to_vec(index).expect("an index serializes");
+    let docker = serde_json::to_vec(docker).expect("a manifest list serializes");
+    let in_memory = blobs_in_memory
+        .iter()
+        .map(|bytes| (blob_entry(&Digest::of(bytes)), *bytes))
+        .chain([
+            ("index.json".to_string(), index.as_slice()),
+            ("manifest.json".to_string(), docker.as_slice()),
+        ]);
+    for (name, mut bytes) in in_memory {
+        append(&name, bytes.len() as u64, &mut bytes)?;
+    }
     let mut buffered = tar.into_inner().io_context("write", file)?;
     buffered.flush().io_context("write", file)?;
     let temp = buffered
@@ -317,12 +364,7 @@ pub fn read_tarball(
         }
         Ok(bytes)
     };
-    let mut descriptor = choose(&index, name, &place)?.clone();
-    if image::is_index(&descriptor.media_type) {
-        let nested: Index = image::parse_json("a nested index", &read(&descriptor.digest)?)?;
-        descriptor = nested.manifest_for_this_platform()?.clone();
-    }
-    Ok((read(&descriptor.digest)?, descriptor.digest))
+    pick_manifest(&index, name, &place, read)
 }
 
 /// Writes a layout (with any number of images) as one tarball: the layout's files, plus a
@@ -339,81 +381,138 @@ pub fn write_tarball_of_layout(dir: &Path, file: &Path) -> Result<()> {
             &format!("the manifest {} in {}", descriptor.digest, dir.display()),
             &read_blob(dir, &descriptor.digest)?,
         )?;
-        let name = descriptor.annotations.get(REF_NAME);
-        docker.push(DockerArchiveEntry {
-            config: format!("blobs/sha256/{}", manifest.config.digest.hex()),
-            repo_tags: name
-                .filter(|n| n.contains(':') && !n.contains('@'))
-                .map(|n| vec![n.clone()])
-                .unwrap_or_default(),
-            layers: manifest
-                .layers
-                .iter()
-                .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
-                .collect(),
-        });
+        docker.push(DockerArchiveEntry::new(
+            descriptor.annotations.get(REF_NAME).map(String::as_str),
+            &manifest.config.digest,
+            manifest.layers.iter().map(|l| &l.digest),
+        ));
     }
+    // Every file named by a digest; others (`.HEX.partial` left by an interrupted copy) are
+    // not blobs.
     let blob_dir = dir.join("blobs/sha256");
-    let mut blobs: Vec<PathBuf> = fs::read_dir(&blob_dir)
-        .io_context("read", &blob_dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .io_context("read", &blob_dir)?;
-    blobs.retain(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| !n.starts_with('.'))
-    });
-    blobs.sort();
-
-    let parent = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temp =
-        tempfile::NamedTempFile::new_in(parent).io_context("create a temporary file in", parent)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(temp));
-    let mut append = |name: &str, size: u64, data: &mut dyn std::io::Read| -> Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(0o644);
-        header.set_size(size);
-        tar.append_data(&mut header, name, data)
-            .io_context("write", file)
-    };
-    append(
-        "oci-layout",
-        LAYOUT_FILE.len() as u64,
-        &mut LAYOUT_FILE.as_bytes(),
-    )?;
-    for path in &blobs {
-        let mut source = fs::File::open(path).io_context("read blob", path)?;
-        let size = source.metadata().io_context("read blob", path)?.len();
-        let name = format!(
-            "blobs/sha256/{}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        );
-        append(&name, size, &mut source)?;
+    let mut blobs = Vec::new();
+    for entry in fs::read_dir(&blob_dir).io_context("read", &blob_dir)? {
+        let path = entry.io_context("read", &blob_dir)?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if let Ok(digest) = format!("sha256:{name}").parse::<Digest>() {
+            blobs.push((digest, path));
+        }
     }
-    let index_bytes = serde_json::to_vec(&index).expect("an index serializes");
-    append(
-        "index.json",
-        index_bytes.len() as u64,
-        &mut index_bytes.as_slice(),
-    )?;
-    let docker_bytes = serde_json::to_vec(&docker).expect("a manifest list serializes");
-    append(
-        "manifest.json",
-        docker_bytes.len() as u64,
-        &mut docker_bytes.as_slice(),
-    )?;
-    let mut buffered = tar.into_inner().io_context("write", file)?;
-    buffered.flush().io_context("write", file)?;
-    let temp = buffered
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .io_context("write", file)?;
-    temp.persist(file)
-        .map_err(|e| e.error)
-        .io_context("write", file)?;
-    Ok(())
+    blobs.sort();
+    write_archive(file, &blobs, &[], &index, &docker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::Platform;
+
+    #[test]
+    fn repo_tags_hold_only_tagged_references() {
+        for name in [
+            "fnbuild/runtime-python:3.13",
+            "registry.local:5000/functions/hello:v1",
+            "localhost:5000/x:latest",
+            "hello:v1",
+        ] {
+            assert!(is_repo_tag(name), "{name} is a repository and tag");
+        }
+        let digest = Digest::of(b"x");
+        for name in [
+            "v1".to_string(),
+            "localhost:5000/x".to_string(),
+            "registry.local:5000/functions/hello".to_string(),
+            format!("hello@{digest}"),
+            format!("hello:v1@{digest}"),
+            "Not A Reference:v1".to_string(),
+            String::new(),
+        ] {
+            assert!(!is_repo_tag(&name), "{name} is no repository and tag");
+        }
+        let entry = DockerArchiveEntry::new(Some("localhost:5000/x"), &digest, []);
+        assert!(entry.repo_tags.is_empty());
+        let entry = DockerArchiveEntry::new(Some("localhost:5000/x:v2"), &digest, []);
+        assert_eq!(entry.repo_tags, ["localhost:5000/x:v2"]);
+    }
+
+    /// A layout and a tarball holding an index named `multi` (pointing to this platform's
+    /// manifest and another one) and a manifest named `single` are read the same way.
+    #[test]
+    fn layouts_and_tarballs_follow_a_nested_index_to_this_platform() {
+        let temp = tempfile::tempdir().unwrap();
+        let blob = |name: &str, bytes: &[u8]| -> (Digest, PathBuf) {
+            let path = temp.path().join(name);
+            fs::write(&path, bytes).unwrap();
+            (Digest::of(bytes), path)
+        };
+        let config = blob("config", b"{}");
+        let manifest = |which: &str| {
+            Manifest {
+                schema_version: 2,
+                media_type: Some(image::OCI_MANIFEST.into()),
+                config: Descriptor::new(image::OCI_CONFIG, config.0.clone(), 2),
+                layers: Vec::new(),
+                annotations: BTreeMap::from([("which".to_string(), which.to_string())]),
+            }
+            .to_bytes()
+        };
+        let (ours, theirs) = (manifest("ours"), manifest("theirs"));
+        let (ours, theirs) = (ours.as_slice(), theirs.as_slice());
+        let ours_blob = blob("ours", ours);
+        let theirs_blob = blob("theirs", theirs);
+        let for_platform = |digest: &Digest, size: usize, architecture: &str| {
+            let mut descriptor = Descriptor::new(image::OCI_MANIFEST, digest.clone(), size as u64);
+            descriptor.platform = Some(Platform {
+                architecture: architecture.into(),
+                os: "linux".into(),
+                variant: None,
+            });
+            descriptor
+        };
+        let nested = Index {
+            schema_version: 2,
+            media_type: Some(OCI_INDEX.into()),
+            manifests: vec![
+                for_platform(&theirs_blob.0, theirs.len(), "not-this-arch"),
+                for_platform(&ours_blob.0, ours.len(), image::oci_architecture()),
+            ],
+            annotations: BTreeMap::new(),
+        };
+        let nested = serde_json::to_vec(&nested).unwrap();
+        let layout = temp.path().join("layout");
+        write_image(
+            &layout,
+            Some("multi"),
+            &[config.clone(), ours_blob.clone(), theirs_blob.clone()],
+            &nested,
+            OCI_INDEX,
+        )
+        .unwrap();
+        write_image(&layout, Some("single"), &[], theirs, image::OCI_MANIFEST).unwrap();
+
+        /// Reads the manifest of a name from the layout or the tarball.
+        type Read<'a> = &'a dyn Fn(Option<&str>) -> Result<(Vec<u8>, Digest)>;
+        let expect = |read: Read<'_>| {
+            assert_eq!(
+                read(Some("multi")).unwrap(),
+                (ours.to_vec(), ours_blob.0.clone())
+            );
+            assert_eq!(
+                read(Some("single")).unwrap(),
+                (theirs.to_vec(), theirs_blob.0.clone())
+            );
+            let missing = read(Some("other")).unwrap_err().to_string();
+            assert!(missing.contains("no image named 'other'"), "{missing}");
+            let several = read(None).unwrap_err().to_string();
+            assert!(several.contains("several images"), "{several}");
+        };
+        expect(&|name| read_manifest(&layout, name));
+
+        let tarball = temp.path().join("image.tar");
+        write_tarball_of_layout(&layout, &tarball).unwrap();
+        let store = crate::cache::Cache::open(&temp.path().join("cache"))
+            .unwrap()
+            .blobs();
+        expect(&|name| read_tarball(&tarball, name, &store));
+    }
 }

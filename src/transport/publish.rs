@@ -87,6 +87,15 @@ impl BuiltImage {
             .unwrap_or(crate::image::OCI_MANIFEST)
     }
 
+    /// The descriptor of the image's manifest (what an artifact referring to it names).
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            self.media_type(),
+            self.digest.clone(),
+            self.manifest_bytes.len() as u64,
+        )
+    }
+
     /// The config and the layers, in that order.
     fn blobs(&self) -> impl Iterator<Item = &Descriptor> {
         std::iter::once(&self.manifest.config).chain(&self.manifest.layers)
@@ -118,17 +127,7 @@ pub async fn publish(
     registries: &Registries,
     store: &BlobStore,
 ) -> Result<Vec<String>> {
-    publish_reporting(image, outputs, registries, store, progress::reporter()).await
-}
-
-/// [`publish`], with progress going to `reporter`.
-pub async fn publish_reporting(
-    image: &BuiltImage,
-    outputs: &[Location],
-    registries: &Registries,
-    store: &BlobStore,
-    reporter: Arc<dyn Reporter>,
-) -> Result<Vec<String>> {
+    let reporter = progress::reporter();
     let started = Instant::now();
     // Phase 1: every blob to every destination.
     for output in outputs {

@@ -1,9 +1,11 @@
-//! Artifacts attached to an image in a registry (its SBOM, say) as OCI 1.1 defines them: a
-//! manifest whose `subject` is the image, stored by digest in the image's repository.
-//! Registries with the referrers API index it themselves (they answer the manifest PUT with
-//! `OCI-Subject`); for the others fnbuild keeps the referrers tag schema the spec gives as the
-//! fallback: an index tagged `sha256-<image digest hex>` listing the image's referrers, which
-//! `oras discover` and `cosign` read as well.
+//! OCI artifacts in a registry: pushing one (a manifest with an `artifactType`, the empty
+//! config and its blobs as layers), and attaching one to an image as OCI 1.1 defines it: an
+//! artifact whose `subject` is the image, stored by digest in the image's repository (its
+//! SBOM, say). Registries with the referrers API index it themselves (they answer the manifest
+//! PUT with `OCI-Subject`); for the others fnbuild keeps the referrers tag schema the spec
+//! gives as the fallback: an index tagged `sha256-<image digest hex>` listing the image's
+//! referrers, which `oras discover` and `cosign` read as well. That index is read, changed and
+//! written back: two builds attaching to the same image at the same moment may lose one entry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,17 +18,79 @@ use crate::error::{Error, Result};
 use crate::image::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::registry::{RegistryClient, RegistryError};
 
-/// The OCI empty descriptor's media type and content, the config of artifacts without one.
-pub const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
-pub const EMPTY_CONFIG: &[u8] = b"{}";
+/// The OCI empty descriptor's media type and content, the config of artifacts.
+const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_CONFIG: &[u8] = b"{}";
 
-/// One blob to attach, and what it is.
+/// An artifact to push: its type, its blobs (already in the local blob store), the image it
+/// refers to, if any, and its annotations.
 pub struct Artifact<'a> {
     pub artifact_type: &'a str,
-    /// The blob's media type (the artifact type, for a single-document artifact).
-    pub media_type: &'a str,
-    pub bytes: &'a [u8],
+    pub layers: Vec<Descriptor>,
+    pub subject: Option<&'a Descriptor>,
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A pushed artifact manifest.
+#[derive(Debug)]
+pub struct Pushed {
+    pub digest: Digest,
+    pub size: u64,
+    /// The registry indexed its subject itself (it has the referrers API).
+    pub subject_indexed: bool,
+}
+
+/// Pushes the blobs of `artifact` the repository lacks, then its manifest under `tag`, or by
+/// digest when there is none.
+pub async fn push_artifact(
+    client: &RegistryClient,
+    repo: &str,
+    artifact: &Artifact<'_>,
+    tag: Option<&str>,
+    store: &BlobStore,
+) -> Result<Pushed> {
+    client.check_push_access(repo).await?;
+    let config = store.insert_bytes(EMPTY_CONFIG)?;
+    let config = Descriptor::new(EMPTY_CONFIG_TYPE, config, EMPTY_CONFIG.len() as u64);
+    for blob in std::iter::once(&config).chain(&artifact.layers) {
+        if !client.blob_exists(repo, &blob.digest).await? {
+            client
+                .upload_blob(
+                    repo,
+                    &blob.digest,
+                    blob.size,
+                    &store.path(&blob.digest),
+                    Arc::new(|_| {}),
+                )
+                .await?;
+        }
+    }
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact.artifact_type,
+        "config": config,
+        "layers": artifact.layers,
+        "annotations": artifact.annotations,
+    });
+    if let Some(subject) = artifact.subject {
+        manifest["subject"] = json!(Descriptor::new(
+            subject.media_type.clone(),
+            subject.digest.clone(),
+            subject.size
+        ));
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
+    let digest = Digest::of(&bytes);
+    let reference = tag.map_or_else(|| digest.to_string(), str::to_string);
+    let subject_indexed = client
+        .put_manifest(repo, &reference, &bytes, OCI_MANIFEST)
+        .await?;
+    Ok(Pushed {
+        digest,
+        size: bytes.len() as u64,
+        subject_indexed,
+    })
 }
 
 /// Where an artifact was attached.
@@ -37,57 +101,28 @@ pub struct Attached {
     pub fallback_tag: Option<String>,
 }
 
-/// Attaches `artifact` to the image `subject` in `repo`.
+/// Attaches `artifact` (whose `subject` is the image) in `repo`, listing it at the fallback
+/// tag when the registry does not index referrers itself.
 pub async fn attach(
     client: &Arc<RegistryClient>,
     repo: &str,
-    subject: &Descriptor,
     artifact: &Artifact<'_>,
     store: &BlobStore,
 ) -> Result<Attached> {
-    let blob = store.insert_bytes(artifact.bytes)?;
-    let config = store.insert_bytes(EMPTY_CONFIG)?;
-    for (digest, size) in [(&blob, artifact.bytes.len()), (&config, EMPTY_CONFIG.len())] {
-        if !client.blob_exists(repo, digest).await? {
-            client
-                .upload_blob(
-                    repo,
-                    digest,
-                    size as u64,
-                    &store.path(digest),
-                    Arc::new(|_| {}),
-                )
-                .await?;
-        }
-    }
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": artifact.artifact_type,
-        "config": Descriptor::new(EMPTY_CONFIG_TYPE, config, EMPTY_CONFIG.len() as u64),
-        "layers": [Descriptor::new(artifact.media_type, blob, artifact.bytes.len() as u64)],
-        "subject": {
-            "mediaType": subject.media_type,
-            "digest": subject.digest,
-            "size": subject.size,
-        },
-        "annotations": artifact.annotations,
-    });
-    let bytes = serde_json::to_vec(&manifest).expect("a manifest serializes");
-    let digest = Digest::of(&bytes);
-    let indexed = client
-        .put_manifest(repo, &digest.to_string(), &bytes, OCI_MANIFEST)
-        .await?;
-    if indexed {
+    let subject = artifact
+        .subject
+        .expect("an attached artifact names its subject");
+    let pushed = push_artifact(client, repo, artifact, None, store).await?;
+    if pushed.subject_indexed {
         return Ok(Attached {
-            digest,
+            digest: pushed.digest,
             fallback_tag: None,
         });
     }
     let mut descriptor = json!({
         "mediaType": OCI_MANIFEST,
-        "digest": digest,
-        "size": bytes.len(),
+        "digest": pushed.digest,
+        "size": pushed.size,
         "artifactType": artifact.artifact_type,
     });
     if !artifact.annotations.is_empty() {
@@ -96,7 +131,7 @@ pub async fn attach(
     let tag = fallback_tag(&subject.digest);
     add_to_fallback_index(client, repo, &tag, descriptor).await?;
     Ok(Attached {
-        digest,
+        digest: pushed.digest,
         fallback_tag: Some(tag),
     })
 }
@@ -117,11 +152,11 @@ async fn add_to_fallback_index(
     let mut index = match client.get_manifest(repo, tag).await {
         Ok(fetched) => serde_json::from_slice::<Value>(&fetched.bytes)
             .ok()
-            .filter(|i| i["manifests"].is_array())
+            .filter(|i| fetched.media_type == OCI_INDEX && i["manifests"].is_array())
             .ok_or_else(|| {
                 Error::Image(format!(
-                    "{}/{repo}:{tag} is not an image index, so it cannot list the image's \
-                     referrers; delete or retag it",
+                    "{}/{repo}:{tag} is not an OCI image index, so it cannot list the \
+                     image's referrers; delete or retag it",
                     client.registry()
                 ))
             })?,
