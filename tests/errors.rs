@@ -237,7 +237,7 @@ fn checksum_mismatch_shows_both_digests() {
     let mut args = standard_args(&registry, &archive, "hello.handler");
     args.extend(["--checksum".into(), actual]);
     success(&mut build_with(&registry, cache.path(), &strs(&args)));
-    assert_eq!(registry.tags("fn/hello"), vec!["v1"]);
+    assert_eq!(registry.image_tags("fn/hello"), vec!["v1"]);
 }
 
 #[test]

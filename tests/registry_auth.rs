@@ -214,7 +214,7 @@ fn basic_auth_over_http_push_build_and_no_password_anywhere() {
         pinned.split('@').nth(1),
         "skopeo sees another image than fnbuild printed"
     );
-    assert_eq!(registry.tags("fn/hello"), vec!["v1"]);
+    assert_eq!(registry.image_tags("fn/hello"), vec!["v1"]);
 
     let stored = files_with_secrets(registry.storage_dir());
     assert!(
@@ -289,7 +289,7 @@ fn tls_with_basic_auth_needs_the_ca_or_insecure_registry() {
         &format!("{host}/fn/tls:v2"),
         &["--docker-config", &config_arg, "--insecure-registry", &host],
     ));
-    assert_eq!(registry.tags("fn/tls"), vec!["v1", "v2"]);
+    assert_eq!(registry.image_tags("fn/tls"), vec!["v1", "v2"]);
     assert_function_env(&registry, &format!("{}/fn/tls:v2", registry.host()));
 }
 
@@ -374,7 +374,7 @@ fn credentials_are_found_where_build_systems_put_them() {
     ));
 
     assert_eq!(
-        registry.tags("fn/hello"),
+        registry.image_tags("fn/hello"),
         vec!["kaniko", "knative", "tekton", "tekton-env"]
     );
     assert_function_env(&registry, &image("knative"));

@@ -525,6 +525,11 @@ impl TokenRegistry {
         tags
     }
 
+    /// The tags of `repo` that name images (without the referrers tags of their SBOMs).
+    fn image_tags(&self, repo: &str) -> Vec<String> {
+        common::without_referrers_tags(self.tags(repo))
+    }
+
     /// How many API requests (`/v2/...`, any answer) the registry's access log shows from
     /// clients whose User-Agent contains `agent`.
     fn api_requests_by(&self, agent: &str) -> usize {
@@ -860,7 +865,7 @@ fn push_and_build_through_bearer_token_auth() {
     );
 
     // The registry holds it: skopeo (doing the token dance itself) sees what fnbuild printed.
-    assert_eq!(registry.tags("functions/hello"), vec!["v1"]);
+    assert_eq!(registry.image_tags("functions/hello"), vec!["v1"]);
     let inspected = registry.skopeo_inspect(&image);
     assert_eq!(
         inspected["Digest"].as_str(),
@@ -1043,7 +1048,7 @@ fn tokens_are_cached_per_scope_within_a_build() {
         );
         per_build.push((tag, asked));
     }
-    assert_eq!(registry.tags("functions/hello"), vec!["v1", "v2"]);
+    assert_eq!(registry.image_tags("functions/hello"), vec!["v1", "v2"]);
     let mut problems = Vec::new();
     for (what, asked) in &per_build {
         let sets = scope_sets(asked);
@@ -1097,7 +1102,7 @@ fn no_request_of_a_build_exceeds_the_scopes_of_its_token() {
         source.path(),
         &format!("{host}/functions/hello:v1"),
     ));
-    assert_eq!(registry.tags("functions/hello"), vec!["v1"]);
+    assert_eq!(registry.image_tags("functions/hello"), vec!["v1"]);
     let refused = registry.insufficient_scope_requests();
     assert!(
         refused.is_empty(),

@@ -422,7 +422,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
         }
         other => panic!("expected the unprivileged step to fail, got {other:?}"),
     }
-    assert_eq!(registry.tags("functions/six"), ["v1"]);
+    assert_eq!(registry.image_tags("functions/six"), ["v1"]);
     eprintln!(
         "[timing] Task with dependencies, in all: {:.1?}",
         started.elapsed()
@@ -999,7 +999,7 @@ fn the_variable_checks_report_undeclared_and_unused_names() {
     assert_eq!(
         sorted(build_template_problems(&build_template)),
         [
-            "/spec/steps/0/args/13: ${S3_REGION} is not a declared parameter",
+            "/spec/steps/0/args/15: ${S3_REGION} is not a declared parameter",
             "parameter LABELS is declared but never used",
         ]
     );

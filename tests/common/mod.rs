@@ -436,6 +436,22 @@ impl Registry {
         tags.sort();
         tags
     }
+
+    /// The tags of `repo` that name images: without the referrers tags (`sha256-<hex>`) the
+    /// images' SBOMs are listed at.
+    pub fn image_tags(&self, repo: &str) -> Vec<String> {
+        without_referrers_tags(self.tags(repo))
+    }
+}
+
+/// Drops the tags of the OCI referrers tag schema (`sha256-<64 hex digits>`).
+pub fn without_referrers_tags(tags: Vec<String>) -> Vec<String> {
+    tags.into_iter()
+        .filter(|t| {
+            !t.strip_prefix("sha256-")
+                .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .collect()
 }
 
 impl Drop for Registry {
