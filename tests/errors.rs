@@ -652,3 +652,27 @@ fn missing_base_image_names_the_runtime_and_the_image() {
         ],
     );
 }
+
+/// Every command takes an empty registry flag (a template parameter left unset) as not given:
+/// the error is about what is really wrong, not about the empty value.
+#[test]
+fn empty_registry_flags_mean_not_given_for_every_command() {
+    let out = tempfile::tempdir().unwrap();
+    let (code, stderr) = failure(
+        common::fnbuild()
+            .args(["push", "oci:/nonexistent-layout"])
+            .arg(format!("oci:{}", out.path().join("copy").display()))
+            .args([
+                "--registry-ca",
+                "",
+                "--docker-config",
+                "",
+                "--insecure-registry",
+                "",
+            ])
+            .env("FNBUILD_CACHE_DIR", ""),
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("/nonexistent-layout"), "{stderr}");
+    assert!(!stderr.contains("--registry-ca"), "{stderr}");
+}

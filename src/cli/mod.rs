@@ -127,6 +127,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 
 /// The registry clients and cache every registry-facing command uses.
 fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
+    // Every command treats an empty flag value (an unset template parameter) as not given.
+    let args = &args.clone().without_empty_values();
     let registries = Registries::new(&TransportOptions {
         insecure_registries: args.insecure_registries.clone(),
         ca_certs: args
