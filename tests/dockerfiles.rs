@@ -62,17 +62,7 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
 /// Runs a command to success and returns its stdout (trimmed); panics with its output when it
 /// fails.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e} (run `bash tests/setup.sh`)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = success(cmd.stdin(Stdio::null()));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
