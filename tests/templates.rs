@@ -339,6 +339,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     registry.write_docker_config(dockerconfig.path());
     let cache = tempfile::tempdir().unwrap();
     let image = format!("{}/functions/six:v1", registry.host());
+    let cache_repo = format!("{}/fnbuild/cache", registry.host());
     let outcome = succeeded(
         run_task(
             &template("tekton/task.yaml"),
@@ -349,6 +350,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
                 ("SERVICE_FILE", "service.yaml"),
                 ("BASE_REGISTRY", &bases.host()),
                 ("BUILDER_IMAGE", &builder),
+                ("CACHE_REPO", &cache_repo),
             ],
             &[
                 WorkspaceBinding::dir("source", source.path()),
@@ -365,8 +367,17 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     assert_eq!(*url, format!("{}/functions/six@{digest}", registry.host()));
     assert_eq!(manifest_digest(&registry, "functions/six", "v1"), *digest);
     assert_eq!(manifest_digest(&registry, "functions/six", digest), *digest);
-    // The deps layer was recorded in the cache workspace, for the next build.
+    // The deps layer was recorded in the cache workspace and the cache repository, for the
+    // next build; the image's SBOM is listed at its referrers tag.
     assert_eq!(fs::read_dir(cache.path().join("deps")).unwrap().count(), 1);
+    let cached = registry.tags("fnbuild/cache");
+    assert!(
+        cached.len() == 1 && cached[0].starts_with("deps-"),
+        "{cached:?}"
+    );
+    assert!(registry
+        .tags("functions/six")
+        .contains(&digest.replace(':', "-")));
 
     let service = source.path().join("service.yaml");
     let out = Command::new("python3")
