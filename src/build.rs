@@ -57,8 +57,6 @@ pub struct BuildRequest {
     pub source_date_epoch: u64,
     /// Attach an SPDX SBOM to the image in every registry output.
     pub sbom: bool,
-    /// Also write the SBOM to this file.
-    pub sbom_file: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -67,6 +65,8 @@ pub struct BuildOutcome {
     pub digest: Digest,
     /// Per output, the image by digest (`REF@sha256:...`).
     pub published: Vec<String>,
+    /// The image's SPDX document, naming the image as its first output does.
+    pub sbom: serde_json::Value,
 }
 
 /// The environment a build runs in.
@@ -169,15 +169,15 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         packages,
         created: &created,
     };
-    if let Some(path) = &request.sbom_file {
-        let subject = request
+    // The document as the first output names the image (for `--sbom-file`).
+    let sbom_document = sbom::spdx_document(
+        &request
             .outputs
             .first()
-            .map_or_else(|| sbom::ImageName::local("function"), sbom_name);
-        let document = sbom::spdx_document(&subject, &image.digest, &contents);
-        let text = serde_json::to_string_pretty(&document).expect("a document serializes");
-        write_file_atomically(path, format!("{text}\n").as_bytes())?;
-    }
+            .map_or_else(|| sbom::ImageName::local("function"), sbom_name),
+        &image.digest,
+        &contents,
+    );
     if request.sbom {
         attach_sbom(&image, &request.outputs, &contents, ctx).await;
     }
@@ -185,6 +185,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     Ok(BuildOutcome {
         digest: image.digest,
         published,
+        sbom: sbom_document,
     })
 }
 
@@ -246,20 +247,6 @@ fn sbom_name(output: &Location) -> sbom::ImageName {
                 .unwrap_or(&file.file_stem().unwrap_or_default().to_string_lossy()),
         ),
     }
-}
-
-/// Writes a file whole or not at all (a temporary file beside it, then renamed).
-fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir).io_context("write", path)?;
-    std::io::Write::write_all(&mut temp, bytes).io_context("write", path)?;
-    temp.persist(path)
-        .map_err(|e| e.error)
-        .io_context("write", path)?;
-    Ok(())
 }
 
 /// The deps file: `--dependencies`, else the runtime's deps file in the source, if any.

@@ -572,20 +572,21 @@ fn mirror_round_trip_keeps_digests_and_feeds_a_build() {
     )]);
     let build_cache = tempfile::tempdir().unwrap();
     let image = format!("{}/functions/hello:v1", target.host());
-    let mut cmd = common::fnbuild();
-    cmd.args([
-        "build",
-        "--source",
-        src.path().to_str().unwrap(),
-        "--runtime",
-        PYTHON,
-        "--handler",
-        "hello.handler",
-        "--image",
-        &image,
-    ])
-    .env("FNBUILD_BASE_REGISTRY", format!("{}/airgap", target.host()));
-    let out = success(cache_arg(&mut cmd, build_cache.path()));
+    let mut cmd = build_cmd(
+        &target,
+        build_cache.path(),
+        &[
+            "--source",
+            src.path().to_str().unwrap(),
+            "--runtime",
+            PYTHON,
+            "--handler",
+            "hello.handler",
+            "--image",
+            &image,
+        ],
+    );
+    let out = success(cmd.env("FNBUILD_BASE_REGISTRY", format!("{}/airgap", target.host())));
     printed_ref(&out);
     let function = RunningFunction::start(&image, build_cache.path(), &[]);
     let (status, _, body) = call("GET", &function.url("/"), &[], b"");

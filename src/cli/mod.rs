@@ -242,7 +242,6 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         installer: args.deps_installer,
         source_date_epoch: source_date_epoch()?,
         sbom: !args.no_sbom,
-        sbom_file: args.sbom_file.clone(),
     };
     if request.timeout_seconds == 0 {
         return Err(Error::Usage("--timeout must be at least 1 second".into()));
@@ -282,6 +281,10 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &args.image_ref_file {
         write_result(path, &outcome.published[0])?;
+    }
+    if let Some(path) = &args.sbom_file {
+        let text = serde_json::to_string_pretty(&outcome.sbom).expect("a document serializes");
+        write_result(path, &format!("{text}\n"))?;
     }
     if let (Some(path), Some(options)) = (&args.knative_service, &service_options) {
         let pinned = request

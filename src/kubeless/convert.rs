@@ -163,7 +163,6 @@ async fn convert_one(
                 installer: request.installer,
                 source_date_epoch: request.source_date_epoch,
                 sbom: true,
-                sbom_file: None,
             };
             let outcome = build(&build_request, ctx).await?;
             let pinned = outcome.published[0].clone();
