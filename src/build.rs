@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
+use crate::compile_check::{self, Interpreter};
 use crate::deps::{self, DepsFiles, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -100,7 +101,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     )
     .await?;
     tracing::info!(source = %request.source, "fetched the function's source");
-    handler_check::check(&workspace.root, &request.handler, language)?;
+    let module = handler_check::check(&workspace, &request.handler, language)?;
     let deps_files = find_deps_files(request, &workspace, language)?;
 
     let base_location = match &request.base_image {
@@ -118,6 +119,9 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             other => other,
         })?;
     tracing::info!(base = %base_location, digest = %base.digest, "read the base image's manifest and config");
+    if language == Language::Python {
+        compile_handler(&module, request, runtime, &base, ctx).await?;
+    }
 
     let layer_options = LayerOptions {
         mtime: request.source_date_epoch,
@@ -249,41 +253,59 @@ fn sbom_name(output: &Location) -> sbom::ImageName {
     }
 }
 
-/// The deps file: `--dependencies`, else the runtime's deps file in the source, if any.
+/// The deps file: `--dependencies`, else the runtime's deps file in the source, if any. Files
+/// of the source are read beneath its directory; `--dependencies` is the builder's own file.
 fn find_deps_files(
     request: &BuildRequest,
     workspace: &Workspace,
     language: Language,
 ) -> Result<Option<DepsFiles>> {
-    let manifest = match &request.dependencies {
+    let name = language.deps_file();
+    let nodejs = language == Language::Nodejs;
+    let (manifest, lock, in_source, origin) = match &request.dependencies {
         Some(path) => {
-            if !path.is_file() {
-                return Err(Error::Usage(format!(
-                    "--dependencies {}: no such file (expected a {} file)",
-                    path.display(),
-                    language.deps_file()
-                )));
-            }
-            path.clone()
+            let manifest = std::fs::read(path).map_err(|e| {
+                Error::Usage(format!(
+                    "--dependencies {}: {e} (expected a {name} file)",
+                    path.display()
+                ))
+            })?;
+            let lock_path = path.with_file_name(deps::LOCK_FILE);
+            let lock = if nodejs && lock_path.is_file() {
+                Some(std::fs::read(&lock_path).io_context("read", &lock_path)?)
+            } else {
+                None
+            };
+            (manifest, lock, false, path.display().to_string())
         }
         None => {
-            let candidate = workspace.root.join(language.deps_file());
-            if !candidate.is_file() {
+            let Some(manifest) = workspace.read_file(name, "the dependencies file")? else {
                 return Ok(None);
-            }
+            };
             tracing::info!(
-                file = language.deps_file(),
+                file = name,
                 "using the dependencies file found in the source"
             );
-            candidate
+            let lock = if nodejs {
+                workspace.read_file(deps::LOCK_FILE, "the lock file")?
+            } else {
+                None
+            };
+            (manifest, lock, true, name.to_string())
         }
     };
-    let lock = manifest.with_file_name("package-lock.json");
-    let lock = (language == Language::Nodejs && lock.is_file()).then_some(lock);
+    let npmrc = if nodejs {
+        workspace.read_file(deps::NPMRC_FILE, "npm's project settings file")?
+    } else {
+        None
+    };
     Ok(Some(DepsFiles {
         language,
+        origin,
         manifest,
         lock,
+        npmrc,
+        in_source,
     }))
 }
 
@@ -293,21 +315,17 @@ fn deps_cache_key(
     runtime: &Runtime,
     base: &SourceImage,
     installer: Installer,
-) -> Result<Digest> {
-    let manifest = Digest::of_file(&files.manifest).io_context("read", &files.manifest)?;
-    let lock = match &files.lock {
-        Some(lock) => Some(Digest::of_file(lock).io_context("read", lock)?),
-        None => None,
-    };
+) -> Digest {
     let key = serde_json::json!({
         "format": DEPS_LAYER_FORMAT,
         "base": base.digest,
         "runtime": runtime.name,
-        "deps": manifest,
-        "lock": lock,
+        "deps": Digest::of(&files.manifest),
+        "lock": files.lock.as_deref().map(Digest::of),
+        "npmrc": files.npmrc.as_deref().map(Digest::of),
         "installer": installer,
     });
-    Ok(Digest::of(key.to_string().as_bytes()))
+    Digest::of(key.to_string().as_bytes())
 }
 
 /// A deps layer ready to go into the image, and the cache repository holding its blob, when
@@ -327,7 +345,7 @@ async fn deps_layer(
     options: &LayerOptions,
     ctx: &BuildContext<'_>,
 ) -> Result<ResolvedDeps> {
-    let key = deps_cache_key(files, runtime, base, installer)?;
+    let key = deps_cache_key(files, runtime, base, installer);
     let entry_path = ctx.cache.deps_entry(&key);
     let store = ctx.cache.blobs();
     if let Some(layer) = std::fs::read(&entry_path)
@@ -365,7 +383,7 @@ async fn deps_layer(
             }
         }
     }
-    tracing::info!(file = %files.manifest.display(), installer = ?installer, "deps layer cache miss: installing dependencies");
+    tracing::info!(file = %files.origin, installer = ?installer, "deps layer cache miss: installing dependencies");
     let layer = install_deps(files, runtime, base, installer, options, ctx).await?;
     std::fs::write(
         &entry_path,
@@ -401,10 +419,7 @@ async fn install_deps(
     let started = Instant::now();
     let store = ctx.cache.blobs();
     let base_rootfs = match installer {
-        Installer::Image => {
-            let layers = base.layer_files(&store).await?;
-            Some(rootfs::ensure_unpacked(ctx.cache, &layers)?)
-        }
+        Installer::Image => Some(base_rootfs(base, ctx).await?),
         Installer::Host => None,
     };
     let work = ctx.cache.temp_dir("deps-")?;
@@ -443,6 +458,56 @@ async fn install_deps(
     })
 }
 
+/// The base image's root filesystem, unpacked in the cache (its layers fetched first when the
+/// cache lacks them).
+async fn base_rootfs(base: &SourceImage, ctx: &BuildContext<'_>) -> Result<PathBuf> {
+    let layers = base.layer_files(&ctx.cache.blobs()).await?;
+    rootfs::ensure_unpacked(ctx.cache, &layers)
+}
+
+/// Compiles the Python handler's module with the runtime's own interpreter: the base image's
+/// when its root filesystem is unpacked already, else this machine's `python3` when it is the
+/// runtime's version, else the base image's, unpacked for it once.
+async fn compile_handler(
+    module: &handler_check::Module,
+    request: &BuildRequest,
+    runtime: &Runtime,
+    base: &SourceImage,
+    ctx: &BuildContext<'_>,
+) -> Result<()> {
+    let version = runtime.version.clone();
+    let layers = base.manifest.layers.iter().map(|l| &l.digest);
+    let can_sandbox = nix::unistd::geteuid().is_root();
+    let interpreter = match rootfs::already_unpacked(ctx.cache, layers) {
+        Some(root) if can_sandbox => Interpreter::Image(root),
+        _ => {
+            let host_version = version.clone();
+            if tokio::task::spawn_blocking(move || compile_check::host_python_is(&host_version))
+                .await
+                .expect("the version check does not panic")
+            {
+                Interpreter::Host
+            } else if can_sandbox {
+                tracing::info!(runtime = %runtime.name, "unpacking the base image's root filesystem once, to compile the handler with its Python");
+                Interpreter::Image(base_rootfs(base, ctx).await?)
+            } else {
+                tracing::warn!(
+                    "the handler is not compiled at build time: this machine's python3 is not \
+                     Python {version}, and running the base image's needs root; a syntax error \
+                     shows when the function starts"
+                );
+                return Ok(());
+            }
+        }
+    };
+    let (module, handler) = (module.clone(), request.handler.clone());
+    tokio::task::spawn_blocking(move || {
+        compile_check::python(&module, &handler, &interpreter, &version)
+    })
+    .await
+    .expect("the compile task does not panic")
+}
+
 /// The code layer: the workspace at the code directory, plus a deps file given from elsewhere.
 fn code_layer(
     workspace: &Workspace,
@@ -453,19 +518,16 @@ fn code_layer(
     let skip = |p: &Path| p.file_name() == Some(std::ffi::OsStr::new(".git"));
     let mut entries =
         layer::entries_from_dir(&workspace.root, CODE_DIR, Attributes::Normalized, &skip)?;
-    if let Some(files) = deps {
-        if !files.manifest.starts_with(&workspace.root) {
-            let bytes = std::fs::read(&files.manifest).io_context("read", &files.manifest)?;
-            entries.push(Entry::file(
-                format!(
-                    "{}/{}",
-                    CODE_DIR.trim_start_matches('/'),
-                    files.language.deps_file()
-                ),
-                0o644,
-                bytes,
-            ));
-        }
+    if let Some(files) = deps.filter(|files| !files.in_source) {
+        entries.push(Entry::file(
+            format!(
+                "{}/{}",
+                CODE_DIR.trim_start_matches('/'),
+                files.language.deps_file()
+            ),
+            0o644,
+            files.manifest.clone(),
+        ));
     }
     layer::write_layer(entries, options, &cache.blobs())
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::cache::Cache;
 use crate::error::{Error, IoContext, Result};
 use crate::image::config::rfc3339;
-use crate::image::layer::{self, Content, Entry, LayerOptions};
+use crate::image::layer::{self, Content, Entry, FileSource, LayerOptions};
 use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
 use crate::registry::Registries;
 use crate::transport::publish::{publish, BuiltImage};
@@ -109,7 +109,7 @@ fn file_entry(source: &Path, path_in_image: &str, mode: u32) -> Entry {
     Entry {
         path: path_in_image.trim_start_matches('/').to_string(),
         mode,
-        content: Content::File(source.to_path_buf()),
+        content: Content::File(FileSource::Host(source.to_path_buf())),
         owner: None,
     }
 }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{Language, CODE_DIR};
-use crate::sandbox::{Bind, SandboxSpec};
+use crate::sandbox::{Bind, SandboxSpec, UNPRIVILEGED};
 
 /// Lines of installer output kept for the error message of a failed install.
 const TAIL_LINES: usize = 30;
@@ -60,33 +60,36 @@ pub enum Installer {
     Host,
 }
 
-/// The dependency files of a function.
+/// The dependency files of a function, as read from its source (beneath the workspace) or
+/// from the file given with `--dependencies`.
 #[derive(Debug, Clone)]
 pub struct DepsFiles {
     pub language: Language,
-    /// requirements.txt or package.json.
-    pub manifest: PathBuf,
+    /// Where the deps file came from, for messages.
+    pub origin: String,
+    /// The content of requirements.txt or package.json.
+    pub manifest: Vec<u8>,
     /// package-lock.json next to package.json, if any.
-    pub lock: Option<PathBuf>,
+    pub lock: Option<Vec<u8>>,
+    /// The source's own `.npmrc` (npm's project settings), if any.
+    pub npmrc: Option<Vec<u8>>,
+    /// Whether the deps file is one of the function's files (else the code layer gets a copy).
+    pub in_source: bool,
 }
 
 impl DepsFiles {
     /// Whether the file declares anything to install (an empty requirements.txt or a
     /// package.json without dependencies needs no deps layer).
     pub fn declares_dependencies(&self) -> Result<bool> {
-        let text = fs::read_to_string(&self.manifest).io_context("read", &self.manifest)?;
+        let text = String::from_utf8_lossy(&self.manifest);
         match self.language {
             Language::Python => Ok(text
                 .lines()
                 .map(|l| l.split('#').next().unwrap_or("").trim())
                 .any(|l| !l.is_empty())),
             Language::Nodejs => {
-                let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    Error::Deps(format!(
-                        "{} is not valid JSON: {e}",
-                        self.manifest.display()
-                    ))
-                })?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::Deps(format!("{} is not valid JSON: {e}", self.origin)))?;
                 Ok(json
                     .get("dependencies")
                     .and_then(|d| d.as_object())
@@ -94,7 +97,20 @@ impl DepsFiles {
             }
         }
     }
+
+    /// The files the installer finds in its working directory, by name.
+    fn working_files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files = vec![(self.language.deps_file(), self.manifest.as_slice())];
+        files.extend(self.lock.as_deref().map(|l| (LOCK_FILE, l)));
+        files.extend(self.npmrc.as_deref().map(|n| (NPMRC_FILE, n)));
+        files
+    }
 }
+
+/// npm's lock file, next to package.json.
+pub const LOCK_FILE: &str = "package-lock.json";
+/// npm's project settings file, next to package.json.
+pub const NPMRC_FILE: &str = ".npmrc";
 
 /// Installs the dependencies into `out` (laid out as under /kubeless), using `scratch` for
 /// temporary files. `base_rootfs` is required for [`Installer::Image`].
@@ -106,15 +122,19 @@ pub fn install(
     out: &Path,
     scratch: &Path,
 ) -> Result<()> {
-    let manifest_name = files.language.deps_file();
-    fs::copy(&files.manifest, out.join(manifest_name)).io_context("copy", &files.manifest)?;
-    if let Some(lock) = &files.lock {
-        fs::copy(lock, out.join("package-lock.json")).io_context("copy", lock)?;
+    let working_files = files.working_files();
+    for (name, bytes) in &working_files {
+        let path = out.join(name);
+        fs::write(&path, bytes).io_context("write", &path)?;
     }
     let settings = Settings::collect(scratch)?;
     let result = match installer {
         Installer::Image => {
             let root = base_rootfs.expect("the image installer is given the base rootfs");
+            // The installer runs unprivileged: it owns what it writes to, nothing else.
+            for dir in [out, scratch] {
+                give_to(dir, UNPRIVILEGED)?;
+            }
             let spec = SandboxSpec {
                 root: root.to_path_buf(),
                 binds: vec![
@@ -125,7 +145,7 @@ pub fn install(
                 workdir: CODE_DIR.into(),
                 env: settings.env("/tmp"),
                 args: install_args(files, CODE_DIR, None),
-                user: None,
+                user: UNPRIVILEGED,
             };
             run_installer(spec.command()?, files.language, &settings)
         }
@@ -145,10 +165,25 @@ pub fn install(
         }
     };
     // The dependency files belong to the code layer, not the deps layer.
-    for name in [manifest_name, "package-lock.json"] {
+    for (name, _) in &working_files {
         let _ = fs::remove_file(out.join(name));
     }
     result
+}
+
+/// Hands `dir` and everything in it to `user` (uid, gid).
+fn give_to(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).io_context("change the owner of", dir)?;
+    for entry in fs::read_dir(dir).io_context("read directory", dir)? {
+        let path = entry.io_context("read directory", dir)?.path();
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            give_to(&path, (uid, gid))?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .io_context("change the owner of", &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The install command. Python installs with `--target` into the Kubeless prefix's
@@ -388,32 +423,36 @@ mod tests {
 
     #[test]
     fn empty_requirements_declare_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("requirements.txt");
-        fs::write(&file, "# nothing\n\n").unwrap();
-        let files = DepsFiles {
+        let files = |text: &str| DepsFiles {
             language: Language::Python,
-            manifest: file.clone(),
+            origin: "requirements.txt".into(),
+            manifest: text.into(),
             lock: None,
+            npmrc: None,
+            in_source: true,
         };
-        assert!(!files.declares_dependencies().unwrap());
-        fs::write(&file, "requests==2.32.3 # http\n").unwrap();
-        assert!(files.declares_dependencies().unwrap());
+        assert!(!files("# nothing\n\n").declares_dependencies().unwrap());
+        assert!(files("requests==2.32.3 # http\n")
+            .declares_dependencies()
+            .unwrap());
     }
 
     #[test]
     fn package_json_without_dependencies_declares_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("package.json");
-        fs::write(&file, r#"{"name":"f","devDependencies":{"x":"1"}}"#).unwrap();
-        let files = DepsFiles {
+        let files = |text: &str| DepsFiles {
             language: Language::Nodejs,
-            manifest: file.clone(),
+            origin: "package.json".into(),
+            manifest: text.into(),
             lock: None,
+            npmrc: None,
+            in_source: true,
         };
-        assert!(!files.declares_dependencies().unwrap());
-        fs::write(&file, r#"{"dependencies":{"left-pad":"1.3.0"}}"#).unwrap();
-        assert!(files.declares_dependencies().unwrap());
+        assert!(!files(r#"{"name":"f","devDependencies":{"x":"1"}}"#)
+            .declares_dependencies()
+            .unwrap());
+        assert!(files(r#"{"dependencies":{"left-pad":"1.3.0"}}"#)
+            .declares_dependencies()
+            .unwrap());
     }
 
     #[test]

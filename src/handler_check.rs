@@ -3,28 +3,21 @@
 //! the module's top level (a `def`, an assignment or an import of that name). Node.js exports
 //! can only be known by running the module, so the runtime checks them when it starts.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
 use crate::error::{Error, Result};
 use crate::runtime::{Handler, Language};
+use crate::source::Workspace;
 
-/// Fails with a message naming what is missing and what was found instead.
-pub fn check(code_root: &Path, handler: &Handler, language: Language) -> Result<()> {
-    let module = find_module(code_root, handler, language)?;
+/// Fails with a message naming what is missing and what was found instead. Returns the
+/// module's path in the source and its text.
+pub fn check(workspace: &Workspace, handler: &Handler, language: Language) -> Result<Module> {
+    let module = find_module(workspace, handler, language)?;
     if language == Language::Python {
-        let text = fs::read_to_string(&module).map_err(|e| {
-            Error::Function(format!(
-                "handler '{handler}': cannot read {}: {e}",
-                module.display()
-            ))
-        })?;
-        let names = top_level_python_names(&text);
+        let names = top_level_python_names(&module.text);
         if !names.iter().any(|n| n == &handler.function) {
             let functions: Vec<&str> = names.iter().map(String::as_str).collect();
             return Err(Error::Function(format!(
                 "handler '{handler}': {} has no function '{}' (top-level names found: {})",
-                module.strip_prefix(code_root).unwrap_or(&module).display(),
+                module.path,
                 handler.function,
                 if functions.is_empty() {
                     "none".to_string()
@@ -34,23 +27,40 @@ pub fn check(code_root: &Path, handler: &Handler, language: Language) -> Result<
             )));
         }
     }
-    Ok(())
+    Ok(module)
 }
 
-fn find_module(root: &Path, handler: &Handler, language: Language) -> Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = language
+/// The handler's module as found in the function's source.
+#[derive(Debug, Clone)]
+pub struct Module {
+    /// Its path relative to the function's directory (`hello.py`, `hello/__init__.py`).
+    pub path: String,
+    pub text: String,
+}
+
+fn find_module(workspace: &Workspace, handler: &Handler, language: Language) -> Result<Module> {
+    let mut candidates: Vec<String> = language
         .module_extensions()
         .iter()
-        .map(|ext| root.join(format!("{}.{ext}", handler.module)))
+        .map(|ext| format!("{}.{ext}", handler.module))
         .collect();
-    candidates.push(root.join(&handler.module).join(match language {
-        Language::Python => "__init__.py",
-        Language::Nodejs => "index.js",
-    }));
-    if let Some(found) = candidates.into_iter().find(|p| p.is_file()) {
-        return Ok(found);
+    candidates.push(format!(
+        "{}/{}",
+        handler.module,
+        match language {
+            Language::Python => "__init__.py",
+            Language::Nodejs => "index.js",
+        }
+    ));
+    for path in candidates {
+        if let Some(bytes) = workspace.read_file(&path, "the handler module")? {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                Error::Function(format!("handler '{handler}': {path} is not UTF-8 text"))
+            })?;
+            return Ok(Module { path, text });
+        }
     }
-    let mut files: Vec<String> = fs::read_dir(root)
+    let mut files: Vec<String> = std::fs::read_dir(&workspace.root)
         .map(|list| {
             list.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -148,12 +158,12 @@ fn imported_names(list: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn code(files: &[(&str, &str)]) -> tempfile::TempDir {
+    fn code(files: &[(&str, &str)]) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in files {
-            fs::write(dir.path().join(name), text).unwrap();
+            std::fs::write(dir.path().join(name), text).unwrap();
         }
-        dir
+        Workspace::open(dir.path().to_path_buf(), Default::default(), Some(dir)).unwrap()
     }
 
     #[test]
@@ -166,7 +176,7 @@ mod tests {
         )]);
         let ok = |f: &str| {
             check(
-                dir.path(),
+                &dir,
                 &format!("hello.{f}").parse().unwrap(),
                 Language::Python,
             )
@@ -186,13 +196,9 @@ mod tests {
     #[test]
     fn missing_module_lists_the_files() {
         let dir = code(&[("main.py", "def handler(e, c): pass\n")]);
-        let err = check(
-            dir.path(),
-            &"hello.handler".parse().unwrap(),
-            Language::Python,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = check(&dir, &"hello.handler".parse().unwrap(), Language::Python)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no module 'hello'") && err.contains("main.py"),
             "{err}"
@@ -202,11 +208,22 @@ mod tests {
     #[test]
     fn node_modules_are_found_by_any_extension() {
         let dir = code(&[("hello.mjs", "export function handler() {}")]);
-        check(
-            dir.path(),
-            &"hello.handler".parse().unwrap(),
-            Language::Nodejs,
-        )
-        .unwrap();
+        check(&dir, &"hello.handler".parse().unwrap(), Language::Nodejs).unwrap();
+    }
+
+    #[test]
+    fn a_module_that_links_out_of_the_source_is_refused_unread() {
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("handler.py");
+        std::fs::write(&secret, "def handler(e, c): pass\n").unwrap();
+        let dir = code(&[]);
+        std::os::unix::fs::symlink(&secret, dir.root.join("hello.py")).unwrap();
+        let err = check(&dir, &"hello.handler".parse().unwrap(), Language::Python)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'hello.py' is a link that leads outside the function's source"),
+            "{err}"
+        );
     }
 }

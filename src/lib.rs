@@ -7,11 +7,13 @@
 //! output (a `registry`, an OCI layout or a tarball, see `transport`) receives the result.
 
 pub mod base;
+pub mod beneath;
 pub mod build;
 pub mod builder_image;
 pub mod cache;
 pub mod cache_repo;
 pub mod cli;
+pub mod compile_check;
 pub mod deps;
 pub mod digest;
 pub mod error;

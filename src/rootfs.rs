@@ -33,7 +33,7 @@ pub struct LayerFile {
 /// unpacked already (cloned with hard links: cheap, and safe because layers replace files
 /// rather than write into them, and containers get the root read-only).
 pub fn ensure_unpacked(cache: &Cache, layers: &[LayerFile]) -> Result<PathBuf> {
-    let chains = chain_ids(layers);
+    let chains = chain_ids(layers.iter().map(|l| &l.digest));
     let Some(key) = chains.last() else {
         return Err(Error::Image("the image has no layers".into()));
     };
@@ -69,13 +69,23 @@ pub fn ensure_unpacked(cache: &Cache, layers: &[LayerFile]) -> Result<PathBuf> {
     Ok(dest)
 }
 
+/// The root filesystem of the layers with these digests, if it is unpacked in the cache
+/// already (nothing is fetched to find out).
+pub fn already_unpacked<'a>(
+    cache: &Cache,
+    digests: impl IntoIterator<Item = &'a Digest>,
+) -> Option<PathBuf> {
+    let dir = cache.rootfs_dir(chain_ids(digests).last()?);
+    dir.is_dir().then_some(dir)
+}
+
 /// The OCI chain IDs of a layer stack: each names a layer and everything below it.
-fn chain_ids(layers: &[LayerFile]) -> Vec<Digest> {
-    let mut chains: Vec<Digest> = Vec::with_capacity(layers.len());
-    for layer in layers {
+fn chain_ids<'a>(digests: impl IntoIterator<Item = &'a Digest>) -> Vec<Digest> {
+    let mut chains: Vec<Digest> = Vec::new();
+    for digest in digests {
         let chain = match chains.last() {
-            None => layer.digest.clone(),
-            Some(below) => Digest::of(format!("{below} {}", layer.digest).as_bytes()),
+            None => digest.clone(),
+            Some(below) => Digest::of(format!("{below} {digest}").as_bytes()),
         };
         chains.push(chain);
     }

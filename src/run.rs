@@ -110,7 +110,7 @@ async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<
         workdir: process.cwd.clone(),
         env: process.env.clone(),
         args: process.args.clone(),
-        user: Some((process.uid, process.gid)),
+        user: (process.uid, process.gid),
     };
     let mut child = tokio::process::Command::from(spec.command()?)
         .stdin(Stdio::null())

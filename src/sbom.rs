@@ -4,11 +4,12 @@
 //! The package list travels with every deps cache entry, so a cache hit knows it without the
 //! layer. Attaching the document to the image is `transport::referrers`' job.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::beneath::{self, Dir};
 use crate::digest::Digest;
 use crate::runtime::{Language, Runtime};
 
@@ -179,22 +180,35 @@ fn normalize_python_name(name: &str) -> String {
 }
 
 /// The packages installed under `dir` (the deps step's output, laid out as the code directory),
-/// sorted by name and version.
+/// sorted by name and version. What the installer wrote is read beneath `dir` only: a link
+/// it left never makes fnbuild read a file of the machine it runs on.
 pub fn installed_packages(dir: &Path, language: Language) -> Vec<Package> {
     let mut packages = Vec::new();
-    match language {
-        Language::Python => python_packages(dir, &mut packages),
-        Language::Nodejs => node_packages(&dir.join("node_modules"), &mut packages),
+    if let Ok(dir) = beneath::open_dir(dir) {
+        match language {
+            Language::Python => python_packages(&dir, &mut packages),
+            Language::Nodejs => node_packages(&dir, Path::new("node_modules"), &mut packages),
+        }
     }
     packages.sort();
     packages.dedup();
     packages
 }
 
+/// The most of one metadata file read.
+const MAX_METADATA_BYTES: u64 = 1024 * 1024;
+
+/// A file of the installed packages, if it is a regular file inside.
+fn read(dir: &Dir, path: &Path) -> Option<Vec<u8>> {
+    beneath::read_file(dir, path, MAX_METADATA_BYTES)
+        .ok()
+        .flatten()
+}
+
 /// `lib/python*/site-packages/*.dist-info/METADATA`.
-fn python_packages(dir: &Path, packages: &mut Vec<Package>) {
-    for lib in read_dir(&dir.join("lib")) {
-        for entry in read_dir(&lib.join("site-packages")) {
+fn python_packages(dir: &Dir, packages: &mut Vec<Package>) {
+    for lib in sub_dirs(dir, Path::new("lib")) {
+        for entry in sub_dirs(dir, &lib.join("site-packages")) {
             let is_dist_info = entry
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -202,8 +216,8 @@ fn python_packages(dir: &Path, packages: &mut Vec<Package>) {
             if !is_dist_info {
                 continue;
             }
-            if let Ok(text) = std::fs::read_to_string(entry.join("METADATA")) {
-                packages.extend(parse_metadata(&text));
+            if let Some(bytes) = read(dir, &entry.join("METADATA")) {
+                packages.extend(parse_metadata(&String::from_utf8_lossy(&bytes)));
             }
         }
     }
@@ -228,23 +242,23 @@ fn parse_metadata(text: &str) -> Option<Package> {
 
 /// Every `package.json` directly under a `node_modules` (scoped ones one level deeper), and
 /// the `node_modules` nested in those packages.
-fn node_packages(node_modules: &Path, packages: &mut Vec<Package>) {
-    for entry in read_dir(node_modules) {
+fn node_packages(dir: &Dir, node_modules: &Path, packages: &mut Vec<Package>) {
+    for entry in sub_dirs(dir, node_modules) {
         let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with('.') {
             continue;
         }
         if name.starts_with('@') {
-            for scoped in read_dir(&entry) {
-                node_package(&scoped, packages);
+            for scoped in sub_dirs(dir, &entry) {
+                node_package(dir, &scoped, packages);
             }
         } else {
-            node_package(&entry, packages);
+            node_package(dir, &entry, packages);
         }
     }
 }
 
-fn node_package(dir: &Path, packages: &mut Vec<Package>) {
+fn node_package(dir: &Dir, package: &Path, packages: &mut Vec<Package>) {
     #[derive(Deserialize)]
     struct PackageJson {
         name: Option<String>,
@@ -253,24 +267,23 @@ fn node_package(dir: &Path, packages: &mut Vec<Package>) {
     if let Some(PackageJson {
         name: Some(name),
         version: Some(version),
-    }) = std::fs::read(dir.join("package.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    }) = read(dir, &package.join("package.json")).and_then(|b| serde_json::from_slice(&b).ok())
     {
         packages.push(Package { name, version });
     }
-    node_packages(&dir.join("node_modules"), packages);
+    node_packages(dir, &package.join("node_modules"), packages);
 }
 
-/// The entries of a directory that are directories (not symlinks), in name order; none when
-/// it cannot be read.
-fn read_dir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(dir)
+/// The entries of a directory that are directories (not symlinks), as paths relative to
+/// `dir`, in name order; none when it cannot be read.
+fn sub_dirs(dir: &Dir, relative: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<_> = dir
+        .read_dir(relative)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
+        .map(|e| relative.join(e.file_name()))
         .collect();
     dirs.sort();
     dirs

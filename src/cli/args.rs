@@ -62,9 +62,12 @@ pub enum Command {
     Runtimes(RuntimesArgs),
     /// Delete deps layers older than --cache-ttl from the cache repository.
     Gc(GcArgs),
-    /// Internal: runs a command inside a root filesystem (used for dependency installs).
+    /// Internal: runs a command inside a root filesystem (dependency installs, checks).
     #[command(name = "__sandbox", hide = true)]
-    Sandbox { spec: String },
+    Sandbox,
+    /// Internal: process 1 of that command's PID namespace.
+    #[command(name = "__sandbox-init", hide = true)]
+    SandboxInit,
 }
 
 /// Flags for every command that talks to a registry.

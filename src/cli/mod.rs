@@ -33,10 +33,10 @@ use args::{
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Sandbox { spec } = &cli.command {
-        let err = crate::sandbox::enter_and_exec(spec);
-        eprintln!("error: {err}");
-        return ExitCode::from(1);
+    match cli.command {
+        Command::Sandbox => return crate::sandbox::helper_main(),
+        Command::SandboxInit => return crate::sandbox::init_main(),
+        _ => {}
     }
     init_logging(cli.log_format, &cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -121,7 +121,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Convert(args) => convert_functions(args.without_empty_values()).await,
         Command::Runtimes(args) => list_runtimes(args),
         Command::Gc(args) => collect_garbage(args.without_empty_values()).await,
-        Command::Sandbox { .. } => unreachable!("handled before the async runtime starts"),
+        Command::Sandbox | Command::SandboxInit => {
+            unreachable!("handled before the async runtime starts")
+        }
     }
 }
 

@@ -4,14 +4,16 @@
 //! single pass, so a layer of any size needs only a small, fixed amount of memory. Layers larger
 //! than one chunk are compressed on several cores as consecutive gzip members (see `gzip`).
 
+use cap_std::fs::{MetadataExt as _, PermissionsExt as _};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::Compression;
 
 use super::gzip::ParallelGzEncoder;
+use crate::beneath::{self, Dir};
 use crate::cache::BlobStore;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
@@ -20,11 +22,37 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug, Clone)]
 pub enum Content {
     Directory,
-    /// A file whose content is read from this path when the layer is written.
-    File(PathBuf),
+    /// A regular file whose content is read when the layer is written.
+    File(FileSource),
     /// A file whose content is given here.
     Bytes(Vec<u8>),
     Symlink(PathBuf),
+}
+
+/// Where a file's content is read from.
+#[derive(Debug, Clone)]
+pub enum FileSource {
+    /// A file of the builder's own (its binary): a path on this machine.
+    Host(PathBuf),
+    /// A file at a path beneath a directory (what `entries_from_dir` walked), opened without
+    /// following any link out of it, so what a source or an installer wrote can only ever
+    /// bring its own files into a layer.
+    Beneath(Arc<Dir>, PathBuf),
+}
+
+impl FileSource {
+    fn open(&self) -> io::Result<fs::File> {
+        match self {
+            Self::Host(path) => fs::File::open(path),
+            Self::Beneath(dir, path) => Ok(beneath::open_regular(dir, path)?.into_std()),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Self::Host(path) | Self::Beneath(_, path) => path,
+        }
+    }
 }
 
 /// One entry of a layer, at a path relative to the image root (no leading `/`).
@@ -114,7 +142,8 @@ pub enum Attributes {
 }
 
 /// Every file, directory and symlink below `src`, placed under `prefix`; `skip` names
-/// relative paths (files or whole directories) to leave out.
+/// relative paths (files or whole directories) to leave out. Links are kept as links, never
+/// followed; devices, FIFOs and sockets are left out.
 pub fn entries_from_dir(
     src: &Path,
     prefix: &str,
@@ -122,10 +151,10 @@ pub fn entries_from_dir(
     skip: &dyn Fn(&Path) -> bool,
 ) -> Result<Vec<Entry>> {
     let mut entries = parent_dirs(prefix);
-    let prefix = prefix.trim_matches('/');
     let walker = Walker {
-        root: src,
-        prefix,
+        root: Arc::new(beneath::open_dir(src).io_context("read directory", src)?),
+        shown_root: src,
+        prefix: prefix.trim_matches('/'),
         attributes,
         skip,
     };
@@ -134,7 +163,9 @@ pub fn entries_from_dir(
 }
 
 struct Walker<'a> {
-    root: &'a Path,
+    root: Arc<Dir>,
+    /// The root as errors show it.
+    shown_root: &'a Path,
     prefix: &'a str,
     attributes: Attributes,
     skip: &'a dyn Fn(&Path) -> bool,
@@ -142,18 +173,22 @@ struct Walker<'a> {
 
 impl Walker<'_> {
     fn walk(&self, relative: &Path, entries: &mut Vec<Entry>) -> Result<()> {
-        let (root, prefix, skip) = (self.root, self.prefix, self.skip);
-        let dir = root.join(relative);
-        let listing = fs::read_dir(&dir).io_context("read directory", &dir)?;
+        let shown = |rel: &Path| self.shown_root.join(rel);
+        let listing = if relative.as_os_str().is_empty() {
+            self.root.entries()
+        } else {
+            self.root.read_dir(relative)
+        }
+        .io_context("read directory", shown(relative))?;
         for item in listing {
-            let item = item.io_context("read directory", &dir)?;
+            let item = item.io_context("read directory", shown(relative))?;
             let rel = relative.join(item.file_name());
-            if skip(&rel) {
+            if (self.skip)(&rel) {
                 continue;
             }
-            let full = root.join(&rel);
-            let meta = fs::symlink_metadata(&full).io_context("read", &full)?;
-            let path = join_image_path(prefix, &rel)?;
+            // The entry itself, not what a link names.
+            let meta = item.metadata().io_context("read", shown(&rel))?;
+            let path = join_image_path(self.prefix, &rel)?;
             let kind = meta.file_type();
             let preserved = self.attributes == Attributes::Preserved;
             let owner = preserved.then(|| (u64::from(meta.uid()), u64::from(meta.gid())));
@@ -165,7 +200,10 @@ impl Walker<'_> {
                 }
             };
             let (mode, content) = if kind.is_symlink() {
-                let target = fs::read_link(&full).io_context("read symlink", &full)?;
+                let target = self
+                    .root
+                    .read_link_contents(&rel)
+                    .io_context("read symlink", shown(&rel))?;
                 (0o777, Content::Symlink(target))
             } else if kind.is_dir() {
                 (mode(0o755), Content::Directory)
@@ -173,7 +211,7 @@ impl Walker<'_> {
                 let executable = meta.permissions().mode() & 0o111 != 0;
                 (
                     mode(if executable { 0o755 } else { 0o644 }),
-                    Content::File(full),
+                    Content::File(FileSource::Beneath(self.root.clone(), rel.clone())),
                 )
             } else {
                 // Sockets, FIFOs and devices: the container runtime provides /dev; left out.
@@ -261,8 +299,8 @@ fn append_entry<W: Write>(
             tar.append_data(&mut header, &entry.path, bytes.as_slice())
         }
         Content::File(source) => {
-            let file = fs::File::open(source).io_context("read", source)?;
-            let size = file.metadata().io_context("read", source)?.len();
+            let file = source.open().io_context("read", source.path())?;
+            let size = file.metadata().io_context("read", source.path())?.len();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(size);
             // `take` guards against a file that grows while it is read: the header's size wins.
@@ -281,6 +319,7 @@ fn append_entry<W: Write>(
 mod tests {
     use super::*;
     use crate::cache::Cache;
+    use std::os::unix::fs::PermissionsExt;
 
     fn read_layer(store: &BlobStore, layer: &BuiltLayer) -> Vec<(String, u32, u64, Vec<u8>)> {
         let file = fs::File::open(store.path(&layer.digest)).unwrap();

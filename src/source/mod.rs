@@ -8,14 +8,17 @@ pub mod git;
 pub mod git_credentials;
 mod http;
 pub mod s3;
+mod workspace;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::beneath;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 pub use archive::{ArchiveKind, Limits};
+pub use workspace::Workspace;
 
 /// Where a function's source comes from, as given to `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,16 +90,6 @@ pub struct Origin {
     pub revision: Option<String>,
 }
 
-/// A fetched source: the directory holding the function's files.
-#[derive(Debug)]
-pub struct Workspace {
-    /// The function's files; the code layer holds everything below it.
-    pub root: PathBuf,
-    pub origin: Origin,
-    /// The temporary directory the source was fetched into, removed when dropped.
-    _temp: Option<tempfile::TempDir>,
-}
-
 /// How to fetch.
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -113,14 +106,22 @@ pub struct FetchOptions {
 
 /// Fetches a source into a workspace.
 pub async fn fetch(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
-    let mut workspace = fetch_whole(spec, options).await?;
+    let mut fetched = fetch_whole(spec, options).await?;
     if let Some(sub_dir) = &options.sub_dir {
-        workspace.root = sub_directory(&workspace.root, sub_dir, spec)?;
+        fetched.root = sub_directory(&fetched.root, sub_dir, spec)?;
     }
-    Ok(workspace)
+    Workspace::open(fetched.root, fetched.origin, fetched.temp)
 }
 
-/// `root/sub_dir`, checked to exist and to stay inside `root`.
+/// A source fetched whole, before `--sub-dir` picks the function's directory in it.
+struct Fetched {
+    root: PathBuf,
+    origin: Origin,
+    /// The temporary directory the source was fetched into, if fnbuild made one.
+    temp: Option<tempfile::TempDir>,
+}
+
+/// `root/sub_dir`, resolved beneath `root` (a link in the way may not lead out of it).
 fn sub_directory(root: &Path, sub_dir: &str, spec: &SourceSpec) -> Result<PathBuf> {
     let relative = Path::new(sub_dir.trim_matches('/'));
     if relative.components().any(|c| {
@@ -133,36 +134,38 @@ fn sub_directory(root: &Path, sub_dir: &str, spec: &SourceSpec) -> Result<PathBu
             "--sub-dir '{sub_dir}': must be a relative path without '..'"
         )));
     }
-    let dir = root.join(relative);
-    let inside = dir
-        .canonicalize()
-        .ok()
-        .zip(root.canonicalize().ok())
-        .is_some_and(|(d, r)| d.starts_with(r));
-    if !dir.is_dir() || !inside {
-        let mut dirs: Vec<String> = fs::read_dir(root)
-            .map(|l| {
-                l.filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.sort();
-        return Err(Error::Source(format!(
-            "sub-directory '{sub_dir}' not found in {spec} (directories at its top: {})",
-            if dirs.is_empty() {
-                "none".to_string()
-            } else {
-                dirs.join(", ")
-            }
-        )));
+    let dir = beneath::open_dir(root).io_context("open", root)?;
+    match dir.canonicalize(relative) {
+        Ok(real) if dir.metadata(&real).is_ok_and(|m| m.is_dir()) => return Ok(root.join(real)),
+        Err(e) if beneath::is_escape(&e) => {
+            return Err(Error::Source(format!(
+                "sub-directory '{sub_dir}' of {spec} is a link that leads outside the source; \
+                 links in a source must stay inside it"
+            )))
+        }
+        _ => {}
     }
-    Ok(dir)
+    let mut dirs: Vec<String> = fs::read_dir(root)
+        .map(|l| {
+            l.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    Err(Error::Source(format!(
+        "sub-directory '{sub_dir}' not found in {spec} (directories at its top: {})",
+        if dirs.is_empty() {
+            "none".to_string()
+        } else {
+            dirs.join(", ")
+        }
+    )))
 }
 
-async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Workspace> {
+async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetched> {
     match spec {
         SourceSpec::S3(source) => {
             if source.is_prefix() && options.checksum.is_some() {
@@ -171,22 +174,22 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
                 ));
             }
             let temp = temp_dir(options)?;
-            let fetched = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
-            tracing::info!(source = %source, revision = %fetched.revision, "fetched from S3");
-            let mut workspace = if source.is_prefix() {
-                Workspace {
-                    root: fetched.path,
+            let object = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
+            tracing::info!(source = %source, revision = %object.revision, "fetched from S3");
+            let mut fetched = if source.is_prefix() {
+                Fetched {
+                    root: object.path,
                     origin: Origin::default(),
-                    _temp: Some(temp),
+                    temp: Some(temp),
                 }
             } else {
-                from_file(&fetched.path, options, temp)?
+                from_file(&object.path, options, temp)?
             };
-            workspace.origin = Origin {
+            fetched.origin = Origin {
                 url: Some(source.to_string()),
-                revision: Some(fetched.revision),
+                revision: Some(object.revision),
             };
-            Ok(workspace)
+            Ok(fetched)
         }
         SourceSpec::Git(source) => {
             if options.checksum.is_some() {
@@ -209,22 +212,22 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
             .await
             .expect("the git task does not panic")?;
             tracing::info!(url = %source.display_url(), %commit, "fetched the Git revision");
-            Ok(Workspace {
+            Ok(Fetched {
                 root: dest,
                 origin: Origin {
                     url: Some(source.display_url()),
                     revision: Some(commit),
                 },
-                _temp: Some(temp),
+                temp: Some(temp),
             })
         }
         SourceSpec::Path(path) => fetch_path(path, options),
         SourceSpec::Url(url) => {
             let temp = temp_dir(options)?;
             let file = http::download(url, temp.path(), options.limits.max_bytes).await?;
-            let mut workspace = from_file(&file, options, temp)?;
-            workspace.origin.url = Some(http::redact(url));
-            Ok(workspace)
+            let mut fetched = from_file(&file, options, temp)?;
+            fetched.origin.url = Some(http::redact(url));
+            Ok(fetched)
         }
         SourceSpec::Stdin => {
             if options.checksum.is_some() {
@@ -243,10 +246,10 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
             })
             .await
             .expect("the unpacking task does not panic")?;
-            Ok(Workspace {
+            Ok(Fetched {
                 root: single_top_dir(dest),
                 origin: Origin::default(),
-                _temp: Some(temp),
+                temp: Some(temp),
             })
         }
     }
@@ -259,7 +262,7 @@ fn temp_dir(options: &FetchOptions) -> Result<tempfile::TempDir> {
         .io_context("create temporary directory in", &options.temp_parent)
 }
 
-fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Workspace> {
+fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Fetched> {
     let meta = fs::metadata(path).map_err(|e| {
         Error::Source(format!(
             "{}: {} (expected a directory, a file or an archive)",
@@ -278,17 +281,17 @@ fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Workspace> {
                 path.display()
             )));
         }
-        return Ok(Workspace {
+        return Ok(Fetched {
             root: path.to_path_buf(),
             origin: Origin::default(),
-            _temp: None,
+            temp: None,
         });
     }
     from_file(path, options, temp_dir(options)?)
 }
 
 /// A downloaded or local file: verified, then unpacked if it is an archive, else placed alone.
-fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Result<Workspace> {
+fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Result<Fetched> {
     let digest = Digest::of_file(file).io_context("read", file)?;
     if let Some(expected) = &options.checksum {
         if &digest != expected {
@@ -324,13 +327,13 @@ fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Re
             dest
         }
     };
-    Ok(Workspace {
+    Ok(Fetched {
         root,
         origin: Origin {
             url: None,
             revision: Some(digest.to_string()),
         },
-        _temp: Some(temp),
+        temp: Some(temp),
     })
 }
 
