@@ -93,7 +93,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         &FetchOptions {
             checksum: request.checksum.clone(),
             limits: request.limits,
-            temp_parent: ctx.cache.root().join("tmp"),
+            temp_parent: ctx.cache.session_dir().to_path_buf(),
             sub_dir: request.sub_dir.clone(),
             git: request.git.clone(),
             s3: request.s3.clone(),

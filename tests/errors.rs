@@ -676,3 +676,31 @@ fn empty_registry_flags_mean_not_given_for_every_command() {
     assert!(stderr.contains("/nonexistent-layout"), "{stderr}");
     assert!(!stderr.contains("--registry-ca"), "{stderr}");
 }
+
+#[test]
+fn image_references_outside_the_distribution_grammar_are_refused() {
+    let registry = Registry::start(RegistryOptions::default());
+    let cache = tempfile::tempdir().unwrap();
+    let source = hello_dir();
+    for (bad, failed) in [
+        ("-", "component '-'"),
+        ("localhost:5000/../x:t", "component '..'"),
+    ] {
+        // After a good destination, which must receive nothing either.
+        let mut args = standard_args(&registry, source.path(), "hello.handler");
+        args.extend(["--image".into(), bad.into()]);
+        let stderr = expect_failure(
+            &registry,
+            &mut build_with(&registry, cache.path(), &strs(&args)),
+            2,
+        );
+        assert_mentions(
+            &stderr,
+            &[
+                &format!("'{bad}' is not an image reference"),
+                failed,
+                "expected [REGISTRY/]REPOSITORY[:TAG]",
+            ],
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! The command-line edge: parses arguments, sets up logging, turns flag values into library
 //! requests, runs them, prints results to stdout and errors to stderr, and maps failures to
-//! exit codes (0 success, 1 build failure, 2 usage error).
+//! exit codes (0 success, 1 build failure, 2 usage error, 128 + N when stopped by signal N).
 
 mod args;
 
@@ -49,6 +49,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // `fnbuild run` stops the function it runs on these signals itself, then exits.
+    if !matches!(cli.command, Command::Run(_)) {
+        if let Err(e) = exit_on_signals(&runtime) {
+            tracing::warn!("cannot listen for SIGINT and SIGTERM: {e}");
+        }
+    }
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(err) => {
@@ -56,6 +62,34 @@ pub fn main() -> ExitCode {
             ExitCode::from(if err.is_usage() { 2 } else { 1 })
         }
     }
+}
+
+/// Makes SIGINT and SIGTERM end the process whatever the command is doing: this process's
+/// temporary files in the cache are removed, one line says so, and the exit code is 128 plus
+/// the signal's number. Listens on a task of its own, so a command busy on the main thread, or
+/// blocking tasks that never finish, cannot hold the exit up. What is published stays whole:
+/// a registry push sends the manifest, which names the image, last.
+fn exit_on_signals(runtime: &tokio::runtime::Runtime) -> std::io::Result<()> {
+    use nix::sys::signal::Signal;
+    use tokio::signal::unix::{signal, SignalKind};
+    // Listening from here on, before the command starts.
+    let _context = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    runtime.spawn(async move {
+        let stopped_by = tokio::select! {
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+        };
+        let freed = crate::cache::remove_own_sessions();
+        tracing::warn!(
+            signal = stopped_by.as_str(),
+            "stopped by {stopped_by} before finishing; removed its temporary files ({})",
+            indicatif::DecimalBytes(freed)
+        );
+        std::process::exit(128 + stopped_by as i32);
+    });
+    Ok(())
 }
 
 /// Libraries whose info lines name credentials (the AWS SDK logs the access key ID): they

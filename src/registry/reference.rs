@@ -1,6 +1,9 @@
 //! Image references: `[REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]`, parsed the way Docker and
 //! the distribution spec read them (a first component with a `.` or `:`, or `localhost`, is a
-//! registry host; otherwise the image is on Docker Hub, under `library/` when unqualified).
+//! registry host; otherwise the image is on Docker Hub, under `library/` when unqualified),
+//! and checked against the spec's grammar: a `HOST[:PORT]` registry, lowercase path components
+//! without leading, trailing or doubled separators, tags of at most 128 characters, names of at
+//! most 255.
 
 use std::fmt;
 use std::str::FromStr;
@@ -94,38 +97,43 @@ impl FromStr for Reference {
             None => (name_and_tag, None),
         };
         if let Some(tag) = tag {
-            let valid = !tag.is_empty()
-                && tag.len() <= 128
-                && tag
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-                && !tag.starts_with(['.', '-']);
-            if !valid {
+            if !is_tag(tag) {
                 return Err(fail(&format!(
-                    "tag '{tag}' may hold only letters, digits, '_', '.' and '-' (at most 128)"
+                    "tag '{tag}' must start with a letter, digit or '_' and hold only letters, \
+                     digits, '_', '.' and '-' (at most {TAG_MAX} characters)"
                 )));
             }
+        }
+        if name.len() > NAME_MAX {
+            return Err(fail(&format!(
+                "the name is {} characters long, at most {NAME_MAX} are allowed",
+                name.len()
+            )));
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
+                if !is_host(first) {
+                    return Err(fail(&format!(
+                        "registry '{first}' is not a host name, an IPv4 address or an [IPv6 \
+                         address], with an optional :PORT"
+                    )));
+                }
                 (first.to_string(), rest.to_string())
             }
             _ if name.contains('/') => (DOCKER_HUB.to_string(), name.to_string()),
             _ => (DOCKER_HUB.to_string(), format!("library/{name}")),
         };
-        let valid_repo = !repository.is_empty()
-            && repository.split('/').all(|part| {
-                !part.is_empty()
-                    && part
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-            });
-        if !valid_repo {
-            return Err(fail(&format!(
-                "repository '{repository}' may hold only lowercase letters, digits, '.', '_', '-' and '/'"
-            )));
+        if let Some(component) = repository.split('/').find(|c| !is_path_component(c)) {
+            return Err(fail(&if component.is_empty() {
+                format!("repository '{repository}' has an empty path component")
+            } else {
+                format!(
+                    "repository path component '{component}' is not lowercase letters and \
+                     digits joined by '.', '_', '__' or '-'s (none at either end)"
+                )
+            }));
         }
         Ok(Reference {
             registry,
@@ -134,6 +142,71 @@ impl FromStr for Reference {
             digest,
         })
     }
+}
+
+// === The distribution spec's grammar ===
+
+/// The longest name (`[REGISTRY/]REPOSITORY` as written) the distribution spec allows.
+const NAME_MAX: usize = 255;
+/// The longest tag.
+const TAG_MAX: usize = 128;
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn is_tag(tag: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    tag.len() <= TAG_MAX
+        && tag.starts_with(word)
+        && tag.chars().all(|c| word(c) || c == '.' || c == '-')
+}
+
+/// A repository path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn is_path_component(component: &str) -> bool {
+    let alphanumeric = |b: &u8| matches!(b, b'a'..=b'z' | b'0'..=b'9');
+    let mut rest = component.as_bytes();
+    loop {
+        // A run of letters and digits...
+        let run = rest.iter().take_while(|b| alphanumeric(b)).count();
+        if run == 0 {
+            return false;
+        }
+        rest = &rest[run..];
+        // ...then the end, or a separator before the next run.
+        let separator = match rest {
+            [] => return true,
+            [b'_', b'_', ..] => 2,
+            [b'.' | b'_', ..] => 1,
+            _ => rest.iter().take_while(|&&b| b == b'-').count(),
+        };
+        if separator == 0 {
+            return false;
+        }
+        rest = &rest[separator..];
+    }
+}
+
+/// A registry: `HOST[:PORT]`, the host DNS labels (letters, digits and inner '-') joined by
+/// '.' (which covers IPv4 addresses) or `[IPv6]`.
+fn is_host(registry: &str) -> bool {
+    let (host, port) = match registry.rfind(':') {
+        Some(i) if !registry.starts_with('[') || registry[..i].ends_with(']') => {
+            (&registry[..i], Some(&registry[i + 1..]))
+        }
+        _ => (registry, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.split('.').all(label),
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    });
+    host_ok && port_ok
 }
 
 impl fmt::Display for Reference {
@@ -191,19 +264,65 @@ mod tests {
     }
 
     #[test]
-    fn bad_references_say_what_is_expected() {
-        for bad in [
-            "",
-            "Upper/Case",
-            "host:5000/a:bad tag",
-            "a@sha256:zz",
-            "host:5000/",
+    fn bad_references_say_what_failed_and_what_is_expected() {
+        let long_tag = format!("a:{}", "t".repeat(129));
+        let long_name = "a".repeat(256);
+        for (bad, failed) in [
+            ("", "it is empty"),
+            ("-", "component '-'"),
+            ("localhost:5000/../x:t", "component '..'"),
+            ("a//b", "empty path component"),
+            ("a/./b", "component '.'"),
+            ("-a", "component '-a'"),
+            ("a-", "component 'a-'"),
+            ("a..b", "component 'a..b'"),
+            ("a___b", "component 'a___b'"),
+            ("Upper/Case", "component 'Upper'"),
+            ("host:5000/", "empty path component"),
+            ("a:", "tag ''"),
+            ("host:5000/a:bad tag", "tag 'bad tag'"),
+            ("a:-v1", "tag '-v1'"),
+            (&long_tag, "at most 128"),
+            (&long_name, "at most 255"),
+            ("-bad.host/x", "registry '-bad.host'"),
+            ("a..b/x", "registry 'a..b'"),
+            ("host:port/x", "registry 'host:port'"),
+            ("host:99999/x", "registry 'host:99999'"),
+            ("[::1/x", "registry '[::1'"),
+            ("a@sha256:zz", "sha256"),
         ] {
             let err = bad.parse::<Reference>().unwrap_err().to_string();
+            assert!(err.contains(failed), "{bad}: {err}");
             assert!(
                 err.contains("expected [REGISTRY/]REPOSITORY"),
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_distribution_grammar_is_accepted() {
+        for (good, registry, repository, tag) in [
+            ("a__b", DOCKER_HUB, "library/a__b", None),
+            ("a-b--c", DOCKER_HUB, "library/a-b--c", None),
+            ("host:5000/x/y.z_1", "host:5000", "x/y.z_1", None),
+            (
+                "Host.Example/x:V_1.0-b",
+                "Host.Example",
+                "x",
+                Some("V_1.0-b"),
+            ),
+            ("[::1]:5000/fn/a:_", "[::1]:5000", "fn/a", Some("_")),
+            ("10.0.0.1/a", "10.0.0.1", "a", None),
+        ] {
+            let r = parse(good);
+            assert_eq!(
+                (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+                (registry, repository, tag),
+                "{good}"
+            );
+        }
+        parse(&format!("a:{}", "t".repeat(128)));
+        parse(&"a".repeat(255));
     }
 }
