@@ -1,9 +1,11 @@
 //! Fetching a function's source into a workspace: a local directory, file or archive, an
 //! http(s) URL of a file or archive, or a tar stream on stdin. A `sha256:` checksum, when
-//! given, is verified over the bytes fetched before anything is unpacked. The workspace is
-//! what the code layer is made from; its origin (URL, revision) goes into image annotations.
+//! given, is verified over the bytes fetched before anything is unpacked. Every fetch over
+//! the network runs under the deadlines of [`deadline`]. The workspace is what the code layer
+//! is made from; its origin (URL, revision) goes into image annotations.
 
 pub mod archive;
+pub mod deadline;
 pub mod git;
 pub mod git_credentials;
 mod http;
@@ -16,6 +18,7 @@ use std::str::FromStr;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 pub use archive::{ArchiveKind, Limits};
+pub use deadline::Deadlines;
 
 /// Where a function's source comes from, as given to `--source`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +112,8 @@ pub struct FetchOptions {
     pub sub_dir: Option<String>,
     pub git: git::GitOptions,
     pub s3: s3::S3Options,
+    /// How long fetching over the network may take, and wait for data.
+    pub deadlines: Deadlines,
 }
 
 /// Fetches a source into a workspace.
@@ -171,7 +176,10 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
                 ));
             }
             let temp = temp_dir(options)?;
-            let fetched = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
+            let fetched = deadline::watch(&source.to_string(), options.deadlines, |progress| {
+                s3::fetch(source, &options.s3, temp.path(), options.limits, progress)
+            })
+            .await?;
             tracing::info!(source = %source, revision = %fetched.revision, "fetched from S3");
             let mut workspace = if source.is_prefix() {
                 Workspace {
@@ -197,17 +205,19 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
             let (source_clone, git_options, limits) =
                 (source.clone(), options.git.clone(), options.limits);
             let (dest_clone, git_dir_clone) = (dest.clone(), git_dir.clone());
-            let commit = tokio::task::spawn_blocking(move || {
-                git::fetch(
-                    &source_clone,
-                    &dest_clone,
-                    &git_dir_clone,
-                    &git_options,
-                    limits,
-                )
+            let commit = deadline::watch(&source.display_url(), options.deadlines, |progress| {
+                deadline::on_own_thread("git fetch", move || {
+                    git::fetch(
+                        &source_clone,
+                        &dest_clone,
+                        &git_dir_clone,
+                        &git_options,
+                        limits,
+                        &progress,
+                    )
+                })
             })
-            .await
-            .expect("the git task does not panic")?;
+            .await?;
             tracing::info!(url = %source.display_url(), %commit, "fetched the Git revision");
             Ok(Workspace {
                 root: dest,
@@ -221,7 +231,10 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Worksp
         SourceSpec::Path(path) => fetch_path(path, options),
         SourceSpec::Url(url) => {
             let temp = temp_dir(options)?;
-            let file = http::download(url, temp.path(), options.limits.max_bytes).await?;
+            let file = deadline::watch(&http::redact(url), options.deadlines, |progress| {
+                http::download(url, temp.path(), options.limits.max_bytes, progress)
+            })
+            .await?;
             let mut workspace = from_file(&file, options, temp)?;
             workspace.origin.url = Some(http::redact(url));
             Ok(workspace)
