@@ -41,6 +41,8 @@ pub struct BuildRequest {
     pub s3: crate::source::s3::S3Options,
     pub checksum: Option<Digest>,
     pub limits: source::Limits,
+    /// How long fetching the source over the network may take, and wait for data.
+    pub deadlines: source::Deadlines,
     pub runtime: String,
     pub handler: Handler,
     pub dependencies: Option<PathBuf>,
@@ -97,6 +99,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             sub_dir: request.sub_dir.clone(),
             git: request.git.clone(),
             s3: request.s3.clone(),
+            deadlines: request.deadlines,
         },
     )
     .await?;

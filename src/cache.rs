@@ -65,10 +65,6 @@ impl Cache {
         std::env::temp_dir().join("fnbuild-cache")
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// This process's directory for temporary files: on the cache's file system, so what is
     /// made there can be moved into place, and removed with the session.
     pub fn session_dir(&self) -> &Path {

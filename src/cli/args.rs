@@ -318,6 +318,27 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 100_000, value_name = "COUNT")]
     pub max_source_files: u64,
 
+    /// How long fetching the source over the network (http(s), S3, Git) may take in all,
+    /// retries included: a duration such as 90s, 10m or 1h.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = crate::source::deadline::DEFAULT_OVERALL,
+        env = "FNBUILD_FETCH_TIMEOUT",
+        hide_env_values = true
+    )]
+    pub fetch_timeout: String,
+
+    /// How long fetching the source may wait for data before it fails.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = crate::source::deadline::DEFAULT_IDLE,
+        env = "FNBUILD_FETCH_IDLE_TIMEOUT",
+        hide_env_values = true
+    )]
+    pub fetch_idle_timeout: String,
+
     /// Do not attach an SPDX SBOM (the runtime and the installed packages) to the image.
     #[arg(long)]
     pub no_sbom: bool,
@@ -558,6 +579,10 @@ impl EmptyMeansAbsent for BuildArgs {
             knative_service: given(self.knative_service),
             service_name: given(self.service_name),
             namespace: given(self.namespace),
+            fetch_timeout: given(Some(self.fetch_timeout))
+                .unwrap_or_else(|| crate::source::deadline::DEFAULT_OVERALL.to_string()),
+            fetch_idle_timeout: given(Some(self.fetch_idle_timeout))
+                .unwrap_or_else(|| crate::source::deadline::DEFAULT_IDLE.to_string()),
             cache: self.cache.without_empty_values(),
             registry: self.registry.without_empty_values(),
             ..self

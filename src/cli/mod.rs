@@ -23,7 +23,7 @@ use crate::runtime::{Catalog, CODE_DIR};
 use crate::source::git::{GitOptions, GitSource};
 use crate::source::git_credentials::{GitCredentialOptions, GitCredentials};
 use crate::source::s3::S3Options;
-use crate::source::{Limits, SourceSpec};
+use crate::source::{Deadlines, Limits, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
@@ -253,6 +253,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             max_bytes: args.max_source_size,
             max_entries: args.max_source_files,
         },
+        deadlines: Deadlines::parse(&args.fetch_timeout, &args.fetch_idle_timeout)?,
         runtime: args.runtime.clone(),
         handler: args.handler.parse()?,
         dependencies: args.dependencies.clone(),
@@ -745,6 +746,7 @@ mod tests {
             "--base-image=",
             "--docker-config=",
             "--git-revision=",
+            "--fetch-timeout=",
         ])
         .unwrap();
         let Command::Build(args) = cli.command else {
@@ -755,6 +757,10 @@ mod tests {
         assert!(args.label.is_empty());
         assert!(args.sub_dir.is_none() && args.base_image.is_none() && args.git_revision.is_none());
         assert!(args.registry.docker_config.is_none());
+        assert_eq!(
+            Deadlines::parse(&args.fetch_timeout, &args.fetch_idle_timeout).unwrap(),
+            Deadlines::default()
+        );
         assert!(matches!(source_spec(&args).unwrap(), SourceSpec::Path(_)));
     }
 

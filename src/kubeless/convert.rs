@@ -13,7 +13,7 @@ use crate::deps::Installer;
 use crate::error::{Error, IoContext, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::runtime::Handler;
-use crate::source::{git::GitOptions, s3::S3Options, Limits};
+use crate::source::{git::GitOptions, s3::S3Options, Deadlines, Limits};
 use crate::transport::Location;
 
 /// Kubeless's default timeout.
@@ -146,6 +146,7 @@ async fn convert_one(
                         Error::Usage(format!("Function '{}': checksum: {e}", function.name))
                     })?,
                 limits: Limits::default(),
+                deadlines: Deadlines::default(),
                 runtime: function.runtime.clone(),
                 handler,
                 dependencies: deps.clone(),

@@ -3,6 +3,13 @@
 //! a tag or a commit SHA (default: the remote's HEAD), a shallow fetch of just that revision
 //! where the server allows it, submodules when asked. The resolved commit SHA is returned so
 //! that the image records it.
+//!
+//! libgit2 blocks, so this runs on a thread of its own under the fetch's deadlines
+//! ([`super::deadline`]): what libgit2 reports (pack bytes, server messages, files checked
+//! out) counts as progress, its callbacks cancel the fetch once a deadline has passed, its
+//! socket timeouts end a connection that stops answering, and no attempt is retried after a
+//! deadline. Listing the remote's references reports nothing until it is done, so that step
+//! counts as a single wait for data.
 
 use std::cell::Cell;
 use std::path::Path;
@@ -14,6 +21,7 @@ use git2::{
 };
 
 use super::archive::Limits;
+use super::deadline::{self, CONNECT_TIMEOUT};
 use super::git_credentials::{strip_userinfo, GitCredentials, HostKeyStatus};
 use crate::error::{Error, Result};
 
@@ -69,8 +77,10 @@ pub fn fetch(
     git_dir: &Path,
     options: &GitOptions,
     limits: Limits,
+    progress: &deadline::Progress,
 ) -> Result<String> {
     let shown = source.display_url();
+    set_server_timeouts(progress.deadlines().idle)?;
     if options.skip_host_key_check {
         tracing::warn!(url = %shown, "SSH host key checking is off (--git-insecure-skip-host-key-check): the server is not verified");
     }
@@ -93,6 +103,7 @@ pub fn fetch(
         source,
         options,
         shown: &shown,
+        progress,
     };
 
     let heads = fetcher.with_retries("list the references of", || fetcher.list_heads())?;
@@ -126,23 +137,44 @@ pub fn fetch(
         &limits,
         &shown,
     )?;
-    repo.checkout_tree(
-        commit.as_object(),
-        Some(git2::build::CheckoutBuilder::new().force()),
-    )
-    .map_err(|e| {
-        Error::Source(format!(
-            "cannot check out {} of {shown}: {}",
-            commit.id(),
-            e.message()
-        ))
-    })?;
+    let mut checkout = git2::build::CheckoutBuilder::new();
+    checkout.force().progress(|_, _, _| progress.advance(0));
+    repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+        .map_err(|e| {
+            Error::Source(format!(
+                "cannot check out {} of {shown}: {}",
+                commit.id(),
+                e.message()
+            ))
+        })?;
     repo.set_head_detached(commit.id())
         .map_err(git_error(&shown))?;
     if source.submodules {
         fetcher.update_submodules()?;
     }
     Ok(commit.id().to_string())
+}
+
+/// libgit2's socket timeouts, so that a server that stops answering fails the call in this
+/// thread too, instead of leaving it to be abandoned: connecting may take [`CONNECT_TIMEOUT`],
+/// a read or a write the idle deadline and a second more (a little longer, so that the
+/// deadline, whose error names its flag, is what fails the fetch).
+#[allow(unsafe_code)] // libgit2's options are set through its global, unsynchronised state.
+fn set_server_timeouts(idle: Duration) -> Result<()> {
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: nothing else uses libgit2 while its globals are written: fnbuild fetches one Git
+    // source at a time, from the thread running this, and a fetch abandoned at its deadline
+    // fails the build, which ends the process.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(millis(CONNECT_TIMEOUT)).and_then(
+            |()| {
+                git2::opts::set_server_timeout_in_milliseconds(millis(
+                    idle + Duration::from_secs(1),
+                ))
+            },
+        )
+    }
+    .map_err(|e| Error::Source(format!("cannot set libgit2's timeouts: {}", e.message())))
 }
 
 /// Where fetched refs land in the scratch repository.
@@ -314,6 +346,7 @@ struct Fetcher<'a> {
     source: &'a GitSource,
     options: &'a GitOptions,
     shown: &'a str,
+    progress: &'a deadline::Progress,
 }
 
 impl Fetcher<'_> {
@@ -321,6 +354,7 @@ impl Fetcher<'_> {
         let mut remote = self.repo.remote_anonymous(&self.source.url)?;
         let callbacks = self.callbacks();
         let connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None)?;
+        self.progress.advance(0);
         let refs = connection
             .list()?
             .iter()
@@ -403,9 +437,22 @@ impl Fetcher<'_> {
         Ok(())
     }
 
-    /// Credentials and host-key checks, each credential tried once.
+    /// Credentials and host-key checks, each credential tried once; progress reported, and
+    /// the transfer cancelled once a deadline has passed.
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut callbacks = RemoteCallbacks::new();
+        let progress = self.progress;
+        // Counts per transfer: each fetch's bytes count from 0.
+        let received = Cell::new(0usize);
+        callbacks.transfer_progress(move |stats| {
+            let now = stats.received_bytes();
+            progress.advance(now.saturating_sub(received.replace(now)) as u64);
+            progress.expired().is_none()
+        });
+        callbacks.sideband_progress(move |_| {
+            progress.advance(0);
+            progress.expired().is_none()
+        });
         let credentials = &self.options.credentials;
         let userpass_tried = Cell::new(false);
         let keys_tried = Cell::new(0usize);
@@ -470,7 +517,8 @@ impl Fetcher<'_> {
                 Err(e)
                     if attempt < ATTEMPTS
                         && is_transient(&e)
-                        && !self.describe(&e).starts_with("repository not found") =>
+                        && !self.describe(&e).starts_with("repository not found")
+                        && self.progress.expired().is_none() =>
                 {
                     tracing::warn!(url = %self.shown, attempt, "{}; retrying in {delay:?}", self.describe(&e));
                     std::thread::sleep(delay);

@@ -1,6 +1,7 @@
 //! Downloading a source file over http(s), streamed to disk with a size bound, with retries on
-//! connection errors and 5xx answers. URLs are shown without user info or query strings,
-//! which often carry tokens (pre-signed URLs).
+//! connection errors and 5xx answers; what arrives is reported to a [`Progress`], whose
+//! deadlines the caller enforces. URLs are shown without user info or query strings, which
+//! often carry tokens (pre-signed URLs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::deadline::{Progress, CONNECT_TIMEOUT};
 use crate::error::{Error, IoContext, Result};
 
 const ATTEMPTS: u32 = 3;
@@ -28,12 +30,17 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Downloads `url` into `dir`, named after the last path segment, and returns the file's path.
-pub async fn download(url: &str, dir: &Path, max_bytes: u64) -> Result<PathBuf> {
+/// How long a response may take to start or to go on is for the caller's deadlines.
+pub async fn download(
+    url: &str,
+    dir: &Path,
+    max_bytes: u64,
+    progress: Progress,
+) -> Result<PathBuf> {
     let shown = redact(url);
     let client = reqwest::Client::builder()
         .user_agent(concat!("fnbuild/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120))
+        .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .map_err(|e| Error::Source(format!("cannot set up HTTP: {e}")))?;
     let name = shown
@@ -46,7 +53,7 @@ pub async fn download(url: &str, dir: &Path, max_bytes: u64) -> Result<PathBuf> 
     std::fs::create_dir_all(dir.join("download")).io_context("create", dir.join("download"))?;
     let mut delay = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
-        match try_download(&client, url, &shown, &path, max_bytes).await {
+        match try_download(&client, url, &shown, &path, max_bytes, &progress).await {
             Ok(()) => return Ok(path),
             Err(Attempt::Retry(msg)) if attempt < ATTEMPTS => {
                 tracing::warn!(url = %shown, attempt, "{msg}; retrying in {delay:?}");
@@ -72,6 +79,7 @@ async fn try_download(
     shown: &str,
     path: &Path,
     max_bytes: u64,
+    progress: &Progress,
 ) -> Result<(), Attempt> {
     let response = client.get(url).send().await.map_err(|e| {
         let msg = format!("cannot download {shown}: {}", chain(&e));
@@ -81,6 +89,7 @@ async fn try_download(
             Attempt::Fail(msg)
         }
     })?;
+    progress.advance(0);
     let status = response.status();
     if !status.is_success() {
         let msg = format!("cannot download {shown}: the server answered HTTP {status}");
@@ -103,6 +112,7 @@ async fn try_download(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| Attempt::Retry(format!("download of {shown} broke off: {}", chain(&e))))?;
+        progress.advance(chunk.len() as u64);
         written += chunk.len() as u64;
         if written > max_bytes {
             return Err(Attempt::Fail(format!(

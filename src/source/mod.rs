@@ -1,9 +1,11 @@
 //! Fetching a function's source into a workspace: a local directory, file or archive, an
 //! http(s) URL of a file or archive, or a tar stream on stdin. A `sha256:` checksum, when
-//! given, is verified over the bytes fetched before anything is unpacked. The workspace is
-//! what the code layer is made from; its origin (URL, revision) goes into image annotations.
+//! given, is verified over the bytes fetched before anything is unpacked. Every fetch over
+//! the network runs under the deadlines of [`deadline`]. The workspace is what the code layer
+//! is made from; its origin (URL, revision) goes into image annotations.
 
 pub mod archive;
+pub mod deadline;
 pub mod git;
 pub mod git_credentials;
 mod http;
@@ -18,6 +20,7 @@ use crate::beneath;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 pub use archive::{ArchiveKind, Limits};
+pub use deadline::Deadlines;
 pub use workspace::Workspace;
 
 /// Where a function's source comes from, as given to `--source`.
@@ -102,6 +105,8 @@ pub struct FetchOptions {
     pub sub_dir: Option<String>,
     pub git: git::GitOptions,
     pub s3: s3::S3Options,
+    /// How long fetching over the network may take, and wait for data.
+    pub deadlines: Deadlines,
 }
 
 /// Fetches a source into a workspace.
@@ -174,7 +179,10 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
                 ));
             }
             let temp = temp_dir(options)?;
-            let object = s3::fetch(source, &options.s3, temp.path(), options.limits).await?;
+            let object = deadline::watch(&source.to_string(), options.deadlines, |progress| {
+                s3::fetch(source, &options.s3, temp.path(), options.limits, progress)
+            })
+            .await?;
             tracing::info!(source = %source, revision = %object.revision, "fetched from S3");
             let mut fetched = if source.is_prefix() {
                 Fetched {
@@ -200,17 +208,19 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
             let (source_clone, git_options, limits) =
                 (source.clone(), options.git.clone(), options.limits);
             let (dest_clone, git_dir_clone) = (dest.clone(), git_dir.clone());
-            let commit = tokio::task::spawn_blocking(move || {
-                git::fetch(
-                    &source_clone,
-                    &dest_clone,
-                    &git_dir_clone,
-                    &git_options,
-                    limits,
-                )
+            let commit = deadline::watch(&source.display_url(), options.deadlines, |progress| {
+                deadline::on_own_thread("git fetch", move || {
+                    git::fetch(
+                        &source_clone,
+                        &dest_clone,
+                        &git_dir_clone,
+                        &git_options,
+                        limits,
+                        &progress,
+                    )
+                })
             })
-            .await
-            .expect("the git task does not panic")?;
+            .await?;
             tracing::info!(url = %source.display_url(), %commit, "fetched the Git revision");
             Ok(Fetched {
                 root: dest,
@@ -224,7 +234,10 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
         SourceSpec::Path(path) => fetch_path(path, options),
         SourceSpec::Url(url) => {
             let temp = temp_dir(options)?;
-            let file = http::download(url, temp.path(), options.limits.max_bytes).await?;
+            let file = deadline::watch(&http::redact(url), options.deadlines, |progress| {
+                http::download(url, temp.path(), options.limits.max_bytes, progress)
+            })
+            .await?;
             let mut fetched = from_file(&file, options, temp)?;
             fetched.origin.url = Some(http::redact(url));
             Ok(fetched)

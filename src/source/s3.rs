@@ -3,7 +3,8 @@
 //! object under a prefix, laid out as a directory. Credentials come from key files given on
 //! the command line, else the AWS chain a build pod has: environment, shared config and
 //! credentials files, web identity (IRSA, MinIO STS). The instance metadata service is not asked, so a
-//! build never waits on an address that does not answer.
+//! build never waits on an address that does not answer. What arrives is reported to a
+//! [`Progress`], whose deadlines the caller enforces over the whole fetch.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -13,6 +14,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use tokio::io::AsyncWriteExt;
 
 use super::archive::Limits;
+use super::deadline::{Progress, CONNECT_TIMEOUT};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
@@ -80,6 +82,7 @@ pub async fn fetch(
     options: &S3Options,
     dest_dir: &Path,
     limits: Limits,
+    progress: Progress,
 ) -> Result<Fetched> {
     let endpoint = endpoint(options);
     let client = client(options, endpoint.as_deref()).await?;
@@ -88,7 +91,7 @@ pub async fn fetch(
         endpoint: endpoint.as_deref(),
     };
     if source.is_prefix() {
-        fetch_prefix(&client, source, dest_dir, limits, &errors).await
+        fetch_prefix(&client, source, dest_dir, limits, &errors, &progress).await
     } else {
         let name = source
             .key
@@ -105,6 +108,7 @@ pub async fn fetch(
             &path,
             limits.max_bytes,
             &errors,
+            &progress,
         )
         .await?;
         Ok(Fetched { path, revision })
@@ -167,12 +171,27 @@ async fn client(options: &S3Options, endpoint: Option<&str>) -> Result<aws_sdk_s
     if let Some(endpoint) = endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    loader = loader.profile_files(profile_files(options));
+    loader = loader
+        .profile_files(profile_files(options))
+        .timeout_config(timeouts())
+        // The SDK's own guard against a stalled body (20 s under 1 B/s) would fail before, and
+        // regardless of, --fetch-idle-timeout, with a message naming no flag.
+        .stalled_stream_protection(
+            aws_config::stalled_stream_protection::StalledStreamProtectionConfig::disabled(),
+        );
     let shared = loader.load().await;
     let config = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(endpoint.is_some())
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+/// The SDK's timeouts: connecting only. How long a request, or an object's body, may take
+/// is for the fetch's deadlines.
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
 }
 
 /// Credentials for a web identity (IRSA on EKS; MinIO's STS): the token in
@@ -188,7 +207,8 @@ impl WebIdentity {
     fn new(region: &str, endpoint: Option<&str>) -> Self {
         let mut config = aws_sdk_sts::Config::builder()
             .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-            .region(aws_sdk_sts::config::Region::new(region.to_string()));
+            .region(aws_sdk_sts::config::Region::new(region.to_string()))
+            .timeout_config(timeouts());
         if let Some(endpoint) = endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -339,6 +359,7 @@ async fn download(
     path: &Path,
     max_bytes: u64,
     errors: &ErrorContext<'_>,
+    progress: &Progress,
 ) -> Result<String> {
     let object = client
         .get_object()
@@ -347,6 +368,7 @@ async fn download(
         .send()
         .await
         .map_err(|e| errors.describe(key, e))?;
+    progress.advance(0);
     if object
         .content_length()
         .is_some_and(|n| n as u64 > max_bytes)
@@ -379,6 +401,7 @@ async fn download(
             chain(&e)
         ))
     })? {
+        progress.advance(chunk.len() as u64);
         written += chunk.len() as u64;
         if written > max_bytes {
             return Err(Error::Source(format!("s3://{bucket}/{key} is larger than the limit of {max_bytes} bytes (raise it with --max-source-size)")));
@@ -396,6 +419,7 @@ async fn fetch_prefix(
     dest_dir: &Path,
     limits: Limits,
     errors: &ErrorContext<'_>,
+    progress: &Progress,
 ) -> Result<Fetched> {
     let root = dest_dir.join("src");
     tokio::fs::create_dir_all(&root)
@@ -411,6 +435,7 @@ async fn fetch_prefix(
     let (mut count, mut bytes) = (0u64, 0u64);
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| errors.describe(&source.key, e))?;
+        progress.advance(0);
         for object in page.contents() {
             let (Some(key), size) = (object.key(), object.size().unwrap_or(0).max(0) as u64) else {
                 continue;
@@ -457,6 +482,7 @@ async fn fetch_prefix(
             &root.join(relative),
             limits.max_bytes,
             errors,
+            progress,
         )
         .await?;
         versions.push(format!("{key} {revision}"));
