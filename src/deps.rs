@@ -20,8 +20,9 @@ use crate::sandbox::{Bind, SandboxSpec, UNPRIVILEGED};
 /// Lines of installer output kept for the error message of a failed install.
 const TAIL_LINES: usize = 30;
 
-/// Environment variables passed through to the installer as they are.
-const PASSTHROUGH_ENV: &[&str] = &[
+/// pip's settings, passed through to a Python install as they are (never to npm: what a
+/// package's install script can read is only its own package manager's settings).
+const PIP_ENV: &[&str] = &[
     "PIP_INDEX_URL",
     "PIP_EXTRA_INDEX_URL",
     "PIP_TRUSTED_HOST",
@@ -30,8 +31,11 @@ const PASSTHROUGH_ENV: &[&str] = &[
     "PIP_NO_BINARY",
     "PIP_ONLY_BINARY",
     "PIP_PREFER_BINARY",
-    "NPM_CONFIG_REGISTRY",
-    "NPM_CONFIG_STRICT_SSL",
+];
+/// npm's settings, passed through to a Node.js install as they are.
+const NPM_ENV: &[&str] = &["NPM_CONFIG_REGISTRY", "NPM_CONFIG_STRICT_SSL"];
+/// Proxy settings, passed through to every install.
+const PROXY_ENV: &[&str] = &[
     "HTTP_PROXY",
     "HTTPS_PROXY",
     "NO_PROXY",
@@ -127,7 +131,7 @@ pub fn install(
         let path = out.join(name);
         fs::write(&path, bytes).io_context("write", &path)?;
     }
-    let settings = Settings::collect(scratch)?;
+    let settings = Settings::collect(files.language, scratch)?;
     let result = match installer {
         Installer::Image => {
             let root = base_rootfs.expect("the image installer is given the base rootfs");
@@ -255,13 +259,18 @@ struct Settings {
 }
 
 impl Settings {
-    fn collect(scratch: &Path) -> Result<Self> {
-        let mut pairs: Vec<(String, String)> = PASSTHROUGH_ENV
+    fn collect(language: Language, scratch: &Path) -> Result<Self> {
+        let own_env = match language {
+            Language::Python => PIP_ENV,
+            Language::Nodejs => NPM_ENV,
+        };
+        let mut pairs: Vec<(String, String)> = own_env
             .iter()
+            .chain(PROXY_ENV)
             .filter_map(|name| std::env::var(name).ok().map(|v| (name.to_string(), v)))
             .collect();
         if let Ok(registry) = std::env::var(KUBELESS_NPM_REGISTRY_ENV) {
-            if std::env::var("NPM_CONFIG_REGISTRY").is_err() {
+            if language == Language::Nodejs && std::env::var("NPM_CONFIG_REGISTRY").is_err() {
                 pairs.push(("NPM_CONFIG_REGISTRY".into(), registry));
             }
         }
@@ -292,14 +301,14 @@ impl Settings {
                     .map(|p| home.join(p))
                     .find(|p| p.is_file())
             });
-        if let Some(conf) = pip_conf.filter(|p| p.is_file()) {
+        if let Some(conf) = pip_conf.filter(|p| language == Language::Python && p.is_file()) {
             copy(&conf, "fnbuild-pip.conf")?;
             files.push(("PIP_CONFIG_FILE", "fnbuild-pip.conf"));
         }
         let npmrc = std::env::var_os("NPM_CONFIG_USERCONFIG")
             .map(PathBuf::from)
             .or_else(|| home.as_ref().map(|h| h.join(".npmrc")));
-        if let Some(rc) = npmrc.filter(|p| p.is_file()) {
+        if let Some(rc) = npmrc.filter(|p| language == Language::Nodejs && p.is_file()) {
             copy(&rc, "fnbuild-npmrc")?;
             files.push(("NPM_CONFIG_USERCONFIG", "fnbuild-npmrc"));
         }
