@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
-use crate::compile_check::{self, Interpreter};
+use crate::compile_check::{self, Compiled, Interpreter};
 use crate::deps::{self, DepsFiles, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
@@ -480,7 +480,7 @@ async fn compile_handler(
 ) -> Result<()> {
     let version = runtime.version.clone();
     let layers = base.manifest.layers.iter().map(|l| &l.digest);
-    let can_sandbox = nix::unistd::geteuid().is_root();
+    let can_sandbox = crate::sandbox::available();
     let interpreter = match rootfs::already_unpacked(ctx.cache, layers) {
         Some(root) if can_sandbox => Interpreter::Image(root),
         _ => {
@@ -496,19 +496,23 @@ async fn compile_handler(
             } else {
                 tracing::warn!(
                     "the handler is not compiled at build time: this machine's python3 is not \
-                     Python {version}, and running the base image's needs root; a syntax error \
-                     shows when the function starts"
+                     Python {version}, and running the base image's needs root with \
+                     CAP_SYS_ADMIN; a syntax error shows when the function starts"
                 );
                 return Ok(());
             }
         }
     };
     let (module, handler) = (module.clone(), request.handler.clone());
-    tokio::task::spawn_blocking(move || {
+    let compiled = tokio::task::spawn_blocking(move || {
         compile_check::python(&module, &handler, &interpreter, &version)
     })
     .await
-    .expect("the compile task does not panic")
+    .expect("the compile task does not panic")?;
+    if let Compiled::Unavailable(why) = compiled {
+        tracing::warn!("the handler is not compiled at build time ({why}); a syntax error shows when the function starts");
+    }
+    Ok(())
 }
 
 /// The code layer: the workspace at the code directory, plus a deps file given from elsewhere.

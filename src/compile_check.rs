@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::handler_check::Module;
 use crate::runtime::Handler;
-use crate::sandbox::{SandboxSpec, UNPRIVILEGED};
+use crate::sandbox::{SandboxSpec, SETUP_FAILED, UNPRIVILEGED};
 
 /// How long a compile may take before it is stopped.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,8 +30,9 @@ try:
     compile(source, sys.argv[1], "exec", dont_inherit=True)
 except SyntaxError as e:
     print("line %s: %s" % (e.lineno, e.msg))
-    if e.text:
-        print("    " + e.text.rstrip())
+    text = (e.text or "").rstrip()
+    if text and len(text) <= 200:
+        print("    " + text)
         if e.offset:
             print("    " + " " * (e.offset - 1) + "^")
     sys.exit(3)
@@ -47,6 +48,15 @@ pub enum Interpreter {
     Host,
     /// `python3` inside the base image's root filesystem at this path.
     Image(PathBuf),
+}
+
+/// What came of compiling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compiled {
+    /// The module compiles.
+    Yes,
+    /// The base image's interpreter cannot run here (no namespaces in this container): why.
+    Unavailable(String),
 }
 
 /// Whether this machine's `python3` is Python `version` (`3.13`).
@@ -65,13 +75,14 @@ pub fn host_python_is(version: &str) -> bool {
         })
 }
 
-/// Compiles the handler's module with `interpreter`, the runtime `python{version}`.
+/// Compiles the handler's module with `interpreter`, the runtime `python{version}`; an error
+/// when it does not compile.
 pub fn python(
     module: &Module,
     handler: &Handler,
     interpreter: &Interpreter,
     version: &str,
-) -> Result<()> {
+) -> Result<Compiled> {
     let args = ["python3", "-I", "-S", "-c", SCRIPT, &module.path].map(String::from);
     let command = match interpreter {
         Interpreter::Host => {
@@ -96,7 +107,14 @@ pub fn python(
     match code {
         Some(0) => {
             tracing::info!(module = %module.path, "the handler compiles with the runtime's python{version}");
-            Ok(())
+            Ok(Compiled::Yes)
+        }
+        Some(code)
+            if code == i32::from(SETUP_FAILED) && matches!(interpreter, Interpreter::Image(_)) =>
+        {
+            Ok(Compiled::Unavailable(
+                output.trim().trim_start_matches("error: ").to_string(),
+            ))
         }
         Some(DOES_NOT_COMPILE) => Err(Error::Function(format!(
             "handler '{handler}': {} does not compile with the runtime's Python {version}: {}",
@@ -145,7 +163,10 @@ fn run(mut command: Command, input: &[u8], version: &str) -> Result<(Option<i32>
     .map(|stream| {
         std::thread::spawn(move || {
             let mut text = Vec::new();
-            let _ = stream.take(MAX_OUTPUT_BYTES).read_to_end(&mut text);
+            let mut stream = stream;
+            let _ = (&mut stream).take(MAX_OUTPUT_BYTES).read_to_end(&mut text);
+            // The rest is read and dropped: a closed pipe would change how Python exits.
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
             text
         })
     })

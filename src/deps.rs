@@ -3,8 +3,10 @@
 //! filesystem with its own interpreter and package manager (`sandbox`), so native wheels and
 //! modules match the image; `--deps-installer host` uses this machine's pip or npm instead.
 //!
-//! The package managers' settings are passed through (index URL, proxy, CA bundle, pip.conf,
-//! .npmrc): copied into a scratch directory mounted at /tmp, never into the output.
+//! Each package manager gets its own settings passed through (pip: index URLs and pip.conf;
+//! npm: registry and .npmrc; both: proxies and a CA bundle), copied into a scratch directory
+//! mounted at /tmp, never into the output, and nothing else of the builder's environment.
+//! The deps files come as bytes read beneath the source (see `source::Workspace`).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -58,7 +60,7 @@ const KUBELESS_NPM_REGISTRY_ENV: &str = "NPM_REGISTRY";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Installer {
-    /// The base image's own interpreter, run inside its root filesystem (chroot).
+    /// The base image's own interpreter, run inside its root filesystem (sandboxed).
     Image,
     /// This machine's pip or npm.
     Host,

@@ -32,6 +32,9 @@ pub const SUBCOMMAND: &str = "__sandbox";
 pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
 /// The environment variable carrying the spec to both.
 const SPEC_ENV: &str = "FNBUILD_SANDBOX_SPEC";
+/// The exit code of a sandbox that could not be set up (its error is on stderr), as container
+/// runtimes use it: apart from every exit code of the command itself.
+pub const SETUP_FAILED: u8 = 125;
 /// The user commands run as when the spec names none: `nobody`.
 pub const UNPRIVILEGED: (u32, u32) = (65534, 65534);
 /// Device nodes bound into the sandbox's `/dev`.
@@ -113,6 +116,20 @@ impl SandboxSpec {
     }
 }
 
+/// Whether this process can make a sandbox: it is root with CAP_SYS_ADMIN (a privileged
+/// container or a plain host), as the namespaces and mounts need.
+pub fn available() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    nix::unistd::geteuid().is_root()
+        && fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+        })
+}
+
 fn current_exe() -> Result<PathBuf> {
     std::env::current_exe().io_context("find", "the fnbuild executable")
 }
@@ -129,13 +146,15 @@ fn helper() -> Result<ExitStatus> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWPID)
         .map_err(|e| {
             Error::Run(format!(
-                "cannot create a mount and a PID namespace ({e}): this needs CAP_SYS_ADMIN; in a \
+                "cannot create a mount namespace and a PID namespace ({e}): this needs \
+                 CAP_SYS_ADMIN; in a \
                  Kubernetes step set securityContext.privileged: true, or build with \
                  --deps-installer host"
             ))
         })?;
     prepare_root(&spec)?;
-    let mut init = Command::new(current_exe()?);
+    // This binary again, by the kernel's own link to it: its path may not be nameable now.
+    let mut init = Command::new("/proc/self/exe");
     init.arg(INIT_SUBCOMMAND).env_clear().env(SPEC_ENV, json);
     run_forwarding_signals(init)
 }
@@ -288,8 +307,8 @@ fn report(e: &Error) {
     eprintln!("error: {e}");
 }
 
-/// The exit code of a sandbox process: the command's, 128 + the signal that ended it, or 1
-/// when the sandbox itself failed (its error is on stderr).
+/// The exit code of a sandbox process: the command's, 128 + the signal that ended it, or
+/// [`SETUP_FAILED`] when the sandbox itself failed (its error is on stderr).
 fn exit_code(status: std::result::Result<ExitStatus, ()>) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match status {
@@ -298,7 +317,7 @@ fn exit_code(status: std::result::Result<ExitStatus, ()>) -> ExitCode {
             (None, Some(signal)) => ExitCode::from(128 + signal as u8),
             _ => ExitCode::from(1),
         },
-        Err(()) => ExitCode::from(1),
+        Err(()) => ExitCode::from(SETUP_FAILED),
     }
 }
 

@@ -458,17 +458,64 @@ fn layout_and_tarball_outputs_are_read_by_skopeo_and_base_layers_are_mounted() {
     ));
     let stderr = String::from_utf8_lossy(&registry_only.stderr);
     assert!(stderr.contains("mounted blob"), "{stderr}");
+    // The push mounts the base layers inside the registry. The handler is compiled by the
+    // runtime's own Python: this machine's python3 when it is 3.13, else the base image's,
+    // whose layers are fetched and unpacked once for it.
+    let host_python = std::process::Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let unpacks = |stderr: &str| stderr.contains("to compile the handler with its Python");
+    assert_eq!(unpacks(&stderr), host_python != "3.13", "{stderr}");
+    assert!(
+        stderr.contains("the handler compiles with the runtime's python3.13"),
+        "{stderr}"
+    );
+    // A code-only rebuild fetches no base layer: nothing is downloaded or unpacked again.
     let base_layers = layer_digests(&manifest_of(&registry, "fnbuild/runtime-python", "3.13"));
-    for base_layer in &base_layers {
-        let cached = cache
+    let cached = |digest: &str| {
+        cache
             .path()
             .join("blobs/sha256")
-            .join(base_layer.trim_start_matches("sha256:"));
-        assert!(
-            !cached.exists(),
-            "base layer {base_layer} was downloaded for a registry-only build"
-        );
-    }
+            .join(digest.trim_start_matches("sha256:"))
+            .exists()
+    };
+    let cached_before: Vec<bool> = base_layers.iter().map(|d| cached(d)).collect();
+    std::fs::write(
+        src.path().join("hello.py"),
+        "def handler(event, context):\n    return 'hello again'\n",
+    )
+    .unwrap();
+    let rebuild = success(&mut build_cmd(
+        &registry,
+        cache.path(),
+        &[
+            "--source",
+            src.path().to_str().unwrap(),
+            "--runtime",
+            PYTHON,
+            "--handler",
+            "hello.handler",
+            "--image",
+            &image,
+        ],
+    ));
+    let stderr = String::from_utf8_lossy(&rebuild.stderr);
+    assert!(
+        !unpacks(&stderr) && !stderr.contains("unpacked image root filesystem"),
+        "{stderr}"
+    );
+    let cached_after: Vec<bool> = base_layers.iter().map(|d| cached(d)).collect();
+    assert_eq!(
+        cached_before, cached_after,
+        "a code-only rebuild fetched base layers"
+    );
+    std::fs::write(
+        src.path().join("hello.py"),
+        "def handler(event, context):\n    return 'hello'\n",
+    )
+    .unwrap();
 
     let out = success(&mut build_cmd(
         &registry,

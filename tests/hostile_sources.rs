@@ -65,19 +65,21 @@
 //!   that leads outside the source".
 //! - `links-kept`: `hello.py` with `leak -> <canary file>`, `root -> /`,
 //!   `environ -> /proc/self/environ`, `d/up -> ..`: builds; the code layer holds the four as
-//!   links with their targets, and no file but `hello.py`. (Found failing: the layer writer
-//!   turns the target `/` into `//`; the test collects such changes and fails at its end.)
+//!   links with their targets exactly as given (`/` stays `/`), and no file but `hello.py`.
 //! - local directory only: `deps-fifo` (`requirements.txt` a FIFO) and `handler-dir`
 //!   (`hello.py` a directory): "is not a regular file", and the build ends (a watchdog kills
 //!   it after 120 s and fails the test).
 //!
+//! ## Git submodules of a repository served over the network (`git://`, `--git-submodules`)
+//! - `.gitmodules` naming a repository of the build machine as `lib`, by path, by `file://`
+//!   URL, and by enough `../` to climb out of the served URL: "submodule 'lib' of ...
+//!   submodules of a remote repository must be remote too"; nothing of it is fetched.
+//!
 //! ## Python that does not compile (with the runtime's Python 3.13, from the base image)
 //! - a missing colon: "hello.py does not compile with the runtime's Python 3.13: line 1".
 //! - 200000 nested parentheses after the handler: "hello.py does not compile with the
-//!   runtime's Python 3.13: line 4: too many nested parentheses", never a crash or a hang.
-//!   (Found failing: the compile check keeps 16 KiB of the script's output and closes the pipe,
-//!   so the script's own print of the 400 KB line fails, it exits 120 instead of 3, and the
-//!   build says "cannot compile hello.py ... (exit code 120)".)
+//!   runtime's Python 3.13: line 4: too many nested parentheses", never a crash or a hang,
+//!   and without the 400 KB line in the message.
 //!
 //! ## A dependency's install script (Node.js)
 //! - `evil-1.0.0.tgz`, served by the test and named by URL in `package.json`, runs
@@ -105,6 +107,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::functions::{base_layout, files_holding, registry_with_bases, NODEJS, PYTHON};
+use common::git_server::GitDaemon;
 use common::s3_server::{isolate_aws_env, S3Server, S3Setup};
 use common::{gzip, tar_of, Registry};
 
@@ -981,6 +984,30 @@ fn git_repo(dir: &Path, home: &Path) -> String {
     format!("git+file://{}", dir.display())
 }
 
+/// Runs `git ARGS` in `dir` as a test user whose home is `home`; returns its stdout.
+fn git_in(dir: &Path, home: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=fnbuild corpus",
+            "-c",
+            "user.email=corpus@example.com",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 // === The tests ===
 
 #[test]
@@ -1361,6 +1388,11 @@ fn python_that_does_not_compile_is_refused_with_the_runtimes_own_message() {
         let cmd = bench.command(case, PYTHON, dir.to_str().unwrap(), &[]);
         let run = bench.run(case, cmd, None, BUILD_WATCHDOG);
         bench.refused(&run, &[words]);
+        assert!(
+            !run.stderr.contains(&"(".repeat(1000)),
+            "{case}: the message quotes the whole line: {} bytes of stderr",
+            run.stderr.len()
+        );
     }
     bench.finish();
 }
@@ -1467,6 +1499,60 @@ fn a_dependencys_install_script_gets_nothing_of_the_builder() {
     let env = report["env"].as_object().unwrap();
     for name in ["FNBUILD_TEST_CANARY", "PIP_INDEX_URL"] {
         assert!(!env.contains_key(name), "{name} reached npm: {env:?}");
+    }
+    bench.finish();
+}
+
+#[test]
+fn submodules_of_a_remote_repository_may_not_name_paths_of_the_build_machine() {
+    let bench = Bench::new(&[PYTHON]);
+    let home = bench.input_dir("home-git");
+    // A repository of the build machine, holding a secret.
+    let private = bench.input_dir("private");
+    fs::write(private.join("secret.py"), &bench.canaries.file_text).unwrap();
+    git_repo(&private, &home);
+    let private_commit = git_in(&private, &home, &["rev-parse", "HEAD"]);
+    // Functions served over the network, naming it as their submodule `lib` in every shape.
+    let served = bench.input_dir("served");
+    let climb = format!("{}{}", "../".repeat(12), private.display());
+    let cases = [
+        ("submodule-path", private.display().to_string()),
+        (
+            "submodule-file-url",
+            format!("file://{}", private.display()),
+        ),
+        ("submodule-climb", climb),
+    ];
+    for (case, url) in &cases {
+        let dir = served.join(format!("{case}.git"));
+        let gitmodules = format!("[submodule \"lib\"]\n\tpath = lib\n\turl = {url}\n");
+        source_tree(
+            &dir,
+            &[("hello.py", HELLO_PY), (".gitmodules", &gitmodules)],
+            &[],
+        );
+        git_in(&dir, &home, &["init", "-q", "-b", "main"]);
+        git_in(&dir, &home, &["add", "-A"]);
+        let gitlink = format!("160000,{private_commit},lib");
+        git_in(
+            &dir,
+            &home,
+            &["update-index", "--add", "--cacheinfo", &gitlink],
+        );
+        git_in(&dir, &home, &["commit", "-q", "-m", "hostile submodule"]);
+    }
+    let daemon = GitDaemon::start(&served);
+    for (case, _) in &cases {
+        let source = format!("git+{}", daemon.url(&format!("{case}.git")));
+        let cmd = bench.command(case, PYTHON, &source, &["--git-submodules"]);
+        let run = bench.run(case, cmd, None, WATCHDOG);
+        bench.refused(
+            &run,
+            &[
+                "submodule 'lib' of",
+                "submodules of a remote repository must be remote too",
+            ],
+        );
     }
     bench.finish();
 }

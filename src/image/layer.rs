@@ -309,10 +309,36 @@ fn append_entry<W: Write>(
         Content::Symlink(target) => {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
-            tar.append_link(&mut header, &entry.path, target)
+            append_link_target(tar, &mut header, target)
+                .and_then(|()| tar.append_data(&mut header, &entry.path, io::empty()))
         }
     };
     written.io_context("add to layer", &entry.path)
+}
+
+/// Puts a link's target into its header byte for byte, as the link holds it (the tar crate's
+/// own `append_link` normalises it, writing `/` as `//`); a target too long for the header
+/// goes first in a GNU long-link entry, as GNU tar writes it.
+fn append_link_target<W: Write>(
+    tar: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    target: &Path,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = target.as_os_str().as_bytes();
+    if header.set_link_name_literal(bytes).is_ok() {
+        return Ok(());
+    }
+    let mut long = tar::Header::new_gnu();
+    long.set_entry_type(tar::EntryType::GNULongLink);
+    long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    long.set_mode(0o644);
+    long.set_mtime(0);
+    long.set_uid(0);
+    long.set_gid(0);
+    long.set_size(bytes.len() as u64 + 1);
+    long.set_cksum();
+    tar.append(&long, bytes.chain(&[0u8][..]))
 }
 
 #[cfg(test)]
@@ -321,7 +347,10 @@ mod tests {
     use crate::cache::Cache;
     use std::os::unix::fs::PermissionsExt;
 
-    fn read_layer(store: &BlobStore, layer: &BuiltLayer) -> Vec<(String, u32, u64, Vec<u8>)> {
+    /// (path, mode, mtime, content, link target) of each entry.
+    type ReadEntry = (String, u32, u64, Vec<u8>, Option<String>);
+
+    fn read_layer(store: &BlobStore, layer: &BuiltLayer) -> Vec<ReadEntry> {
         let file = fs::File::open(store.path(&layer.digest)).unwrap();
         let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
         archive
@@ -332,9 +361,13 @@ mod tests {
                 let path = e.path().unwrap().to_string_lossy().into_owned();
                 let mode = e.header().mode().unwrap();
                 let mtime = e.header().mtime().unwrap();
+                let link = e
+                    .link_name()
+                    .unwrap()
+                    .map(|l| l.to_string_lossy().into_owned());
                 let mut data = Vec::new();
                 e.read_to_end(&mut data).unwrap();
-                (path, mode, mtime, data)
+                (path, mode, mtime, data, link)
             })
             .collect()
     }
@@ -352,6 +385,9 @@ mod tests {
         .unwrap();
         fs::write(src.path().join("skip.me"), "x").unwrap();
         std::os::unix::fs::symlink("b.py", src.path().join("link.py")).unwrap();
+        std::os::unix::fs::symlink("/", src.path().join("root")).unwrap();
+        let long_target = format!("/{}", "d/".repeat(80));
+        std::os::unix::fs::symlink(&long_target, src.path().join("long")).unwrap();
 
         let cache_dir = tempfile::tempdir().unwrap();
         let store = Cache::open(cache_dir.path()).unwrap().blobs();
@@ -379,8 +415,16 @@ mod tests {
                 "kubeless/a/",
                 "kubeless/a/run.sh",
                 "kubeless/b.py",
-                "kubeless/link.py"
+                "kubeless/link.py",
+                "kubeless/long",
+                "kubeless/root"
             ]
+        );
+        let links: Vec<Option<&str>> = entries[4..].iter().map(|e| e.4.as_deref()).collect();
+        assert_eq!(
+            links,
+            [Some("b.py"), Some(long_target.as_str()), Some("/")],
+            "link targets are kept as they are"
         );
         assert_eq!(entries[2].1, 0o755);
         assert_eq!(entries[3].1, 0o644);

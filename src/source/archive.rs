@@ -96,11 +96,17 @@ impl ArchiveKind {
     }
 }
 
-/// Unpacks an archive file into `dest` (an existing, empty directory).
-pub fn unpack_file(path: &Path, kind: ArchiveKind, dest: &Path, limits: Limits) -> Result<()> {
+/// Unpacks an archive file into `dest` (an existing, empty directory); `name` is how
+/// messages name the archive.
+pub fn unpack_file(
+    path: &Path,
+    name: &str,
+    kind: ArchiveKind,
+    dest: &Path,
+    limits: Limits,
+) -> Result<()> {
     let file = fs::File::open(path).io_context("open archive", path)?;
-    let name = path.display().to_string();
-    let mut unpacker = Unpacker::new(dest, &name, limits)?;
+    let mut unpacker = Unpacker::new(dest, name, limits)?;
     match kind {
         ArchiveKind::Zip => unpacker.zip(file)?,
         _ => unpacker.tar(decompressor(kind, BufReader::new(file)))?,

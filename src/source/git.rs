@@ -177,6 +177,50 @@ fn set_server_timeouts(idle: Duration) -> Result<()> {
     .map_err(|e| Error::Source(format!("cannot set libgit2's timeouts: {}", e.message())))
 }
 
+/// The URL a submodule is fetched from: `raw` as `.gitmodules` gives it, resolved against
+/// the superproject's URL when relative (`../lib.git`), as git does. A repository fetched over
+/// the network may only name submodules over the network, as git's `protocol.file.allow=user`
+/// has it: a hostile `.gitmodules` naming `/var/lib/private.git`, `file:///...` or enough
+/// `../` would otherwise copy a repository of the build machine into the image.
+fn submodule_url(parent: &str, raw: &str) -> std::result::Result<String, String> {
+    let resolved = if raw.starts_with("./") || raw.starts_with("../") {
+        let mut base = parent.trim_end_matches('/').to_string();
+        let mut rest = raw;
+        loop {
+            if let Some(r) = rest.strip_prefix("./") {
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("../") {
+                rest = r;
+                let cut = base.rfind('/').filter(|&i| !base[..i].ends_with('/'));
+                match cut {
+                    Some(i) => base.truncate(i),
+                    None => return Err(format!("its URL '{raw}' climbs above {parent}")),
+                }
+            } else {
+                break;
+            }
+        }
+        format!("{base}/{rest}")
+    } else {
+        raw.to_string()
+    };
+    if is_local_url(&resolved) && !is_local_url(parent) {
+        return Err(format!("its URL '{raw}' names a path of the build machine"));
+    }
+    Ok(resolved)
+}
+
+/// Whether a Git URL names a repository on this machine (a path or `file://`), rather than
+/// one reached over the network (`scheme://` or scp-like `host:path`).
+fn is_local_url(url: &str) -> bool {
+    match url.split_once("://") {
+        Some((scheme, _)) => scheme.eq_ignore_ascii_case("file"),
+        None => !url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.is_empty() && !host.contains('/')),
+    }
+}
+
 /// Where fetched refs land in the scratch repository.
 const FETCHED_REF: &str = "refs/fnbuild/fetched";
 
@@ -422,11 +466,31 @@ impl Fetcher<'_> {
         let submodules = self.repo.submodules().map_err(git_error(self.shown))?;
         for mut submodule in submodules {
             let name = submodule.name().unwrap_or("?").to_string();
+            let url = submodule_url(
+                &self.source.url,
+                submodule.url().ok().flatten().unwrap_or(""),
+            )
+            .map_err(|why| {
+                Error::Source(format!(
+                    "submodule '{name}' of {}: {why}; submodules of a remote repository \
+                         must be remote too (https://, ssh://, git://, or relative to it)",
+                    self.shown
+                ))
+            })?;
+            // The URL as resolved here, in the scratch repository's own configuration (never
+            // the source's .gitmodules): libgit2 would resolve a relative one against the
+            // working directory, on this machine.
+            submodule.init(true).map_err(git_error(self.shown))?;
+            let mut config = self.repo.config().map_err(git_error(self.shown))?;
+            config
+                .set_str(&format!("submodule.{name}.url"), &url)
+                .map_err(git_error(self.shown))?;
+            submodule.reload(true).map_err(git_error(self.shown))?;
             let mut fetch = FetchOptions::new();
             fetch.remote_callbacks(self.callbacks());
             let mut update = git2::SubmoduleUpdateOptions::new();
             update.fetch(fetch);
-            submodule.update(true, Some(&mut update)).map_err(|e| {
+            submodule.update(false, Some(&mut update)).map_err(|e| {
                 Error::Source(format!(
                     "cannot fetch submodule '{name}' of {}: {}",
                     self.shown,
@@ -699,6 +763,36 @@ mod tests {
         );
         assert!(
             matches!(resolve(&GitSource { revision: None, ..source("") }, &heads, "repo").unwrap(), Target::Ref { name } if name == "refs/heads/main")
+        );
+    }
+
+    #[test]
+    fn submodules_of_remote_repositories_stay_remote() {
+        let parent = "https://git.local/team/fn.git";
+        assert_eq!(
+            submodule_url(parent, "../lib.git").unwrap(),
+            "https://git.local/team/lib.git"
+        );
+        assert_eq!(
+            submodule_url(parent, "./sub/lib.git").unwrap(),
+            "https://git.local/team/fn.git/sub/lib.git"
+        );
+        assert_eq!(
+            submodule_url(parent, "git@git.local:team/lib.git").unwrap(),
+            "git@git.local:team/lib.git"
+        );
+        for hostile in [
+            "/var/lib/private.git",
+            "file:///var/lib/private.git",
+            "../../../../../var/lib/private.git",
+            "private",
+        ] {
+            assert!(submodule_url(parent, hostile).is_err(), "{hostile}");
+        }
+        // A local superproject may name local submodules.
+        assert_eq!(
+            submodule_url("file:///srv/fn.git", "file:///srv/lib.git").unwrap(),
+            "file:///srv/lib.git"
         );
     }
 }

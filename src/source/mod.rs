@@ -191,7 +191,7 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
                     temp: Some(temp),
                 }
             } else {
-                from_file(&object.path, options, temp)?
+                from_file(&object.path, &source.to_string(), options, temp)?
             };
             fetched.origin = Origin {
                 url: Some(source.to_string()),
@@ -238,7 +238,7 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
                 http::download(url, temp.path(), options.limits.max_bytes, progress)
             })
             .await?;
-            let mut fetched = from_file(&file, options, temp)?;
+            let mut fetched = from_file(&file, &http::redact(url), options, temp)?;
             fetched.origin.url = Some(http::redact(url));
             Ok(fetched)
         }
@@ -300,11 +300,22 @@ fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Fetched> {
             temp: None,
         });
     }
-    from_file(path, options, temp_dir(options)?)
+    from_file(
+        path,
+        &path.display().to_string(),
+        options,
+        temp_dir(options)?,
+    )
 }
 
 /// A downloaded or local file: verified, then unpacked if it is an archive, else placed alone.
-fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Result<Fetched> {
+/// `shown` names it in messages as the user gave it (a path, a URL, an `s3://` object).
+fn from_file(
+    file: &Path,
+    shown: &str,
+    options: &FetchOptions,
+    temp: tempfile::TempDir,
+) -> Result<Fetched> {
     let digest = Digest::of_file(file).io_context("read", file)?;
     if let Some(expected) = &options.checksum {
         if &digest != expected {
@@ -321,7 +332,7 @@ fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Re
     fs::create_dir(&dest).io_context("create", &dest)?;
     let root = match ArchiveKind::of_file(file)? {
         Some(kind) => {
-            archive::unpack_file(file, kind, &dest, options.limits)?;
+            archive::unpack_file(file, shown, kind, &dest, options.limits)?;
             single_top_dir(dest)
         }
         None => {
@@ -331,8 +342,7 @@ fn from_file(file: &Path, options: &FetchOptions, temp: tempfile::TempDir) -> Re
             let size = fs::metadata(file).io_context("read", file)?.len();
             if size > options.limits.max_bytes {
                 return Err(Error::Source(format!(
-                    "{} is {size} bytes, more than the limit of {} (raise it with --max-source-size)",
-                    file.display(),
+                    "{shown} is {size} bytes, more than the limit of {} (raise it with --max-source-size)",
                     options.limits.max_bytes
                 )));
             }
