@@ -441,21 +441,24 @@ fn layout_and_tarball_outputs_are_read_by_skopeo_and_base_layers_are_mounted() {
     let layout = format!("oci:{}:v1", out_dir.path().join("layout").display());
     let tarball = out_dir.path().join("fn.tar");
     let image = format!("{}/functions/hello:v1", registry.host());
-    // A registry-only build: the base layers are mounted inside the registry, never downloaded.
-    let registry_only = success(&mut build_cmd(
-        &registry,
-        cache.path(),
-        &[
-            "--source",
-            src.path().to_str().unwrap(),
-            "--runtime",
-            PYTHON,
-            "--handler",
-            "hello.handler",
-            "--image",
-            &image,
-        ],
-    ));
+    // A registry-only build: the base layers are mounted inside the registry.
+    let registry_build = || {
+        success(&mut build_cmd(
+            &registry,
+            cache.path(),
+            &[
+                "--source",
+                src.path().to_str().unwrap(),
+                "--runtime",
+                PYTHON,
+                "--handler",
+                "hello.handler",
+                "--image",
+                &image,
+            ],
+        ))
+    };
+    let registry_only = registry_build();
     let stderr = String::from_utf8_lossy(&registry_only.stderr);
     assert!(stderr.contains("mounted blob"), "{stderr}");
     // The push mounts the base layers inside the registry. The handler is compiled by the
@@ -487,20 +490,7 @@ fn layout_and_tarball_outputs_are_read_by_skopeo_and_base_layers_are_mounted() {
         "def handler(event, context):\n    return 'hello again'\n",
     )
     .unwrap();
-    let rebuild = success(&mut build_cmd(
-        &registry,
-        cache.path(),
-        &[
-            "--source",
-            src.path().to_str().unwrap(),
-            "--runtime",
-            PYTHON,
-            "--handler",
-            "hello.handler",
-            "--image",
-            &image,
-        ],
-    ));
+    let rebuild = registry_build();
     let stderr = String::from_utf8_lossy(&rebuild.stderr);
     assert!(
         !unpacks(&stderr) && !stderr.contains("unpacked image root filesystem"),

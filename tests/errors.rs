@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::functions::*;
-use common::{free_port, sha256_digest, Registry, RegistryOptions};
+use common::{free_port, sha256_digest, walk, Registry, RegistryOptions};
 
 const HELLO_PY: &str = "def handler(event, context):\n    return 'hello'\n\n\
                         def helper():\n    return 1\n";
@@ -100,25 +100,6 @@ fn expect_failure(registry: &Registry, cmd: &mut Command, code: i32) -> String {
     assert!(!stderr.contains("panicked"), "fnbuild panicked:\n{stderr}");
     assert_nothing_pushed(registry);
     stderr
-}
-
-/// Every path under `root` (files, dirs and links), relative to it.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            found.push(path.strip_prefix(root).unwrap().to_path_buf());
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(path);
-            }
-        }
-    }
-    found
 }
 
 /// A tar archive written as an attacker would: entry names and link targets set in the

@@ -109,7 +109,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::functions::{base_layout, files_holding, registry_with_bases, NODEJS, PYTHON};
 use common::git_server::GitDaemon;
 use common::s3_server::{isolate_aws_env, S3Server, S3Setup};
-use common::{gzip, tar_of, Registry};
+use common::{gzip, tar_of, walk, Registry};
 
 const HELLO_PY: &str = "def handler(event, context):\n    return 'hello'\n";
 const HELLO_JS: &str = "module.exports = { handler() { return 'hello'; } };\n";
@@ -471,25 +471,6 @@ impl Bench {
             "registry blobs holding a canary: {holding:?}"
         );
     }
-}
-
-/// Every path under `root` (files, directories, links), relative to it; links not followed.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            found.push(path.strip_prefix(root).unwrap().to_path_buf());
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(path);
-            }
-        }
-    }
-    found
 }
 
 // === Layers as the registry holds them ===
@@ -952,35 +933,9 @@ fn source_tree(dir: &Path, files: &[(&str, &str)], links: &[(&str, &str)]) {
 
 /// Commits everything in `dir` into a new repository there; returns its `git+file://` URL.
 fn git_repo(dir: &Path, home: &Path) -> String {
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.name=fnbuild corpus",
-            "-c",
-            "user.email=corpus@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "hostile",
-        ],
-    ] {
-        let out = Command::new("git")
-            .args(["-c", "core.symlinks=true"])
-            .args(args)
-            .current_dir(dir)
-            .env("HOME", home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    git_in(dir, home, &["init", "-q", "-b", "main"]);
+    git_in(dir, home, &["add", "-A"]);
+    git_in(dir, home, &["commit", "-q", "-m", "hostile"]);
     format!("git+file://{}", dir.display())
 }
 
@@ -992,6 +947,8 @@ fn git_in(dir: &Path, home: &Path, args: &[&str]) -> String {
             "user.name=fnbuild corpus",
             "-c",
             "user.email=corpus@example.com",
+            "-c",
+            "core.symlinks=true",
         ])
         .args(args)
         .current_dir(dir)
