@@ -1,24 +1,12 @@
 //! `fnbuild build --knative-service FILE` writes a Knative Service that runs the image by
 //! digest with the function's settings, valid against Knative Serving's own CRD schema
-//! (../shared/knative-crds, validated with jsonschema).
+//! (tests/data/knative-crds, validated with jsonschema).
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::functions::*;
-
-fn crd(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/knative-crds")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "the Knative CRD schemas are expected at {} (../shared beside the repository)",
-        path.display()
-    );
-    path
-}
 
 /// Runs the schema validator; returns (valid, its report).
 fn validate(crd_file: &Path, object: &Path) -> (bool, String) {
@@ -85,7 +73,7 @@ fn the_service_runs_the_image_by_digest_and_is_valid_against_the_knative_crd() {
         ],
     ));
     let pinned = printed_ref(&out);
-    let (valid, report) = validate(&crd("serving-service.yaml"), &service_file);
+    let (valid, report) = validate(&common::knative_crd("serving-service.yaml"), &service_file);
     assert!(
         valid,
         "the Service is not valid against the Knative CRD:\n{report}"
@@ -139,7 +127,7 @@ fn the_validator_refuses_an_invalid_service() {
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  template:\n    spec:\n      containers: \"not a list\"\n      timeoutSeconds: \"soon\"\n",
     )
     .unwrap();
-    let (valid, report) = validate(&crd("serving-service.yaml"), &bad);
+    let (valid, report) = validate(&common::knative_crd("serving-service.yaml"), &bad);
     assert!(!valid);
     assert!(
         report.contains("containers") && report.contains("timeoutSeconds"),

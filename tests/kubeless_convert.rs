@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use common::functions::*;
@@ -56,17 +56,11 @@ fn serve(body: Vec<u8>) -> String {
     format!("http://{address}")
 }
 
-fn crd(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/knative-crds")
-        .join(name)
-}
-
 fn assert_valid(crd_file: &str, object: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/validate_crd.py");
     let out = std::process::Command::new("python3")
         .arg(script)
-        .arg(crd(crd_file))
+        .arg(common::knative_crd(crd_file))
         .arg(object)
         .output()
         .unwrap();

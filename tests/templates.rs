@@ -382,10 +382,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     let service = source.path().join("service.yaml");
     let out = Command::new("python3")
         .arg(support("validate_crd.py"))
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/knative-crds/serving-service.yaml"),
-        )
+        .arg(common::knative_crd("serving-service.yaml"))
         .arg(&service)
         .output()
         .unwrap();

@@ -58,6 +58,19 @@ pub fn rootfs(lang: &str) -> PathBuf {
     dir
 }
 
+/// A Knative CRD schema kept with the tests (`tests/data/knative-crds/NAME`, see its README).
+pub fn knative_crd(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/knative-crds")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "no Knative CRD schema at {}",
+        path.display()
+    );
+    path
+}
+
 /// Every path under `root` (files, directories, links), relative to it; links not followed.
 pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

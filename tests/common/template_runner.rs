@@ -1,5 +1,5 @@
 //! Runs fnbuild's build templates (`build-templates/`) for real, as Knative Build and Tekton
-//! run them (facts in ../shared/reference/knative.md): parameters are applied with each
+//! run them, as their documentation describes: parameters are applied with each
 //! system's substitution rules, then every step runs, one after the other, as a runc container
 //! of its image, pulled from a registry and unpacked, with the pod's shared directories bound
 //! in.
