@@ -4,7 +4,6 @@
 //! under runc when it is installed, else in a chroot (`sandbox`) as the image's user. It runs
 //! until interrupted; Ctrl-C or SIGTERM stop the function.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
@@ -16,7 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::rootfs;
-use crate::sandbox::{Bind, SandboxSpec};
+use crate::sandbox::{wait_stopping_on_signals, Bind, SandboxSpec};
 use crate::transport::{Location, SourceImage};
 
 pub struct RunRequest {
@@ -85,12 +84,9 @@ async fn run_with_runc(
         command
     };
     // SIGTERM to the container's init process: the runtime server.
-    let status = supervise(&mut child, || async {
-        runc_command(&["kill"])
-            .arg("TERM")
-            .status()
-            .await
-            .map(|_| ())
+    let status = wait_stopping_on_signals(&mut child, "the function", |_| async {
+        tracing::info!("stopping the function");
+        let _ = runc_command(&["kill"]).arg("TERM").status().await;
     })
     .await?;
     let _ = runc_command(&["delete", "--force"]).status().await;
@@ -118,35 +114,13 @@ async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<
         .spawn()
         .map_err(|e| Error::Run(format!("cannot start the function: {e}")))?;
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    supervise(&mut child, || async move {
+    wait_stopping_on_signals(&mut child, "the function", |_| async move {
+        tracing::info!("stopping the function");
         if let Some(pid) = pid {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
-        Ok(())
     })
     .await
-}
-
-/// Waits for the function to exit; SIGINT or SIGTERM to fnbuild asks it to stop.
-async fn supervise<F, Fut>(child: &mut tokio::process::Child, stop: F) -> Result<ExitStatus>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = std::io::Result<()>>,
-{
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).io_context("listen for", "SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).io_context("listen for", "SIGTERM")?;
-    loop {
-        let stopping = tokio::select! {
-            status = child.wait() => return status.io_context("wait for", "the function"),
-            _ = interrupt.recv() => true,
-            _ = terminate.recv() => true,
-        };
-        if stopping {
-            tracing::info!("stopping the function");
-            let _ = stop().await;
-        }
-    }
 }
 
 fn find_runc() -> Option<PathBuf> {

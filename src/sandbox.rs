@@ -268,25 +268,42 @@ fn run_forwarding_signals(command: Command) -> Result<ExitStatus> {
         .build()
         .io_context("start", "the sandbox's event loop")?;
     runtime.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
         let program = format!("{:?}", command.get_program());
         let mut child = tokio::process::Command::from(command)
             .spawn()
             .map_err(|e| Error::Run(format!("cannot run {program} in the sandbox: {e}")))?;
         let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-        let mut interrupt = signal(SignalKind::interrupt()).io_context("listen for", "SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).io_context("listen for", "SIGTERM")?;
-        loop {
-            let signal = tokio::select! {
-                status = child.wait() => return status.io_context("wait for", &program),
-                _ = interrupt.recv() => Signal::SIGINT,
-                _ = terminate.recv() => Signal::SIGTERM,
-            };
+        wait_stopping_on_signals(&mut child, &program, |signal| async move {
             if let Some(pid) = pid {
                 let _ = nix::sys::signal::kill(pid, signal);
             }
-        }
+        })
+        .await
     })
+}
+
+/// Waits for `child` (`what`, in errors) to end; each SIGINT or SIGTERM this process gets
+/// meanwhile runs `stop` with that signal, which asks the child to end.
+pub async fn wait_stopping_on_signals<F, Fut>(
+    child: &mut tokio::process::Child,
+    what: &str,
+    stop: F,
+) -> Result<ExitStatus>
+where
+    F: Fn(Signal) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).io_context("listen for", "SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).io_context("listen for", "SIGTERM")?;
+    loop {
+        let signal = tokio::select! {
+            status = child.wait() => return status.io_context("wait for", what),
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+        };
+        stop(signal).await;
+    }
 }
 
 fn read_spec() -> Result<(SandboxSpec, String)> {
