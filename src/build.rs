@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::builder_image;
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
 use crate::compile_check::{self, Compiled, Interpreter};
-use crate::deps::{self, DepsFiles, Installer};
+use crate::deps::{self, DepsFiles, ImageRoot, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::handler_check;
@@ -421,8 +422,8 @@ async fn install_deps(
 ) -> Result<DepsLayer> {
     let started = Instant::now();
     let store = ctx.cache.blobs();
-    let base_rootfs = match installer {
-        Installer::Image => Some(base_rootfs(base, ctx).await?),
+    let image_root = match installer {
+        Installer::Image => Some(image_root(base, runtime, ctx).await?),
         Installer::Host => None,
     };
     let work = ctx.cache.temp_dir("deps-")?;
@@ -442,7 +443,7 @@ async fn install_deps(
             installer,
             &install_files,
             &version,
-            base_rootfs.as_deref(),
+            image_root.as_ref(),
             &out_dir,
             &scratch_dir,
         )
@@ -459,6 +460,43 @@ async fn install_deps(
         diff_id: built.diff_id,
         packages,
     })
+}
+
+/// Where the base image's own interpreter runs the install: right here, when this build step
+/// runs in a builder image made from this very base; else inside its root filesystem,
+/// unpacked, which needs the sandbox.
+async fn image_root(
+    base: &SourceImage,
+    runtime: &Runtime,
+    ctx: &BuildContext<'_>,
+) -> Result<ImageRoot> {
+    let builder_base = builder_image::base_of_this_step();
+    if builder_base.as_ref() == Some(&base.digest) {
+        tracing::info!(runtime = %runtime.name, "this build step runs in the runtime's builder image: installing with its own interpreter, nothing to unpack");
+        if !crate::confine::available() {
+            tracing::warn!("Landlock is not available (a kernel older than 5.13, or one without it): the install runs as this step's user and can read what it can; give the step no more than it needs");
+        }
+        return Ok(ImageRoot::ThisStep);
+    }
+    if !crate::sandbox::available() {
+        let here = match builder_base {
+            Some(digest) => format!(
+                "this build step runs in a builder image made from another base ({digest}, not {}), and ",
+                base.digest
+            ),
+            None => String::new(),
+        };
+        return Err(Error::Deps(format!(
+            "dependencies are installed by the base image's own interpreter: {here}running the \
+             base image's root filesystem needs root with CAP_SYS_ADMIN or user namespaces, \
+             which this process does not have. Build in the builder image made from this base \
+             (`fnbuild builder-image --runtime {} --base-image BASE`; the templates' \
+             BUILDER_IMAGE), or install with this machine's package manager \
+             (--deps-installer host)",
+            runtime.name
+        )));
+    }
+    Ok(ImageRoot::Unpacked(base_rootfs(base, ctx).await?))
 }
 
 /// The base image's root filesystem, unpacked in the cache (its layers fetched first when the

@@ -1,24 +1,121 @@
-//! The builder image: the image a Knative Build or Tekton step runs. It holds this very
-//! fnbuild binary, the shared libraries the running process has loaded (read from
-//! /proc/self/maps, so nothing is guessed), the dynamic loader at the path the binary names,
-//! and CA certificates; no shell and no package manager. Made daemonlessly, like every image
-//! fnbuild makes.
+//! The builder images: the images a Knative Build or Tekton step runs.
+//!
+//! - The generic one ([`make_builder_image`]) holds this very fnbuild binary, the shared
+//!   libraries the running process has loaded (read from /proc/self/maps, so nothing is
+//!   guessed), the dynamic loader at the path the binary names, and CA certificates; no shell
+//!   and no package manager. It builds functions whose dependencies it need not install, or
+//!   installs them in a privileged step.
+//! - One per runtime ([`make_runtime_builder_image`]): the runtime's base image plus this
+//!   binary, as buildpacks pair a build image with a run image. A build step running there
+//!   runs in the function's own environment: dependencies are installed by the image's own
+//!   pip or npm where they are, with no root, no namespaces and nothing to unpack, which is
+//!   what a pod under the restricted Pod Security Standard can do. The image records its
+//!   base's digest ([`BASE_DIGEST_ENV`]), so a build knows when its base is the one it runs
+//!   in.
+//!
+//! Both are made daemonlessly, like every image fnbuild makes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::cache::Cache;
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Content, Entry, FileSource, LayerOptions};
 use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
 use crate::registry::Registries;
-use crate::transport::publish::{publish, BuiltImage};
-use crate::transport::Location;
+use crate::runtime::Runtime;
+use crate::transport::publish::{publish, BuiltImage, Inherited};
+use crate::transport::{Location, SourceImage};
 
 /// Where the binary lives in the image.
 pub const BINARY: &str = "/usr/local/bin/fnbuild";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The working directory of a build step (where Knative Build and Tekton mount workspaces).
+const WORKSPACE: &str = "/workspace";
+/// The variable a runtime's builder image sets to the digest of the base image it was made
+/// from.
+pub const BASE_DIGEST_ENV: &str = "FNBUILD_BUILDER_BASE";
+
+/// The digest of the runtime base image this process runs in, when it runs in a runtime's
+/// builder image.
+pub fn base_of_this_step() -> Option<Digest> {
+    std::env::var(BASE_DIGEST_ENV).ok()?.parse().ok()
+}
+
+/// Makes and publishes the builder image of `runtime`: its base image (read from
+/// `base_location`) plus this binary; returns the published references.
+pub async fn make_runtime_builder_image(
+    runtime: &Runtime,
+    base_location: &Location,
+    outputs: &[Location],
+    registries: &Registries,
+    cache: &Cache,
+    source_date_epoch: u64,
+) -> Result<Vec<String>> {
+    let store = cache.blobs();
+    let base = SourceImage::load(base_location, registries, &store).await?;
+    let exe = std::env::current_exe().io_context("find", "the fnbuild executable")?;
+    let mut workspace = Entry::directory(WORKSPACE.trim_start_matches('/'));
+    workspace.mode = 0o1777;
+    let entries = add_parent_dirs(vec![workspace, file_entry(&exe, BINARY, 0o755)]);
+    let options = LayerOptions {
+        mtime: source_date_epoch,
+        ..LayerOptions::default()
+    };
+    let built = layer::write_layer(entries, &options, &store)?;
+
+    let family = base.manifest.family()?;
+    let created = rfc3339(source_date_epoch);
+    let mut config = base.config.clone();
+    config.created = Some(created.clone());
+    let base_digest = base.digest.to_string();
+    config.set_env([(BASE_DIGEST_ENV, base_digest.as_str())]);
+    let title = format!("fnbuild builder for {}", runtime.name);
+    config.set_labels([
+        ("org.opencontainers.image.title", title.as_str()),
+        (
+            "org.opencontainers.image.version",
+            env!("CARGO_PKG_VERSION"),
+        ),
+    ]);
+    config.config.entrypoint = Some(vec![BINARY.to_string()]);
+    config.config.cmd = None;
+    config.config.working_dir = Some(WORKSPACE.to_string());
+    config.push_layer(
+        built.diff_id.clone(),
+        &created,
+        "fnbuild: the fnbuild binary".to_string(),
+    );
+    let mut layers = base.manifest.layers.clone();
+    layers.push(Descriptor::new(
+        family.layer_gzip(),
+        built.digest,
+        built.size,
+    ));
+    let mut annotations = std::collections::BTreeMap::new();
+    if family == MediaFamily::Oci {
+        annotations.insert(
+            "org.opencontainers.image.base.digest".to_string(),
+            base_digest.clone(),
+        );
+        if let Location::Registry(reference) = base_location {
+            annotations.insert(
+                "org.opencontainers.image.base.name".to_string(),
+                reference.to_string(),
+            );
+        }
+    }
+    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
+    publish(
+        &BuiltImage::new(manifest, vec![Inherited::layers_of(&base)]),
+        outputs,
+        registries,
+        &store,
+    )
+    .await
+}
 
 /// Makes and publishes the builder image; returns the published references.
 pub async fn make_builder_image(
@@ -30,7 +127,7 @@ pub async fn make_builder_image(
     let exe = std::env::current_exe().io_context("find", "the fnbuild executable")?;
     let mut entries = vec![
         Entry::directory("tmp"),
-        Entry::directory("workspace"),
+        Entry::directory(WORKSPACE.trim_start_matches('/')),
         Entry::file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n".to_vec()),
         Entry::file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n".to_vec()),
         file_entry(&exe, BINARY, 0o755),

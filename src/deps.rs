@@ -7,6 +7,10 @@
 //! npm: registry and .npmrc; both: proxies and a CA bundle), copied into a scratch directory
 //! mounted at /tmp, never into the output, and nothing else of the builder's environment.
 //! The deps files come as bytes read beneath the source (see `source::Workspace`).
+//!
+//! Where the build step runs in the runtime's own environment (its builder image), the image's
+//! interpreter is this machine's: the install runs in place, confined with Landlock
+//! (`confine`), and no root filesystem is unpacked.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -15,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use crate::confine::{self, ConfinedSpec};
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{Language, CODE_DIR};
 use crate::sandbox::{Bind, SandboxSpec, UNPRIVILEGED};
@@ -45,14 +50,30 @@ const PROXY_ENV: &[&str] = &[
     "https_proxy",
     "no_proxy",
 ];
-/// Variables naming a CA bundle; the first one set is copied in and all point at the copy.
+/// Variables naming a CA bundle; the first one set, the package manager's own first, is
+/// copied in and all point at the copy.
 const CA_BUNDLE_ENV: &[&str] = &[
     "PIP_CERT",
-    "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
     "NPM_CONFIG_CAFILE",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
 ];
+
+/// The CA bundle variables in the order `language`'s package manager prefers them: its own
+/// before the general `SSL_CERT_FILE` (which libraries set for themselves, too).
+fn ca_bundle_env(language: Language) -> impl Iterator<Item = &'static str> {
+    let own = match language {
+        Language::Python => ["PIP_CERT", "REQUESTS_CA_BUNDLE"],
+        Language::Nodejs => ["NPM_CONFIG_CAFILE", "NODE_EXTRA_CA_CERTS"],
+    };
+    own.into_iter().chain(
+        CA_BUNDLE_ENV
+            .iter()
+            .copied()
+            .filter(move |n| !own.contains(n)),
+    )
+}
 /// Kubeless's name for the npm registry setting.
 const KUBELESS_NPM_REGISTRY_ENV: &str = "NPM_REGISTRY";
 
@@ -64,6 +85,16 @@ pub enum Installer {
     Image,
     /// This machine's pip or npm.
     Host,
+}
+
+/// Where the base image's own interpreter runs, for [`Installer::Image`].
+#[derive(Debug, Clone)]
+pub enum ImageRoot {
+    /// The base image's root filesystem, unpacked here: the install runs inside it, sandboxed.
+    Unpacked(PathBuf),
+    /// This build step runs in the base image itself (a builder image made from it): the
+    /// install runs at the image's own paths, confined.
+    ThisStep,
 }
 
 /// The dependency files of a function, as read from its source (beneath the workspace) or
@@ -119,12 +150,12 @@ pub const LOCK_FILE: &str = "package-lock.json";
 pub const NPMRC_FILE: &str = ".npmrc";
 
 /// Installs the dependencies into `out` (laid out as under /kubeless), using `scratch` for
-/// temporary files. `base_rootfs` is required for [`Installer::Image`].
+/// temporary files. `image_root` is required for [`Installer::Image`].
 pub fn install(
     installer: Installer,
     files: &DepsFiles,
     python_version: &str,
-    base_rootfs: Option<&Path>,
+    image_root: Option<&ImageRoot>,
     out: &Path,
     scratch: &Path,
 ) -> Result<()> {
@@ -135,26 +166,37 @@ pub fn install(
     }
     let settings = Settings::collect(files.language, scratch)?;
     let result = match installer {
-        Installer::Image => {
-            let root = base_rootfs.expect("the image installer is given the base rootfs");
-            // The installer runs unprivileged: it owns what it writes to, nothing else.
-            for dir in [out, scratch] {
-                give_to(dir, UNPRIVILEGED)?;
+        Installer::Image => match image_root.expect("the image installer is given its root") {
+            ImageRoot::ThisStep => {
+                let spec = ConfinedSpec {
+                    readable: confine::SYSTEM_DIRS.iter().map(PathBuf::from).collect(),
+                    writable: vec![out.to_path_buf(), scratch.to_path_buf()],
+                    workdir: out.to_path_buf(),
+                    env: settings.env(&scratch.to_string_lossy()),
+                    args: install_args(files, &out.to_string_lossy(), None),
+                };
+                run_installer(spec.command()?, files.language, &settings)
             }
-            let spec = SandboxSpec {
-                root: root.to_path_buf(),
-                binds: vec![
-                    Bind::writable(out, CODE_DIR),
-                    Bind::writable(scratch, "/tmp"),
-                    Bind::resolv_conf(),
-                ],
-                workdir: CODE_DIR.into(),
-                env: settings.env("/tmp"),
-                args: install_args(files, CODE_DIR, None),
-                user: UNPRIVILEGED,
-            };
-            run_installer(spec.command()?, files.language, &settings)
-        }
+            ImageRoot::Unpacked(root) => {
+                // The installer runs unprivileged: it owns what it writes to, nothing else.
+                for dir in [out, scratch] {
+                    give_to(dir, UNPRIVILEGED)?;
+                }
+                let spec = SandboxSpec {
+                    root: root.clone(),
+                    binds: vec![
+                        Bind::writable(out, CODE_DIR),
+                        Bind::writable(scratch, "/tmp"),
+                        Bind::resolv_conf(),
+                    ],
+                    workdir: CODE_DIR.into(),
+                    env: settings.env("/tmp"),
+                    args: install_args(files, CODE_DIR, None),
+                    user: UNPRIVILEGED,
+                };
+                run_installer(spec.command()?, files.language, &settings)
+            }
+        },
         Installer::Host => {
             tracing::warn!(
                 "installing dependencies with this machine's {} (--deps-installer host): native \
@@ -284,8 +326,7 @@ impl Settings {
             fs::copy(from, &dest).io_context("copy", from)?;
             Ok(())
         };
-        if let Some(ca) = CA_BUNDLE_ENV
-            .iter()
+        if let Some(ca) = ca_bundle_env(language)
             .find_map(std::env::var_os)
             .map(PathBuf::from)
         {
@@ -464,6 +505,22 @@ mod tests {
         assert!(files(r#"{"dependencies":{"left-pad":"1.3.0"}}"#)
             .declares_dependencies()
             .unwrap());
+    }
+
+    #[test]
+    fn each_package_manager_prefers_its_own_ca_bundle_setting() {
+        let order = |language| ca_bundle_env(language).collect::<Vec<_>>();
+        assert_eq!(
+            order(Language::Nodejs)[..2],
+            ["NPM_CONFIG_CAFILE", "NODE_EXTRA_CA_CERTS"]
+        );
+        assert_eq!(
+            order(Language::Python)[..2],
+            ["PIP_CERT", "REQUESTS_CA_BUNDLE"]
+        );
+        for language in [Language::Python, Language::Nodejs] {
+            assert_eq!(order(language).len(), CA_BUNDLE_ENV.len());
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cache_repo;
 pub mod cli;
 pub mod compile_check;
+pub mod confine;
 pub mod deps;
 pub mod digest;
 pub mod error;

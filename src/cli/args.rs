@@ -68,6 +68,9 @@ pub enum Command {
     /// Internal: process 1 of that command's PID namespace.
     #[command(name = "__sandbox-init", hide = true)]
     SandboxInit,
+    /// Internal: runs a dependency install confined with Landlock.
+    #[command(name = "__confined", hide = true)]
+    Confined,
 }
 
 /// Flags for every command that talks to a registry.
@@ -378,6 +381,22 @@ pub struct BuilderImageArgs {
     /// Where to publish: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
     #[arg(long, value_name = "REF", alias = "destination", required = true)]
     pub image: Vec<String>,
+
+    /// Make the builder image of this runtime: its base image plus fnbuild, where builds
+    /// install dependencies with the image's own pip or npm, unprivileged (see `fnbuild
+    /// runtimes`). Without it: the generic builder image (fnbuild and its libraries only).
+    #[arg(long)]
+    pub runtime: Option<String>,
+
+    /// The runtime base image the builder image is made from, replacing the catalog's: REF,
+    /// oci:DIR[:NAME] or tar:FILE[:NAME]. Only with --runtime.
+    #[arg(
+        long,
+        value_name = "REF",
+        alias = "runtime-image",
+        requires = "runtime"
+    )]
+    pub base_image: Option<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

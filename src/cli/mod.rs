@@ -36,6 +36,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Sandbox => return crate::sandbox::helper_main(),
         Command::SandboxInit => return crate::sandbox::init_main(),
+        Command::Confined => return crate::confine::main(),
         _ => {}
     }
     init_logging(cli.log_format, &cli.log_level);
@@ -155,7 +156,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Convert(args) => convert_functions(args.without_empty_values()).await,
         Command::Runtimes(args) => list_runtimes(args),
         Command::Gc(args) => collect_garbage(args.without_empty_values()).await,
-        Command::Sandbox | Command::SandboxInit => {
+        Command::Sandbox | Command::SandboxInit | Command::Confined => {
             unreachable!("handled before the async runtime starts")
         }
     }
@@ -405,20 +406,38 @@ async fn run_base(args: BaseArgs) -> Result<ExitCode> {
 }
 
 async fn builder_image(args: BuilderImageArgs) -> Result<ExitCode> {
-    let (registries, cache, _) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry)?;
     let outputs = args
         .image
         .iter()
         .map(|i| i.parse())
         .collect::<Result<Vec<Location>>>()?;
-    for reference in crate::builder_image::make_builder_image(
-        &outputs,
-        &registries,
-        &cache,
-        source_date_epoch()?,
-    )
-    .await?
-    {
+    let epoch = source_date_epoch()?;
+    let published = match &args.runtime {
+        Some(name) => {
+            let resolved = catalog.resolve(name)?;
+            if let Some(warning) = &resolved.alias_warning {
+                tracing::warn!("{warning}");
+            }
+            let base: Location = match &args.base_image {
+                Some(base) => base.parse()?,
+                None => resolved.runtime.base_image_ref().parse()?,
+            };
+            crate::builder_image::make_runtime_builder_image(
+                resolved.runtime,
+                &base,
+                &outputs,
+                &registries,
+                &cache,
+                epoch,
+            )
+            .await?
+        }
+        None => {
+            crate::builder_image::make_builder_image(&outputs, &registries, &cache, epoch).await?
+        }
+    };
+    for reference in published {
         println!("{reference}");
     }
     Ok(ExitCode::SUCCESS)
