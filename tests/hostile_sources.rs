@@ -98,11 +98,9 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -1296,7 +1294,6 @@ fn python_that_does_not_compile_is_refused_with_the_runtimes_own_message() {
     }
     bench.finish();
 }
-
 
 #[test]
 fn a_dependencys_install_script_gets_nothing_of_the_builder() {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 
@@ -120,7 +119,7 @@ fs.writeFileSync(path.join(__dirname, 'report.json'), JSON.stringify(report, nul
 
 /// The npm package `evil` 1.0.0 (a .tgz) whose install script is steal.js, trying `canary`
 /// and `targets`.
-pub fn evil_npm_package(canary: &Path, targets: &[&str]) -> Vec<u8> {
+pub fn evil_npm_package(canary: &str, targets: &[&str]) -> Vec<u8> {
     let steal = STEAL_JS
         .replace("__CANARY__", &serde_json::to_string(canary).unwrap())
         .replace("__TARGETS__", &serde_json::to_string(targets).unwrap());
