@@ -41,6 +41,9 @@ pub struct BuildRequest {
     pub git: crate::source::git::GitOptions,
     pub s3: crate::source::s3::S3Options,
     pub checksum: Option<Digest>,
+    /// `--source-url`, `--source-revision`: what the image records of its source, each given
+    /// one instead of what the fetch found.
+    pub origin: source::Origin,
     pub limits: source::Limits,
     /// How long fetching the source over the network may take, and wait for data.
     pub deadlines: source::Deadlines,
@@ -91,7 +94,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     let runtime = resolved.runtime;
     let language = runtime.language;
 
-    let workspace = source::fetch(
+    let mut workspace = source::fetch(
         &request.source,
         &FetchOptions {
             checksum: request.checksum.clone(),
@@ -105,6 +108,11 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     )
     .await?;
     tracing::info!(source = %request.source, "fetched the function's source");
+    let found = std::mem::take(&mut workspace.origin);
+    workspace.origin = source::Origin {
+        url: request.origin.url.clone().or(found.url),
+        revision: request.origin.revision.clone().or(found.revision),
+    };
     let module = handler_check::check(&workspace, &request.handler, language)?;
     let deps_files = find_deps_files(request, &workspace, language)?;
 

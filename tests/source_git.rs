@@ -396,6 +396,55 @@ fn without_a_sub_directory_the_whole_tree_is_taken_without_git_metadata() {
     );
 }
 
+/// `--source-url` and `--source-revision` record where a checkout another step made came from
+/// (git-clone's `url` and `commit` in a Tekton Pipeline): for a directory, which records
+/// nothing by itself, and in place of what a Git fetch found; an empty one is not given.
+#[test]
+fn source_url_and_revision_flags_replace_what_the_fetch_recorded() {
+    let repo = GitFixture::new();
+    let url = "https://git.example.com/team/fn.git";
+    let dir = function_dir(&[("hello.py", &hello_py("dir"))]);
+    let plain = build(&["--source", path_str(dir.path())], &[]).image();
+    assert_eq!(
+        (plain.annotation(SOURCE), plain.annotation(REVISION)),
+        (None, None)
+    );
+    let told = build(
+        &[
+            "--source",
+            path_str(dir.path()),
+            "--source-url",
+            url,
+            "--source-revision",
+            &repo.main,
+        ],
+        &[],
+    )
+    .image();
+    assert_eq!(
+        (told.annotation(SOURCE), told.annotation(REVISION)),
+        (Some(url), Some(repo.main.as_str()))
+    );
+    let git = build(
+        &[
+            "--source",
+            &format!("git+{}#develop", repo.file_url()),
+            "--sub-dir",
+            "fn",
+            "--source-url",
+            url,
+            "--source-revision",
+            "",
+        ],
+        &[],
+    )
+    .image();
+    assert_eq!(
+        (git.annotation(SOURCE), git.annotation(REVISION)),
+        (Some(url), Some(repo.develop.as_str()))
+    );
+}
+
 // --- smart HTTP and credentials ---------------------------------------------------------------
 
 #[test]

@@ -23,7 +23,8 @@ use common::functions::*;
 use common::git_server::GitDaemon;
 use common::s3_server::{S3Server, S3Setup};
 use common::template_runner::{
-    apply_build_template, load_yaml, resolve_task, run_task, BuildPod, RunError, StepOutput,
+    apply_build_template, load_yaml, resolve_task, restricted_pss_violations, run_task, BuildPod,
+    ParamValue, PodSecurityContext, RunError, StepOutput, TaskRun, TaskRunOutcome,
     WorkspaceBinding,
 };
 use common::{fnbuild, Registry, RegistryOptions};
@@ -40,8 +41,12 @@ fn hello_py(label: &str) -> String {
     )
 }
 
-const SIX_PY: &str =
-    "import six\n\ndef handler(event, context):\n    return 'six ' + six.__version__\n";
+/// A Python function using MarkupSafe's native extension (a cp313 wheel with a C module).
+const MARKUPSAFE_PY: &str = "import markupsafe\nfrom markupsafe import _speedups\n\n\
+                             def handler(event, context):\n    \
+                             return str(markupsafe.escape('<b>')) + ' ' + _speedups.__name__\n";
+const LEFT_PAD_JS: &str = "const leftPad = require('left-pad');\n\n\
+                           module.exports = { handler: (event, context) => 'padded ' + leftPad('7', 3, '0') };\n";
 const HELLO_JS: &str = "const greeting = require('./lib/greeting');\n\n\
                         module.exports = { handler: (event, context) => greeting.text + ' from s3' };\n";
 const GREETING_JS: &str = "module.exports = { text: 'hello' };\n";
@@ -66,19 +71,98 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     value
 }
 
-/// The builder image made from the fnbuild under test, pushed to `registry` as
-/// `HOST/fnbuild/builder:test`; returns that reference.
-fn push_builder_image(registry: &Registry) -> String {
-    let image = format!("{}/fnbuild/builder:test", registry.host());
+/// The repository of the builder images in `registry`, `HOST/fnbuild/builder`: the
+/// templates' BUILDER_IMAGE, each image tagged with its runtime's name.
+fn builder_repository(registry: &Registry) -> String {
+    format!("{}/fnbuild/builder", registry.host())
+}
+
+/// Runs `fnbuild builder-image ARGS --image HOST/fnbuild/builder:RUNTIME` with a cache of its
+/// own; returns the repository ([`builder_repository`]).
+fn make_builder_image(registry: &Registry, runtime: &str, args: &[&str]) -> String {
+    let repository = builder_repository(registry);
     let cache = tempfile::tempdir().unwrap();
-    timed("fnbuild builder-image", || {
+    timed(&format!("fnbuild builder-image {args:?}"), || {
         success(
             fnbuild()
-                .args(["builder-image", "--image", &image, "--cache-dir"])
+                .arg("builder-image")
+                .args(args)
+                .args(["--image", &format!("{repository}:{runtime}"), "--cache-dir"])
                 .arg(cache.path()),
         )
     });
-    image
+    repository
+}
+
+/// The builder image of `runtime` made from the fnbuild under test: the runtime's base image
+/// in `registry` (its Python or Node.js, which install dependencies in place) plus fnbuild,
+/// pushed as `HOST/fnbuild/builder:RUNTIME`; returns the repository.
+fn push_builder_image(registry: &Registry, runtime: &str) -> String {
+    let base = base_ref(registry, runtime);
+    make_builder_image(
+        registry,
+        runtime,
+        &["--runtime", runtime, "--base-image", &base],
+    )
+}
+
+/// The generic builder image (fnbuild, its libraries and CA certificates: no interpreter),
+/// pushed as `HOST/fnbuild/builder:RUNTIME`, for builds without dependencies; returns the
+/// repository.
+fn push_generic_builder_image(registry: &Registry, runtime: &str) -> String {
+    make_builder_image(registry, runtime, &[])
+}
+
+/// The restricted Pod Security Standard's pod settings a cluster admin (or the TaskRun's
+/// podTemplate) gives a build pod: the Task's step runs as uid 1000, and `fsGroup` 1000 makes
+/// the PVC workspaces writable for it.
+fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        fs_group: Some(1000),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The manifest `registry` serves for `repository:reference`, as JSON.
+fn manifest(registry: &Registry, repository: &str, reference: &str) -> Value {
+    let resp = registry.get(
+        &format!("/v2/{repository}/manifests/{reference}"),
+        Some(MANIFEST),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
+/// The config (JSON) of the image `registry` serves at `repository@digest`.
+fn image_config(registry: &Registry, repository: &str, digest: &str) -> Value {
+    let config = &manifest(registry, repository, digest)["config"]["digest"];
+    let resp = registry.get(
+        &format!("/v2/{repository}/blobs/{}", config.as_str().unwrap()),
+        None,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+}
+
+/// Asserts IMAGE_URL is the image as pushed (`expected`, no digest) and IMAGE_DIGEST is in
+/// `registry`'s `repository`; returns `IMAGE_URL@IMAGE_DIGEST`, what Tekton Chains signs (the
+/// tests serve it with `fnbuild run`, a client resolving it).
+fn assert_image_results(
+    outcome: &TaskRunOutcome,
+    registry: &Registry,
+    repository: &str,
+    expected: &str,
+) -> String {
+    let (url, digest) = (
+        &outcome.results["IMAGE_URL"],
+        &outcome.results["IMAGE_DIGEST"],
+    );
+    assert!(is_digest(digest), "IMAGE_DIGEST is {digest:?}");
+    assert_eq!(*url, expected);
+    assert!(!url.contains('@'), "IMAGE_URL {url:?} has a digest");
+    assert_eq!(manifest_digest(registry, repository, digest), *digest);
+    format!("{url}@{digest}")
 }
 
 /// A registry requiring basic auth (`USER`, `PASSWORD`).
@@ -193,32 +277,44 @@ fn function_repository() -> TempDir {
 }
 
 /// A Build of `hello/` at the tag `v1` of a Git repository (served by git daemon) with the
-/// template at `template_file`, pushing to a basic-auth registry with creds-init's
-/// credentials; the function then answers with the Build's ENV.
+/// template at `template_file`, its step running restricted (uid 1000, no capabilities,
+/// the runtime's default seccomp profile) in the generic builder image: the function is
+/// pushed, records the Git URL and commit given as SOURCE_URL and SOURCE_REVISION, and
+/// answers with the Build's ENV.
 fn knative_build_builds_pushes_and_serves(template_file: &str) {
     let started = Instant::now();
-    let bases = timed("registry with the base image", || {
+    let registry = timed("registry with the base image", || {
         registry_with_bases(&[PYTHON])
     });
-    let builder = push_builder_image(&bases);
-    let registry = auth_registry();
+    let builder = push_generic_builder_image(&registry, PYTHON);
     let repository = function_repository();
     let daemon = GitDaemon::start(&repository.path().join("repos"));
+    let url = daemon.url("functions.git");
 
     let pod = BuildPod::new();
-    pod.fetch_git_source(&daemon.url("functions.git"), "v1");
-    pod.creds_init_docker(&format!("https://{}", registry.host()), USER, PASSWORD);
+    pod.fetch_git_source(&url, "v1");
+    let commit = String::from_utf8(
+        success(
+            Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .current_dir(pod.workspace()),
+        )
+        .stdout,
+    )
+    .unwrap();
     let image = format!("{}/functions/hello:v1", registry.host());
     let steps = succeeded(
         pod.run_template(
             &template(template_file),
             &[
                 ("IMAGE", &image),
-                ("RUNTIME", "python3.7"),
+                ("RUNTIME", PYTHON),
                 ("HANDLER", "hello.handler"),
                 ("SUB_DIR", "hello"),
                 ("ENV", "GREETING=hi,STAGE=test"),
-                ("BASE_REGISTRY", &bases.host()),
+                ("SOURCE_URL", &url),
+                ("SOURCE_REVISION", commit.trim()),
+                ("BASE_REGISTRY", &registry.host()),
                 ("BUILDER_IMAGE", &builder),
             ],
         ),
@@ -239,6 +335,12 @@ fn knative_build_builds_pushes_and_serves(template_file: &str) {
         "the step's stdout: {}",
         steps[0].stdout
     );
+    let annotations = &manifest(&registry, "functions/hello", &digest)["annotations"];
+    assert_eq!(annotations["org.opencontainers.image.source"], url.as_str());
+    assert_eq!(
+        annotations["org.opencontainers.image.revision"],
+        commit.trim()
+    );
     let served = serve(&printed, &registry);
     assert_eq!(served.get(), (200, "hi test from v1".to_string()));
     eprintln!(
@@ -255,6 +357,38 @@ fn the_build_template_builds_a_function_from_git_pushes_it_and_it_serves() {
 #[test]
 fn the_cluster_build_template_builds_a_function_from_git_pushes_it_and_it_serves() {
     knative_build_builds_pushes_and_serves("knative-build/clusterbuildtemplate.yaml");
+}
+
+/// creds-init runs as root and writes `$HOME/.docker/config.json` with mode 0600: the
+/// template's step, running as uid 1000, cannot read it, and says so; nothing is pushed.
+#[test]
+fn the_build_templates_restricted_step_cannot_read_what_creds_init_wrote() {
+    let bases = registry_with_bases(&[PYTHON]);
+    let builder = push_generic_builder_image(&bases, PYTHON);
+    let registry = auth_registry();
+    let pod = BuildPod::new();
+    fs::write(pod.workspace().join("hello.py"), hello_py("workspace")).unwrap();
+    pod.creds_init_docker(&format!("https://{}", registry.host()), USER, PASSWORD);
+    let image = format!("{}/functions/hello:v1", registry.host());
+    let outcome = pod.run_template(
+        &template("knative-build/buildtemplate.yaml"),
+        &[
+            ("IMAGE", &image),
+            ("RUNTIME", PYTHON),
+            ("HANDLER", "hello.handler"),
+            ("BASE_REGISTRY", &bases.host()),
+            ("BUILDER_IMAGE", &builder),
+        ],
+    );
+    match outcome {
+        Err(RunError::StepFailed(step)) => assert!(
+            step.stderr.contains("config.json") && step.stderr.contains("ermission denied"),
+            "{}",
+            step.stderr
+        ),
+        other => panic!("expected the step to fail reading config.json, got {other:?}"),
+    }
+    assert!(registry.image_tags("functions/hello").is_empty());
 }
 
 /// Missing parameters, duplicate arguments and unknown workspaces are refused before any
@@ -322,27 +456,32 @@ fn runs_missing_a_required_parameter_are_refused_before_anything_runs() {
 // Tekton
 // ----------------------------------------------------------------------------------------
 
-/// The Task on a `source` workspace holding a Python function with a requirements.txt (six,
-/// installed inside the privileged builder container), registry credentials from the
-/// `dockerconfig` workspace, a `cache` workspace and SERVICE_FILE: the results name the
-/// image by digest, the Service written into the source workspace runs it, and it serves.
+/// The Task on a `source` workspace holding a Python function with a requirements.txt
+/// (MarkupSafe, a wheel with a native module, installed by the pip of the per-runtime builder image, as uid 1000 without
+/// privileges), registry credentials from the `dockerconfig` workspace, a `cache` workspace
+/// and SERVICE_FILE, in a pod with fsGroup 1000: the results name the image
+/// (IMAGE_URL@IMAGE_DIGEST), the Service written into the source workspace runs it, and it
+/// serves.
 #[test]
 fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_image() {
     let started = Instant::now();
     let bases = timed("registry with the base image", || {
         registry_with_bases(&[PYTHON])
     });
-    let builder = push_builder_image(&bases);
+    let builder = push_builder_image(&bases, PYTHON);
     let registry = auth_registry();
-    let source = function_dir(&[("fn.py", SIX_PY), ("requirements.txt", "six==1.16.0\n")]);
+    let source = function_dir(&[
+        ("fn.py", MARKUPSAFE_PY),
+        ("requirements.txt", "markupsafe==3.0.2\n"),
+    ]);
     let dockerconfig = tempfile::tempdir().unwrap();
     registry.write_docker_config(dockerconfig.path());
     let cache = tempfile::tempdir().unwrap();
-    let image = format!("{}/functions/six:v1", registry.host());
+    let image = format!("{}/functions/markupsafe:v1", registry.host());
     let cache_repo = format!("{}/fnbuild/cache", registry.host());
-    let outcome = succeeded(
-        run_task(
-            &template("tekton/task.yaml"),
+    let run = TaskRun {
+        pod_security_context: restricted_pod(),
+        ..TaskRun::new(
             &[
                 ("IMAGE", &image),
                 ("RUNTIME", PYTHON),
@@ -357,16 +496,18 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
                 WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
                 WorkspaceBinding::dir("cache", cache.path()),
             ],
-        ),
-        |outcome| &outcome.steps,
-    );
+        )
+    };
+    let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
+        &outcome.steps
+    });
 
+    let pinned = assert_image_results(&outcome, &registry, "functions/markupsafe", &image);
     let digest = &outcome.results["IMAGE_DIGEST"];
-    let url = &outcome.results["IMAGE_URL"];
-    assert!(is_digest(digest), "IMAGE_DIGEST is {digest:?}");
-    assert_eq!(*url, format!("{}/functions/six@{digest}", registry.host()));
-    assert_eq!(manifest_digest(&registry, "functions/six", "v1"), *digest);
-    assert_eq!(manifest_digest(&registry, "functions/six", digest), *digest);
+    assert_eq!(
+        manifest_digest(&registry, "functions/markupsafe", "v1"),
+        *digest
+    );
     // The deps layer was recorded in the cache workspace and the cache repository, for the
     // next build; the image's SBOM is listed at its referrers tag.
     assert_eq!(fs::read_dir(cache.path().join("deps")).unwrap().count(), 1);
@@ -376,7 +517,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
         "{cached:?}"
     );
     assert!(registry
-        .tags("functions/six")
+        .tags("functions/markupsafe")
         .contains(&digest.replace(':', "-")));
 
     let service = source.path().join("service.yaml");
@@ -395,57 +536,66 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     let service = load_yaml(&service);
     assert_eq!(
         service["spec"]["template"]["spec"]["containers"][0]["image"],
-        url.as_str()
+        format!("{}/functions/markupsafe@{digest}", registry.host())
     );
 
-    let served = serve(url, &registry);
-    assert_eq!(served.get(), (200, "six 1.16.0".to_string()));
-
-    // Without `privileged: true` the install cannot chroot in a mount namespace of its own:
-    // the step fails saying so, and nothing is pushed.
-    let mut task = load_yaml(&template("tekton/task.yaml"));
-    task["spec"]["steps"][0]["securityContext"]["privileged"] = json!(false);
-    let unprivileged = source.path().join("unprivileged-task.json");
-    fs::write(&unprivileged, serde_json::to_vec(&task).unwrap()).unwrap();
-    let image = format!("{}/functions/six:unprivileged", registry.host());
-    let outcome = run_task(
-        &unprivileged,
-        &[
-            ("IMAGE", &image),
-            ("RUNTIME", PYTHON),
-            ("HANDLER", "fn.handler"),
-            ("BASE_REGISTRY", &bases.host()),
-            ("BUILDER_IMAGE", &builder),
-        ],
-        &[
-            WorkspaceBinding::dir("source", source.path()),
-            WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
-        ],
+    let served = serve(&pinned, &registry);
+    assert_eq!(
+        served.get(),
+        (200, "&lt;b&gt; markupsafe._speedups".to_string())
     );
-    match outcome {
-        Err(RunError::StepFailed(step)) => {
-            let last = step.stderr.lines().last().unwrap_or_default();
-            eprintln!("the unprivileged step failed, as it should: {last}");
-            assert!(step.stderr.contains("mount namespace"), "{}", step.stderr);
-        }
-        other => panic!("expected the unprivileged step to fail, got {other:?}"),
-    }
-    assert_eq!(registry.image_tags("functions/six"), ["v1"]);
     eprintln!(
         "[timing] Task with dependencies, in all: {:.1?}",
         started.elapsed()
     );
 }
 
+/// The Task with a Node.js function with a dependency in package.json, in the per-runtime
+/// builder image: npm installs it as uid 1000, without privileges, and the function serves.
+#[test]
+fn the_task_installs_node_dependencies_in_the_restricted_builder_image() {
+    let bases = registry_with_bases(&[NODEJS]);
+    let builder = push_builder_image(&bases, NODEJS);
+    let source = function_dir(&[
+        ("fn.js", LEFT_PAD_JS),
+        (
+            "package.json",
+            r#"{"name": "fn", "version": "1.0.0", "dependencies": {"left-pad": "1.3.0"}}"#,
+        ),
+    ]);
+    let image = format!("{}/functions/left-pad:v1", bases.host());
+    let run = TaskRun {
+        pod_security_context: restricted_pod(),
+        ..TaskRun::new(
+            &[
+                ("IMAGE", &image),
+                ("RUNTIME", NODEJS),
+                ("HANDLER", "fn.handler"),
+                ("BASE_REGISTRY", &bases.host()),
+                ("BUILDER_IMAGE", &builder),
+            ],
+            &[WorkspaceBinding::dir("source", source.path())],
+        )
+    };
+    let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
+        &outcome.steps
+    });
+    let pinned = assert_image_results(&outcome, &bases, "functions/left-pad", &image);
+    let served = serve(&pinned, &bases);
+    assert_eq!(served.get(), (200, "padded 007".to_string()));
+}
+
 /// The Task with SOURCE an S3 prefix (moto), its credentials only in the `aws` workspace
-/// and no source workspace: a Node.js function is built from the prefix's files and serves.
+/// and no source workspace, restricted in the generic builder image (no dependencies), with
+/// EXTRA_ARGS: a Node.js function is built from the prefix's files, carries the label the
+/// extra arguments gave, and serves.
 #[test]
 fn the_task_builds_from_an_s3_prefix_with_credentials_from_the_aws_workspace() {
     let started = Instant::now();
     let bases = timed("registry with the base image", || {
         registry_with_bases(&[NODEJS])
     });
-    let builder = push_builder_image(&bases);
+    let builder = push_generic_builder_image(&bases, NODEJS);
     let s3 = S3Server::start();
     s3.setup(
         &S3Setup::new()
@@ -476,26 +626,25 @@ fn the_task_builds_from_an_s3_prefix_with_credentials_from_the_aws_workspace() {
         ("BASE_REGISTRY", &base_registry),
         ("BUILDER_IMAGE", &builder),
     ];
-    let outcome = succeeded(
-        run_task(
-            &template("tekton/task.yaml"),
-            &params,
-            &[WorkspaceBinding::secret("aws", aws.path())],
-        ),
-        |outcome| &outcome.steps,
+    let run = TaskRun::new(&params, &[WorkspaceBinding::secret("aws", aws.path())]).param(
+        "EXTRA_ARGS",
+        ParamValue::array(&["--label=team=payments", "--label", "tier=gold"]),
     );
+    let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
+        &outcome.steps
+    });
 
-    let digest = &outcome.results["IMAGE_DIGEST"];
-    assert!(is_digest(digest), "IMAGE_DIGEST is {digest:?}");
+    let pinned = assert_image_results(&outcome, &bases, "functions/hello-node", &image);
+    let labels = &image_config(
+        &bases,
+        "functions/hello-node",
+        &outcome.results["IMAGE_DIGEST"],
+    )["config"]["Labels"];
     assert_eq!(
-        outcome.results["IMAGE_URL"],
-        format!("{}/functions/hello-node@{digest}", bases.host())
+        (&labels["team"], &labels["tier"]),
+        (&json!("payments"), &json!("gold"))
     );
-    assert_eq!(
-        manifest_digest(&bases, "functions/hello-node", "v1"),
-        *digest
-    );
-    let served = serve(&outcome.results["IMAGE_URL"], &bases);
+    let served = serve(&pinned, &bases);
     assert_eq!(served.get(), (200, "hello from s3".to_string()));
     drop(served);
 
@@ -509,6 +658,202 @@ fn the_task_builds_from_an_s3_prefix_with_credentials_from_the_aws_workspace() {
         other => panic!("expected the step to fail for want of credentials, got {other:?}"),
     }
     eprintln!("[timing] Task from S3, in all: {:.1?}", started.elapsed());
+}
+
+/// A registry with a certificate of its own CA: the Task pushes to it trusting the CA in the
+/// `sslcertdir` workspace (a Secret holding ca.crt), and fails without it, pointing at the
+/// CA; an IMAGE without a tag is pushed by digest, and IMAGE_URL names it without a tag.
+#[test]
+fn the_task_trusts_the_registry_ca_of_the_sslcertdir_workspace() {
+    let bases = registry_with_bases(&[NODEJS]);
+    let builder = push_generic_builder_image(&bases, NODEJS);
+    let registry = Registry::start(RegistryOptions {
+        basic_auth: None,
+        tls: true,
+    });
+    let source = function_dir(&[("hello.js", HELLO_JS), ("lib/greeting.js", GREETING_JS)]);
+    let image = format!("{}/functions/hello-tls", registry.host());
+    let params = [
+        ("IMAGE", image.as_str()),
+        ("RUNTIME", NODEJS),
+        ("HANDLER", "hello.handler"),
+        ("BASE_REGISTRY", &bases.host()),
+        ("BUILDER_IMAGE", &builder),
+    ];
+    let source_workspace = WorkspaceBinding::dir("source", source.path());
+    let untrusted = TaskRun {
+        pod_security_context: restricted_pod(),
+        ..TaskRun::new(&params, std::slice::from_ref(&source_workspace))
+    };
+    match untrusted.run(&template("tekton/task.yaml")) {
+        Err(RunError::StepFailed(step)) => {
+            assert!(step.stderr.contains("--registry-ca"), "{}", step.stderr)
+        }
+        other => panic!("expected the push to fail for want of the CA, got {other:?}"),
+    }
+    let cert_dir = registry.cert_dir().unwrap();
+    let trusted = TaskRun {
+        workspaces: vec![
+            source_workspace,
+            WorkspaceBinding::secret("sslcertdir", cert_dir),
+        ],
+        ..untrusted
+    };
+    let outcome = succeeded(trusted.run(&template("tekton/task.yaml")), |outcome| {
+        &outcome.steps
+    });
+    assert_image_results(&outcome, &registry, "functions/hello-tls", &image);
+}
+
+/// A Task whose one step runs `command` in `image` with `security_context`, written into
+/// `dir`.
+fn probe_task(dir: &Path, image: &str, command: &[&str], security_context: Value) -> PathBuf {
+    let task = json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "Task",
+        "metadata": { "name": "probe" },
+        "spec": { "steps": [{
+            "name": "probe", "image": image, "command": command,
+            "securityContext": security_context,
+        }] },
+    });
+    let path = dir.join(format!("probe-{}.json", fs::read_dir(dir).unwrap().count()));
+    fs::write(&path, serde_json::to_vec_pretty(&task).unwrap()).unwrap();
+    path
+}
+
+/// The restricted securityContext of the templates' steps.
+fn restricted_context() -> Value {
+    load_yaml(&template("tekton/task.yaml"))["spec"]["steps"][0]["securityContext"].clone()
+}
+
+/// Probes the harness's restricted step from inside: each privileged operation a sandbox
+/// would need (a user or mount namespace, chroot, mount, setns) fails with EPERM, clone3 with
+/// ENOSYS, while Landlock stays allowed; the same probe in a privileged step succeeds. The
+/// runtime's base image (Debian with util-linux and Python) runs the probe.
+#[test]
+fn a_restricted_step_cannot_unshare_chroot_or_mount_and_a_privileged_one_can() {
+    let registry = registry_with_bases(&[PYTHON]);
+    let base = base_ref(&registry, PYTHON);
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import ctypes, errno, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def call(number, *args):
+    result = libc.syscall(number, *args)
+    return errno.errorcode.get(ctypes.get_errno(), "?") if result == -1 else "ok"
+def run(*command):
+    out = subprocess.run(command, capture_output=True, text=True)
+    return "ok" if out.returncode == 0 else out.stderr.strip().split(": ")[-1]
+results = {
+    "unshare -r": run("unshare", "-r", "true"),
+    "unshare -m": run("unshare", "-m", "true"),
+    "chroot": run("chroot", "/", "true"),
+    "mount": run("mount", "-t", "tmpfs", "none", "/mnt"),
+    "setns": call(308, -1, 0),
+    "clone3": call(435, None, 0),
+    "landlock": call(444, None, 0, 1),
+}
+for name, result in results.items():
+    print(f"{name}: {result}")
+"#;
+    let command = ["python3", "-c", script];
+    let restricted = probe_task(dir.path(), &base, &command, restricted_context());
+    let outcome = succeeded(run_task(&restricted, &[], &[]), |outcome| &outcome.steps);
+    let printed = &outcome.steps[0].stdout;
+    for expected in [
+        "unshare -r: Operation not permitted",
+        "unshare -m: Operation not permitted",
+        "chroot: Operation not permitted",
+        "setns: EPERM",
+        "clone3: ENOSYS",
+    ] {
+        assert!(
+            printed.contains(expected),
+            "{expected:?} not in:\n{printed}"
+        );
+    }
+    assert!(
+        printed.contains("mount: ") && !printed.contains("mount: ok"),
+        "{printed}"
+    );
+    assert!(!printed.contains("landlock: EPERM"), "{printed}");
+
+    let privileged = probe_task(
+        dir.path(),
+        &base,
+        &command,
+        json!({ "privileged": true, "runAsUser": 0 }),
+    );
+    let outcome = succeeded(run_task(&privileged, &[], &[]), |outcome| &outcome.steps);
+    let printed = &outcome.steps[0].stdout;
+    for expected in [
+        "unshare -r: ok",
+        "unshare -m: ok",
+        "chroot: ok",
+        "mount: ok",
+    ] {
+        assert!(
+            printed.contains(expected),
+            "{expected:?} not in:\n{printed}"
+        );
+    }
+}
+
+/// `runAsNonRoot: true` without `runAsUser`, in an image whose user is root, is refused as
+/// kubelet refuses it (CreateContainerConfigError) before the step runs, and so is a
+/// runAsUser of 0; in the runtime's base image, whose user is 1000:1000, the step runs as
+/// that user, with fsGroup a supplementary group.
+#[test]
+fn run_as_non_root_with_a_root_image_is_refused_before_the_step_runs() {
+    let registry = registry_with_bases(&[PYTHON]);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("root-image");
+    let layer = common::tar_of(&[("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")]);
+    common::write_oci_layout(&layout, "v1", json!({ "config": {} }), &[layer]);
+    let root_image = format!("{}/probe/root:v1", registry.host());
+    let cache = tempfile::tempdir().unwrap();
+    success(
+        fnbuild()
+            .arg("push")
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(&root_image)
+            .arg("--cache-dir")
+            .arg(cache.path()),
+    );
+    let mut without_user = restricted_context();
+    without_user.as_object_mut().unwrap().remove("runAsUser");
+    without_user.as_object_mut().unwrap().remove("runAsGroup");
+    for (context, message) in [
+        (
+            without_user.clone(),
+            "container has runAsNonRoot and image will run as root (container: probe)",
+        ),
+        (
+            json!({ "runAsNonRoot": true, "runAsUser": 0 }),
+            "container's runAsUser breaks non-root policy (container: probe)",
+        ),
+    ] {
+        let task = probe_task(dir.path(), &root_image, &["true"], context);
+        match run_task(&task, &[], &[]) {
+            Err(RunError::CreateContainerConfig { step, message: got }) => {
+                assert_eq!((step.as_str(), got.as_str()), ("probe", message))
+            }
+            other => panic!("expected CreateContainerConfigError, got {other:?}"),
+        }
+    }
+
+    let base = base_ref(&registry, PYTHON);
+    let task = probe_task(dir.path(), &base, &["id"], without_user);
+    let run = TaskRun {
+        pod_security_context: restricted_pod(),
+        ..TaskRun::default()
+    };
+    let outcome = succeeded(run.run(&task), |outcome| &outcome.steps);
+    let id = &outcome.steps[0].stdout;
+    for part in ["uid=1000", "gid=1000", "groups=1000"] {
+        assert!(id.contains(part), "{part} not in {id}");
+    }
 }
 
 // ----------------------------------------------------------------------------------------
@@ -969,15 +1314,23 @@ fn every_variable_a_template_uses_is_declared_and_the_examples_resolve() {
     // The example TaskRun resolves against the Task it names, leaving no variable.
     let taskrun = load_yaml(&template("tekton/taskrun.yaml"));
     let task = &tasks[taskrun["spec"]["taskRef"]["name"].as_str().unwrap()];
-    let params = name_values(&taskrun["spec"]["params"]);
+    let params: Vec<(String, ParamValue)> = taskrun["spec"]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let value = ParamValue::from_json(&p["value"]).expect("a string or array value");
+            (p["name"].as_str().unwrap().to_string(), value)
+        })
+        .collect();
     let bound: Vec<(&str, bool)> = taskrun["spec"]["workspaces"]
         .as_array()
         .unwrap()
         .iter()
         .map(|w| (w["name"].as_str().unwrap(), w.get("secret").is_some()))
         .collect();
-    let resolved = resolve_task(task, &as_refs(&params), &bound)
-        .unwrap_or_else(|e| panic!("taskrun.yaml: {e}"));
+    let resolved =
+        resolve_task(task, &params, &bound).unwrap_or_else(|e| panic!("taskrun.yaml: {e}"));
     let step = format!("{:?}", resolved.steps);
     assert!(!step.contains("$("), "{step}");
     assert!(
@@ -987,6 +1340,164 @@ fn every_variable_a_template_uses_is_declared_and_the_examples_resolve() {
     assert!(
         step.contains("--docker-config=/workspace/dockerconfig"),
         "{step}"
+    );
+
+    // The Pipeline records git-clone's URL and commit in the image.
+    let pipeline = load_yaml(&template("tekton/pipeline.yaml"));
+    let pipeline_tasks = pipeline["spec"]["tasks"].as_array().unwrap();
+    let task_named = |name: &str| pipeline_tasks.iter().find(|t| t["name"] == name).unwrap();
+    assert_eq!(task_named("fetch")["taskRef"]["name"], "git-clone");
+    let build_params = name_values(&task_named("build")["params"]);
+    for (param, value) in [
+        ("SOURCE_URL", "$(tasks.fetch.results.url)"),
+        ("SOURCE_REVISION", "$(tasks.fetch.results.commit)"),
+    ] {
+        assert!(
+            build_params.contains(&(param.to_string(), value.to_string())),
+            "{param}: {build_params:?}"
+        );
+    }
+}
+
+/// EXTRA_ARGS, an array parameter, becomes separate arguments at the end of the step's args
+/// (none by default); an array where a string is declared, or a string where an array is,
+/// is refused as Tekton refuses it; an array written inside a string is refused.
+#[test]
+fn extra_args_expand_into_separate_arguments() {
+    let task = load_yaml(&template("tekton/task.yaml"));
+    let base = [
+        ("IMAGE", "r.test/f:v1"),
+        ("RUNTIME", NODEJS),
+        ("HANDLER", "a.b"),
+    ];
+    let run = TaskRun::new(&base, &[]);
+    let args_of = |run: &TaskRun| -> Result<Vec<String>, RunError> {
+        let resolved = resolve_task(&task, &run.params, &[])?;
+        Ok(resolved.steps[0].args.clone())
+    };
+    let plain = args_of(&run).unwrap();
+    assert_eq!(
+        plain.last().unwrap(),
+        "--image-url-file=/tekton/results/IMAGE_URL"
+    );
+    let extra = ["--memory=256Mi", "--label", "team=a b"];
+    let with_extra = args_of(&run.clone().param("EXTRA_ARGS", ParamValue::array(&extra))).unwrap();
+    assert_eq!(with_extra[..plain.len()], plain[..]);
+    assert_eq!(with_extra[plain.len()..], extra.map(String::from));
+
+    let mistyped = [
+        run.clone().param("EXTRA_ARGS", "--memory=256Mi".into()),
+        run.clone()
+            .param("IMAGE", ParamValue::array(&["r.test/f:v1"])),
+    ];
+    for (run, name) in mistyped.iter().zip(["EXTRA_ARGS", "IMAGE"]) {
+        match args_of(run) {
+            Err(RunError::Invalid(message)) => assert_eq!(
+                message,
+                format!(
+                    "invalid input params for task fnbuild: param types don't match the user-specified type: [{name}]"
+                )
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let mut inside = task.clone();
+    inside["spec"]["steps"][0]["args"][0] = json!("build $(params.EXTRA_ARGS[*])");
+    match resolve_task(&inside, &run.params, &[]) {
+        Err(RunError::Invalid(message)) => assert!(message.contains("EXTRA_ARGS"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The pods the templates make, as the restricted Pod Security Standard sees them: the
+/// Task's steps (which the Pipeline's build task runs) and volumes, the Pipeline's embedded
+/// deploy task, each Knative Build template's steps and volumes.
+fn template_pods() -> Vec<(String, Value)> {
+    let pod_of = |spec: &Value| json!({ "containers": spec["steps"], "volumes": spec["volumes"] });
+    let mut pods = Vec::new();
+    for file in [
+        "tekton/task.yaml",
+        "knative-build/buildtemplate.yaml",
+        "knative-build/clusterbuildtemplate.yaml",
+    ] {
+        pods.push((
+            file.to_string(),
+            pod_of(&load_yaml(&template(file))["spec"]),
+        ));
+    }
+    let pipeline = load_yaml(&template("tekton/pipeline.yaml"));
+    for task in pipeline["spec"]["tasks"].as_array().unwrap() {
+        match (&task["taskSpec"], task["taskRef"]["name"].as_str()) {
+            (Value::Object(_), _) => pods.push((
+                format!("tekton/pipeline.yaml task {}", task["name"]),
+                pod_of(&task["taskSpec"]),
+            )),
+            (_, Some("fnbuild")) => assert!(pods.iter().any(|(f, _)| f == "tekton/task.yaml")),
+            (_, other) => eprintln!("{other:?}: a catalog task, not checked"),
+        }
+    }
+    pods
+}
+
+/// Every step of the templates runs in a pod the restricted Pod Security Standard admits;
+/// the check does report a privileged step, a missing `drop: [ALL]`, a hostPath volume and a
+/// step left to run as root.
+#[test]
+fn every_template_step_meets_the_restricted_pod_security_standard() {
+    let pods = template_pods();
+    assert_eq!(pods.len(), 4, "{pods:#?}");
+    for (what, pod) in &pods {
+        assert_eq!(
+            restricted_pss_violations(pod),
+            Vec::<String>::new(),
+            "{what}"
+        );
+    }
+
+    let (_, task_pod) = &pods[0];
+    let broken = |mutate: &dyn Fn(&mut Value)| {
+        let mut pod = task_pod.clone();
+        mutate(&mut pod);
+        restricted_pss_violations(&pod)
+    };
+    assert_eq!(
+        broken(&|pod| pod["containers"][0]["securityContext"]["privileged"] = json!(true)),
+        ["privileged (container \"build-and-push\" must not set securityContext.privileged=true)"]
+    );
+    assert_eq!(
+        broken(&|pod| {
+            let context = pod["containers"][0]["securityContext"].as_object_mut().unwrap();
+            context.remove("capabilities");
+        }),
+        ["unrestricted capabilities (container \"build-and-push\" must set securityContext.capabilities.drop=[\"ALL\"])"]
+    );
+    assert_eq!(
+        broken(&|pod| {
+            let context = pod["containers"][0]["securityContext"].as_object_mut().unwrap();
+            context.remove("runAsNonRoot");
+            context.remove("seccompProfile");
+            context.insert("capabilities".into(), json!({ "drop": ["ALL"], "add": ["SYS_ADMIN"] }));
+            pod["volumes"] = json!([{ "name": "host", "hostPath": { "path": "/" } }]);
+        }),
+        [
+            "unrestricted capabilities (container \"build-and-push\" must not include capabilities other than NET_BIND_SERVICE in securityContext.capabilities.add)",
+            "restricted volume types (\"host\" uses hostPath)",
+            "runAsNonRoot != true (container \"build-and-push\" must set securityContext.runAsNonRoot=true)",
+            "seccompProfile (container \"build-and-push\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")",
+        ]
+    );
+    // The pod's own settings count for its containers.
+    assert_eq!(
+        broken(&|pod| {
+            let context = pod["containers"][0]["securityContext"]
+                .as_object_mut()
+                .unwrap();
+            context.remove("runAsNonRoot");
+            context.remove("seccompProfile");
+            pod["securityContext"] =
+                json!({ "runAsNonRoot": true, "seccompProfile": { "type": "RuntimeDefault" } });
+        }),
+        Vec::<String>::new()
     );
 }
 
@@ -1004,29 +1515,33 @@ fn the_variable_checks_report_undeclared_and_unused_names() {
         .unwrap();
     args.retain(|a| a != "--label=${LABELS}");
     args.push(json!("--s3-region=${S3_REGION}"));
+    let pushed = format!(
+        "/spec/steps/0/args/{}: ${{S3_REGION}} is not a declared parameter",
+        args.len() - 1
+    );
     assert_eq!(
         sorted(build_template_problems(&build_template)),
         [
-            "/spec/steps/0/args/15: ${S3_REGION} is not a declared parameter",
-            "parameter LABELS is declared but never used",
+            pushed.as_str(),
+            "parameter LABELS is declared but never used"
         ]
     );
 
     let mut task = load_yaml(&template("tekton/task.yaml"));
     task["spec"]["steps"][0]["workingDir"] = json!("$(workspaces.src.path)");
-    let image_ref_arg = task["spec"]["steps"][0]["args"]
+    let image_url_arg = task["spec"]["steps"][0]["args"]
         .as_array()
         .unwrap()
         .iter()
         .position(|a| {
             a.as_str()
-                .is_some_and(|a| a.starts_with("--image-ref-file="))
+                .is_some_and(|a| a.starts_with("--image-url-file="))
         })
         .unwrap();
-    task["spec"]["steps"][0]["args"][image_ref_arg] =
-        json!("--image-ref-file=$(results.IMAGE_REF.path)");
+    task["spec"]["steps"][0]["args"][image_url_arg] =
+        json!("--image-url-file=$(results.IMAGE_REF.path)");
     let undeclared_result =
-        format!("/spec/steps/0/args/{image_ref_arg}: $(results.IMAGE_REF.path) is not declared");
+        format!("/spec/steps/0/args/{image_url_arg}: $(results.IMAGE_REF.path) is not declared");
     assert_eq!(
         sorted(task_problems(&task["spec"])),
         [

@@ -80,8 +80,9 @@ pub struct RegistryArgs {
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     pub insecure_registries: Vec<String>,
 
-    /// A PEM file of CA certificates to trust for registries, besides the system's (Kaniko's
-    /// REGISTRY=FILE form is accepted too). Repeatable.
+    /// A PEM file of CA certificates to trust for registries, besides the system's, or a
+    /// directory of such files (its *.crt and *.pem, as buildah's --cert-dir); Kaniko's
+    /// REGISTRY=FILE form is accepted too. Repeatable.
     #[arg(value_parser = path_or_empty,
         long = "registry-ca",
         value_name = "FILE",
@@ -274,6 +275,22 @@ pub struct BuildArgs {
     /// Write the image reference by digest (REF@sha256:...) here once the image is published.
     #[arg(value_parser = path_or_empty, long, value_name = "FILE", alias = "image-name-with-digest-file")]
     pub image_ref_file: Option<PathBuf>,
+
+    /// Write the first --image as pushed, without its digest (REGISTRY/REPOSITORY[:TAG]),
+    /// here once the image is published: Tekton's IMAGE_URL, which joined to the digest names
+    /// the image (IMAGE_URL@IMAGE_DIGEST).
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
+    pub image_url_file: Option<PathBuf>,
+
+    /// The source's URL to record in the image (org.opencontainers.image.source), instead of
+    /// what the fetch found: e.g. the Git URL of a checkout another step made.
+    #[arg(long, value_name = "URL")]
+    pub source_url: Option<String>,
+
+    /// The source's revision to record in the image (org.opencontainers.image.revision),
+    /// instead of what the fetch found: e.g. the commit of a checkout another step made.
+    #[arg(long, value_name = "REVISION")]
+    pub source_revision: Option<String>,
 
     /// Also write a Knative Service (serving.knative.dev/v1) that runs the image by digest.
     #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
@@ -589,6 +606,9 @@ impl EmptyMeansAbsent for BuildArgs {
             output: split_list(self.output),
             digest_file: given(self.digest_file),
             image_ref_file: given(self.image_ref_file),
+            image_url_file: given(self.image_url_file),
+            source_url: given(self.source_url),
+            source_revision: given(self.source_revision),
             sbom_file: given(self.sbom_file),
             s3_endpoint: given(self.s3_endpoint),
             s3_region: given(self.s3_region),

@@ -14,16 +14,16 @@ use crate::base::{make_base, BaseRequest};
 use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, Entry};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::kubeless::ConvertRequest;
-use crate::registry::{Registries, TransportOptions};
+use crate::registry::{Reference, Registries, TransportOptions};
 use crate::run::{run, RunRequest};
 use crate::runtime::{Catalog, CODE_DIR};
 use crate::source::git::{GitOptions, GitSource};
 use crate::source::git_credentials::{GitCredentialOptions, GitCredentials};
 use crate::source::s3::S3Options;
-use crate::source::{Deadlines, Limits, SourceSpec};
+use crate::source::{Deadlines, Limits, Origin, SourceSpec};
 use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 use args::{
@@ -171,8 +171,9 @@ fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
         ca_certs: args
             .registry_ca
             .iter()
-            .map(|ca| kaniko_certificate_path(ca))
-            .collect(),
+            .map(|ca| ca_files(&kaniko_certificate_path(ca)))
+            .collect::<Result<Vec<_>>>()?
+            .concat(),
         docker_config: args.docker_config.clone(),
     })?;
     let cache = Cache::open(&args.cache_dir.clone().unwrap_or_else(Cache::default_root))?;
@@ -219,6 +220,11 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             "--knative-service needs an --image in a registry: a Knative Service runs an image the cluster can pull".into(),
         ));
     }
+    if args.image_url_file.is_some() && first_image(&outputs).is_none() {
+        return Err(Error::Usage(
+            "--image-url-file needs an --image: it names the image pushed there".into(),
+        ));
+    }
     if outputs.is_empty() {
         return Err(Error::Usage(
             "nothing to publish to: give --image REF (repeatable), or --output oci:DIR / tar:FILE"
@@ -250,6 +256,10 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
                     .map_err(|e| Error::Usage(format!("--checksum: {e}")))
             })
             .transpose()?,
+        origin: Origin {
+            url: args.source_url.clone(),
+            revision: args.source_revision.clone(),
+        },
         limits: Limits {
             max_bytes: args.max_source_size,
             max_entries: args.max_source_files,
@@ -320,6 +330,10 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
     if let Some(path) = &args.image_ref_file {
         write_result(path, &outcome.published[0])?;
     }
+    if let Some(path) = &args.image_url_file {
+        let pushed = first_image(&request.outputs).expect("an --image was required above");
+        write_result(path, &pushed.to_string())?;
+    }
     if let Some(path) = &args.sbom_file {
         let text = serde_json::to_string_pretty(&outcome.sbom).expect("a document serializes");
         write_result(path, &format!("{text}\n"))?;
@@ -343,6 +357,17 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         let _ = writeln!(stdout, "{reference}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first `--image` as pushed: its reference without a digest (`REGISTRY/REPOSITORY[:TAG]`).
+fn first_image(outputs: &[Location]) -> Option<Reference> {
+    outputs.iter().find_map(|output| match output {
+        Location::Registry(reference) => Some(Reference {
+            digest: None,
+            ..reference.clone()
+        }),
+        _ => None,
+    })
 }
 
 /// The source from `--source` or `--git-url`, with the Git flags applied.
@@ -692,6 +717,31 @@ fn kaniko_certificate_path(value: &Path) -> PathBuf {
         Some((_, file)) if !value.exists() => PathBuf::from(file),
         _ => value.to_path_buf(),
     }
+}
+
+/// The CA certificate files a `--registry-ca` path stands for: a file itself; a directory
+/// (as buildah's --cert-dir, e.g. a mounted Secret or ConfigMap) its `*.crt` and `*.pem`
+/// files, by name, leaving out hidden ones (a mounted volume's `..data`).
+fn ca_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).io_context("read", path)? {
+        let file = entry.io_context("read", path)?.path();
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        if !name.starts_with('.') && (name.ends_with(".crt") || name.ends_with(".pem")) {
+            files.push(file);
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::Usage(format!(
+            "--registry-ca {}: a directory without a *.crt or *.pem file",
+            path.display()
+        )));
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// `K=V` or `K:V` (Kubeless accepts both); with `bare_ok`, a bare `K` means an empty value.

@@ -145,6 +145,7 @@ async fn convert_one(
                     .map_err(|e| {
                         Error::Usage(format!("Function '{}': checksum: {e}", function.name))
                     })?,
+                origin: Default::default(),
                 limits: Limits::default(),
                 deadlines: Deadlines::default(),
                 runtime: function.runtime.clone(),

@@ -8,24 +8,54 @@
 //!   the Build's arguments; a parameter with neither is refused as the webhook refuses the
 //!   Build. `/workspace` (the default working directory) and `/builder/home` (`HOME`) are
 //!   shared by the steps; see [`BuildPod`], which also emulates the source step and creds-init.
-//! - Tekton (`Task`): `$(params.X)`, then `$(workspaces.X.path)` and `$(workspaces.X.bound)`,
-//!   then `$(results.X.path)`; results are read back from `/tekton/results`; `HOME` is
-//!   `/tekton/home`; see [`run_task`].
+//! - Tekton (`Task`): `$(params.X)` (string and array parameters: `$(params.X[*])` as a whole
+//!   element of `command` or `args` splices the array in), then `$(workspaces.X.path)` and
+//!   `$(workspaces.X.bound)`, then `$(results.X.path)`; results are read back from
+//!   `/tekton/results`; `/tekton/home` is mounted but `HOME` is not set (Tekton v1 leaves it
+//!   to the image); see [`TaskRun`].
 //!
-//! A step's container shares the host's network (so registries and servers on 127.0.0.1 are
-//! reachable) and runs as root (or `securityContext.runAsUser`); the image's root filesystem
-//! is unpacked for that step alone and is writable, like a container's top layer. A
-//! `privileged` step gets every capability, no masked paths and all devices, as Kubernetes
-//! gives it; others get Docker's default capability set and masked paths (no seccomp
-//! profile). Volumes may only be `emptyDir`; what the runner does not support (a `script`,
-//! `valueFrom`, array parameters) is a panic, never silently ignored.
+//! Steps run as Kubernetes and containerd run them, from the container's `securityContext`
+//! and the pod's (Tekton: the TaskRun's `podTemplate.securityContext`):
+//!
+//! - the user is `runAsUser` (else the image's `USER`, names looked up in the image's
+//!   /etc/passwd), the group `runAsGroup` (else the image's, else the user's), and `fsGroup`
+//!   a supplementary group; `runAsNonRoot: true` with a root user is refused as kubelet
+//!   refuses it ([`RunError::CreateContainerConfig`]);
+//! - capabilities are containerd's default set with `capabilities.add`/`drop` applied
+//!   (`drop: [ALL]` leaves none); `allowPrivilegeEscalation: false` sets no_new_privileges;
+//! - `seccompProfile: RuntimeDefault` loads a profile refusing what containerd's and Docker's
+//!   default profile refuses a container without the matching capability (unshare, mount,
+//!   umount2, chroot, pivot_root, setns, clone with a namespace flag, keyctl, bpf, ... with
+//!   EPERM; clone3 with ENOSYS), written as a deny-list over a default of allow;
+//! - `privileged: true` gets every capability, every device, a writable /sys, no masked paths
+//!   and no seccomp profile;
+//! - emptyDirs (the pod's own directories and `emptyDir` volumes) are mode 0777; with
+//!   `fsGroup`, they and the bound workspaces get that group, group read/write and setgid
+//!   directories, as kubelet's volume ownership does; a secret workspace is a copy of its
+//!   files with mode 0644.
+//!
+//! [`restricted_pss_violations`] checks a pod spec against the `restricted` Pod Security
+//! Standard, as the PodSecurity admission controller would; the runner itself does not
+//! enforce it.
+//!
+//! Not emulated: the network (a step's container shares the host's, so registries and
+//! servers on 127.0.0.1 are reachable), cgroups and resource limits, AppArmor and SELinux,
+//! user namespaces, `Localhost` seccomp profiles, `readOnlyRootFilesystem`,
+//! `supplementalGroups`, groups from the image's /etc/group, Tekton's own containers
+//! (entrypoint, creds-init per step) and Knative Build's init containers (the harness does
+//! their work on the host, as root). The image's root filesystem is unpacked for each step
+//! alone and is writable, like a container's top layer. What the runner does not support (a
+//! `script`, `valueFrom`, object parameters, volumes other than `emptyDir`, unknown
+//! securityContext fields) is a panic, never silently ignored.
 //!
 //! It must not touch anything of the host but the directories it is given or makes: each run
-//! works in temporary directories, and containers are deleted when their process ends.
+//! works in temporary directories (a bound workspace's directory gets the pod's `fsGroup`),
+//! and containers are deleted when their process ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -138,6 +168,9 @@ pub enum RunError {
         image: String,
         message: String,
     },
+    /// Kubelet would not create a step's container (CreateContainerConfigError), e.g.
+    /// `runAsNonRoot` with an image that runs as root; the step did not run.
+    CreateContainerConfig { step: String, message: String },
     /// A step exited with a non-zero code; the steps after it did not run.
     StepFailed(StepOutput),
 }
@@ -151,6 +184,9 @@ impl fmt::Display for RunError {
                 image,
                 message,
             } => write!(f, "step {step}: cannot pull {image}: {message}"),
+            RunError::CreateContainerConfig { step, message } => {
+                write!(f, "step {step}: CreateContainerConfigError: {message}")
+            }
             RunError::StepFailed(out) => write!(
                 f,
                 "step {} exited with {} after {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -202,12 +238,50 @@ pub struct VolumeMount {
     pub read_only: bool,
 }
 
+/// A container's `securityContext`, as far as the runner honours it (what else is written is a
+/// panic).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityContext {
-    #[serde(default)]
-    pub privileged: bool,
+    pub privileged: Option<bool>,
     pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: Option<bool>,
+    pub allow_privilege_escalation: Option<bool>,
+    pub capabilities: Option<Capabilities>,
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// A pod's `securityContext` (Tekton: the TaskRun's `podTemplate.securityContext`): the
+/// defaults of its containers, and `fsGroup`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSecurityContext {
+    pub run_as_user: Option<u32>,
+    pub run_as_group: Option<u32>,
+    pub run_as_non_root: Option<bool>,
+    /// The group that owns the pod's volumes, and a supplementary group of its processes.
+    pub fs_group: Option<u32>,
+    pub seccomp_profile: Option<SeccompProfile>,
+}
+
+/// Capabilities added to and dropped from the container runtime's default set, Kubernetes'
+/// names (`NET_BIND_SERVICE`, or `ALL`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// `RuntimeDefault` or `Unconfined`; `Localhost` profiles are not supported (a panic).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeccompProfile {
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// A pod volume; only `emptyDir` is supported.
@@ -219,22 +293,22 @@ pub struct Volume {
 }
 
 impl Step {
-    /// Replaces the text of every field both systems substitute in, but the step's name:
-    /// image, command, args, env values, workingDir, and volumeMount name, mountPath and
-    /// subPath.
-    fn substitute(&mut self, f: &dyn Fn(&str) -> String) {
-        self.image = f(&self.image);
-        for text in self.command.iter_mut().chain(self.args.iter_mut()) {
-            *text = f(text);
-        }
-        for var in &mut self.env {
-            var.value = f(&var.value);
-        }
-        self.working_dir = f(&self.working_dir);
+    /// Every field both systems substitute in, but the step's name: image, command, args, env
+    /// values, workingDir, and volumeMount name, mountPath and subPath.
+    fn texts_mut(&mut self) -> Vec<&mut String> {
+        let mut texts = vec![&mut self.image, &mut self.working_dir];
+        texts.extend(self.command.iter_mut().chain(self.args.iter_mut()));
+        texts.extend(self.env.iter_mut().map(|var| &mut var.value));
         for mount in &mut self.volume_mounts {
-            mount.name = f(&mount.name);
-            mount.mount_path = f(&mount.mount_path);
-            mount.sub_path = f(&mount.sub_path);
+            texts.extend([&mut mount.name, &mut mount.mount_path, &mut mount.sub_path]);
+        }
+        texts
+    }
+
+    /// Replaces the text of every field of [`Step::texts_mut`].
+    fn substitute(&mut self, f: &dyn Fn(&str) -> String) {
+        for text in self.texts_mut() {
+            *text = f(text);
         }
     }
 }
@@ -260,6 +334,25 @@ fn parse_list<T: serde::de::DeserializeOwned>(value: &Value, key: &str) -> Vec<T
     }
 }
 
+/// Each `OPEN key CLOSE` in `text`: where it is (from OPEN to CLOSE) and its key.
+fn placeholders<'a>(
+    text: &'a str,
+    open: &str,
+    close: char,
+) -> Vec<(std::ops::Range<usize>, &'a str)> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(start) = text[from..].find(open).map(|i| from + i) {
+        let key_start = start + open.len();
+        let Some(end) = text[key_start..].find(close).map(|i| key_start + i) else {
+            break;
+        };
+        found.push((start..end + 1, &text[key_start..end]));
+        from = end + 1;
+    }
+    found
+}
+
 /// Replaces each `OPEN key CLOSE` in `text` whose key `lookup` knows, in one pass (what is
 /// put in is not scanned again); unknown ones stay as written.
 fn substitute(
@@ -269,18 +362,15 @@ fn substitute(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find(open) {
-        let after = &rest[start + open.len()..];
-        let Some(end) = after.find(close) else { break };
-        out.push_str(&rest[..start]);
-        match lookup(&after[..end]) {
-            Some(value) => out.push_str(&value),
-            None => out.push_str(&rest[start..start + open.len() + end + 1]),
+    let mut copied = 0;
+    for (range, key) in placeholders(text, open, close) {
+        if let Some(value) = lookup(key) {
+            out.push_str(&text[copied..range.start]);
+            out.push_str(&value);
+            copied = range.end;
         }
-        rest = &after[end + 1..];
     }
-    out.push_str(rest);
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -377,9 +467,10 @@ impl BuildPod {
             .prefix("fnbuild-build-pod-")
             .tempdir()
             .expect("creating the pod's directory");
-        for sub in ["workspace", "home", "scratch"] {
-            fs::create_dir(dir.path().join(sub)).expect("creating the pod's directories");
+        for sub in ["workspace", "home"] {
+            empty_dir(&dir.path().join(sub), None);
         }
+        fs::create_dir(dir.path().join("scratch")).expect("creating the pod's scratch directory");
         BuildPod { dir }
     }
 
@@ -431,7 +522,8 @@ impl BuildPod {
     /// creds-init for a `kubernetes.io/basic-auth` secret annotated
     /// `build.knative.dev/docker-0: REGISTRY_URL`: an entry of `$HOME/.docker/config.json`
     /// keyed by the annotation's URL as written, with the user, password and
-    /// `auth` = base64(`user:password`).
+    /// `auth` = base64(`user:password`). creds-init runs as root and writes the file with
+    /// mode 0600, as this does: a step running as another user cannot read it.
     pub fn creds_init_docker(&self, registry_url: &str, user: &str, password: &str) {
         let dir = self.home().join(".docker");
         fs::create_dir_all(&dir).expect("creating $HOME/.docker");
@@ -446,6 +538,8 @@ impl BuildPod {
         });
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap())
             .expect("writing $HOME/.docker/config.json");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .expect("chmod of $HOME/.docker/config.json");
     }
 
     /// Applies the template at `template` to `arguments` and runs its steps in this pod.
@@ -463,6 +557,7 @@ impl BuildPod {
             ],
             env: vec![("HOME".into(), BUILD_HOME.into())],
             working_dir: Some(BUILD_WORKSPACE.into()),
+            security: PodSecurityContext::default(),
         };
         pod.run(&applied.steps, &applied.volumes)
     }
@@ -502,6 +597,8 @@ pub struct WorkspaceBinding {
     pub name: String,
     pub host: PathBuf,
     pub read_only: bool,
+    /// A secret: its files are copied into the pod, as kubelet projects a secret volume.
+    pub secret: bool,
 }
 
 impl WorkspaceBinding {
@@ -511,16 +608,93 @@ impl WorkspaceBinding {
             name: name.into(),
             host: host.into(),
             read_only: false,
+            secret: false,
         }
     }
 
-    /// A secret: Tekton mounts secret workspaces read-only.
+    /// A secret, its keys the files of `host`: Tekton mounts secret workspaces read-only,
+    /// and kubelet gives the files the secret volume's default mode, 0644.
     pub fn secret(name: &str, host: &Path) -> Self {
         Self {
             read_only: true,
+            secret: true,
             ..Self::dir(name, host)
         }
     }
+}
+
+/// A Tekton parameter's value: a string, or the strings of an array parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    String(String),
+    Array(Vec<String>),
+}
+
+impl ParamValue {
+    pub fn array(items: &[&str]) -> ParamValue {
+        ParamValue::Array(items.iter().map(|item| item.to_string()).collect())
+    }
+
+    /// A value as written in YAML (a string, or a list of strings); `None` for anything else.
+    pub fn from_json(value: &Value) -> Option<ParamValue> {
+        match value {
+            Value::String(text) => Some(ParamValue::String(text.clone())),
+            Value::Array(items) => items
+                .iter()
+                .map(|item| item.as_str().map(String::from))
+                .collect::<Option<Vec<_>>>()
+                .map(ParamValue::Array),
+            _ => None,
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            ParamValue::String(_) => "string",
+            ParamValue::Array(_) => "array",
+        }
+    }
+}
+
+impl From<&str> for ParamValue {
+    fn from(text: &str) -> Self {
+        ParamValue::String(text.into())
+    }
+}
+
+/// A declared parameter's type: its `type`, else its default's, else string (Tekton's
+/// defaulting); object parameters are not supported (a panic).
+fn declared_type(param: &TaskParam) -> &'static str {
+    let kind = match (param.kind.as_deref(), &param.default) {
+        (Some(kind), _) => kind,
+        (None, Some(Value::Array(_))) => "array",
+        (None, _) => "string",
+    };
+    match kind {
+        "string" => "string",
+        "array" => "array",
+        other => panic!(
+            "parameter {}: {other} parameters are not supported by the template runner",
+            param.name
+        ),
+    }
+}
+
+/// Splices each array parameter written as a whole element of `list` (`$(params.X[*])`, as
+/// Tekton allows in `command` and `args`) into it, one element per item.
+fn expand_arrays(list: &mut Vec<String>, arrays: &HashMap<String, Vec<String>>) {
+    *list = list
+        .iter()
+        .flat_map(|item| {
+            let name = item
+                .strip_prefix("$(params.")
+                .and_then(|rest| rest.strip_suffix("[*])"));
+            match name.and_then(|name| arrays.get(name)) {
+                Some(items) => items.clone(),
+                None => vec![item.clone()],
+            }
+        })
+        .collect();
 }
 
 /// A Task resolved for one TaskRun: its steps with every variable replaced, its volumes,
@@ -535,13 +709,16 @@ pub struct ResolvedTask {
 }
 
 /// Resolves a `Task` for a TaskRun giving `params` and binding the workspaces in `bound`
-/// (name, read-only), as Tekton does: missing parameters, unknown or missing workspaces are refused; then the
-/// steps get `$(params.X)` (defaults, overridden by `params`), then `$(workspaces.X.path)`
-/// (the mount path; empty for an unbound optional workspace) and `$(workspaces.X.bound)`,
-/// then `$(results.X.path)`. Each pass sees what the one before put in.
+/// (name, read-only), as Tekton does: missing parameters, parameters of the wrong type,
+/// unknown or missing workspaces are refused; array parameters are spliced into `command`
+/// and `args` where written as a whole element (`$(params.X[*])`), and refused anywhere
+/// else; then the steps get `$(params.X)` (defaults, overridden by `params`), then
+/// `$(workspaces.X.path)` (the mount path; empty for an unbound optional workspace) and
+/// `$(workspaces.X.bound)`, then `$(results.X.path)`. Each pass sees what the one before put
+/// in.
 pub fn resolve_task(
     task: &Value,
-    params: &[(&str, &str)],
+    params: &[(String, ParamValue)],
     bound: &[(&str, bool)],
 ) -> Result<ResolvedTask, RunError> {
     assert!(
@@ -551,25 +728,40 @@ pub fn resolve_task(
         task["kind"]
     );
     let spec = &task["spec"];
+    let task_name = task["metadata"]["name"].as_str().unwrap_or_default();
     let declared: Vec<TaskParam> = parse_list(spec, "params");
-    let mut values: HashMap<String, String> = HashMap::new();
+    let mut values: HashMap<String, ParamValue> = HashMap::new();
     for param in &declared {
-        assert!(
-            matches!(param.kind.as_deref(), None | Some("string")),
-            "parameter {}: only string parameters are supported by the template runner",
-            param.name
-        );
         if let Some(default) = &param.default {
-            let text = default.as_str().unwrap_or_else(|| {
-                panic!(
-                    "parameter {}: a string parameter's default is a string",
-                    param.name
-                )
-            });
-            values.insert(param.name.clone(), text.to_string());
+            let value = ParamValue::from_json(default)
+                .filter(|value| value.type_name() == declared_type(param))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "parameter {}: its default is not a {}",
+                        param.name,
+                        declared_type(param)
+                    )
+                });
+            values.insert(param.name.clone(), value);
         }
     }
-    values.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mistyped: Vec<&str> = params
+        .iter()
+        .filter(|(name, value)| {
+            declared
+                .iter()
+                .any(|p| p.name == *name && declared_type(p) != value.type_name())
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !mistyped.is_empty() {
+        return Err(RunError::Invalid(format!(
+            "invalid input params for task {task_name}: param types don't match the \
+             user-specified type: [{}]",
+            mistyped.join(" ")
+        )));
+    }
+    values.extend(params.iter().cloned());
     let missing: Vec<&str> = declared
         .iter()
         .filter(|p| !values.contains_key(&p.name))
@@ -577,10 +769,20 @@ pub fn resolve_task(
         .collect();
     if !missing.is_empty() {
         return Err(RunError::Invalid(format!(
-            "invalid input params for task {}: missing parameters: [{}]",
-            task["metadata"]["name"].as_str().unwrap_or_default(),
+            "invalid input params for task {task_name}: missing parameters: [{}]",
             missing.join(" ")
         )));
+    }
+    let (mut strings, mut arrays) = (HashMap::new(), HashMap::new());
+    for (name, value) in values {
+        match value {
+            ParamValue::String(text) => {
+                strings.insert(name, text);
+            }
+            ParamValue::Array(items) => {
+                arrays.insert(name, items);
+            }
+        }
     }
 
     let workspaces: Vec<TaskWorkspace> = parse_list(spec, "workspaces");
@@ -633,9 +835,26 @@ pub fn resolve_task(
             .any(|r| r == name)
             .then(|| format!("{TEKTON_RESULTS}/{name}"))
     };
-    let param_variable = |key: &str| values.get(key.strip_prefix("params.")?).cloned();
+    let param_variable = |key: &str| strings.get(key.strip_prefix("params.")?).cloned();
 
     let mut steps: Vec<Step> = parse_list(spec, "steps");
+    for step in &mut steps {
+        expand_arrays(&mut step.command, &arrays);
+        expand_arrays(&mut step.args, &arrays);
+        let name = step.name.clone();
+        for text in step.texts_mut() {
+            for (_, key) in placeholders(text, "$(", ')') {
+                let param = key.strip_prefix("params.").unwrap_or_default();
+                let param = param.split('[').next().unwrap_or_default();
+                if arrays.contains_key(param) {
+                    return Err(RunError::Invalid(format!(
+                        "step {name}: $({key}): an array parameter is only replaced as a \
+                         whole element of command or args, $(params.{param}[*])"
+                    )));
+                }
+            }
+        }
+    }
     for lookup in [
         &param_variable as &dyn Fn(&str) -> Option<String>,
         &workspace_variable,
@@ -660,58 +879,159 @@ pub struct TaskRunOutcome {
     pub steps: Vec<StepOutput>,
 }
 
-/// Runs the `Task` at `task` as a TaskRun with `params` and `workspaces`: `/workspace`,
-/// `/tekton/home` (`HOME`) and `/tekton/results` are fresh directories of the pod, the bound
-/// workspaces are mounted at their paths, and the results are read back once every step
-/// succeeded.
+/// A TaskRun: its params, its workspace bindings, and its `podTemplate.securityContext`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRun {
+    pub params: Vec<(String, ParamValue)>,
+    pub workspaces: Vec<WorkspaceBinding>,
+    pub pod_security_context: PodSecurityContext,
+}
+
+impl TaskRun {
+    /// A TaskRun giving string `params`, binding `workspaces`.
+    pub fn new(params: &[(&str, &str)], workspaces: &[WorkspaceBinding]) -> TaskRun {
+        TaskRun {
+            params: params
+                .iter()
+                .map(|(name, value)| (name.to_string(), ParamValue::from(*value)))
+                .collect(),
+            workspaces: workspaces.to_vec(),
+            ..TaskRun::default()
+        }
+    }
+
+    /// The same TaskRun giving `name` the value `value` (in place of what it gave it).
+    pub fn param(mut self, name: &str, value: ParamValue) -> TaskRun {
+        self.params.retain(|(other, _)| other != name);
+        self.params.push((name.into(), value));
+        self
+    }
+
+    /// Runs the `Task` at `task` as this TaskRun: `/workspace`, `/tekton/home` and
+    /// `/tekton/results` are emptyDirs of the pod, the bound workspaces are mounted at their
+    /// paths (a secret's files copied in), `fsGroup` owns them all, and the results are read
+    /// back once every step succeeded. `HOME` is not set: Tekton v1 leaves it to the image
+    /// and the step (runc makes it the user's home in the image's /etc/passwd, else `/`).
+    pub fn run(&self, task: &Path) -> Result<TaskRunOutcome, RunError> {
+        let bound: Vec<(&str, bool)> = self
+            .workspaces
+            .iter()
+            .map(|w| (w.name.as_str(), w.read_only))
+            .collect();
+        let resolved = resolve_task(&load_yaml(task), &self.params, &bound)?;
+        let dir = tempfile::Builder::new()
+            .prefix("fnbuild-task-pod-")
+            .tempdir()
+            .expect("creating the pod's directory");
+        let fs_group = self.pod_security_context.fs_group;
+        let [workspace, home, results] =
+            ["workspace", "home", "results"].map(|sub| empty_dir(&dir.path().join(sub), fs_group));
+        let scratch = dir.path().join("scratch");
+        fs::create_dir(&scratch).expect("creating the pod's scratch directory");
+        let mut mounts = vec![
+            Mount::writable(&workspace, TEKTON_WORKSPACE),
+            Mount::writable(&home, TEKTON_HOME),
+            Mount::writable(&results, TEKTON_RESULTS),
+        ];
+        for (name, path, read_only) in &resolved.workspace_mounts {
+            let binding = self.workspaces.iter().find(|w| &w.name == name).unwrap();
+            let host = if binding.secret {
+                secret_volume(
+                    &binding.host,
+                    &dir.path().join("secrets").join(name),
+                    fs_group,
+                )
+            } else {
+                if let Some(group) = fs_group {
+                    set_volume_ownership(&binding.host, group, *read_only);
+                }
+                binding.host.clone()
+            };
+            mounts.push(Mount {
+                host,
+                target: path.clone(),
+                read_only: *read_only,
+            });
+        }
+        let pod = Pod {
+            scratch,
+            mounts,
+            env: Vec::new(),
+            working_dir: None,
+            security: self.pod_security_context.clone(),
+        };
+        let steps = pod.run(&resolved.steps, &resolved.volumes)?;
+        let results = resolved
+            .results
+            .iter()
+            .filter_map(|name| {
+                let value = fs::read_to_string(results.join(name)).ok()?;
+                Some((name.clone(), value))
+            })
+            .collect();
+        Ok(TaskRunOutcome { results, steps })
+    }
+}
+
+/// Runs the `Task` at `task` as a TaskRun with string `params` and `workspaces`, no pod
+/// securityContext: see [`TaskRun::run`].
 pub fn run_task(
     task: &Path,
     params: &[(&str, &str)],
     workspaces: &[WorkspaceBinding],
 ) -> Result<TaskRunOutcome, RunError> {
-    let bound: Vec<(&str, bool)> = workspaces
-        .iter()
-        .map(|w| (w.name.as_str(), w.read_only))
-        .collect();
-    let resolved = resolve_task(&load_yaml(task), params, &bound)?;
-    let dir = tempfile::Builder::new()
-        .prefix("fnbuild-task-pod-")
-        .tempdir()
-        .expect("creating the pod's directory");
-    let [workspace, home, results, scratch] =
-        ["workspace", "home", "results", "scratch"].map(|sub| dir.path().join(sub));
-    for sub in [&workspace, &home, &results, &scratch] {
-        fs::create_dir(sub).expect("creating the pod's directories");
+    TaskRun::new(params, workspaces).run(task)
+}
+
+// === Volumes ===
+
+/// Makes `path` an emptyDir as kubelet does: mode 0777, then owned by `fs_group` if given.
+fn empty_dir(path: &Path, fs_group: Option<u32>) -> PathBuf {
+    fs::create_dir_all(path).expect("creating an emptyDir");
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777)).expect("chmod of an emptyDir");
+    if let Some(group) = fs_group {
+        set_volume_ownership(path, group, false);
     }
-    let mut mounts = vec![
-        Mount::writable(&workspace, TEKTON_WORKSPACE),
-        Mount::writable(&home, TEKTON_HOME),
-        Mount::writable(&results, TEKTON_RESULTS),
-    ];
-    for (name, path, read_only) in &resolved.workspace_mounts {
-        let binding = workspaces.iter().find(|w| &w.name == name).unwrap();
-        mounts.push(Mount {
-            host: binding.host.clone(),
-            target: path.clone(),
-            read_only: *read_only,
-        });
+    path.to_path_buf()
+}
+
+/// A secret volume at `target`, as kubelet projects one: a copy of each file of `keys` with
+/// the default mode 0644, owned by `fs_group` if given. Secrets hold files only.
+fn secret_volume(keys: &Path, target: &Path, fs_group: Option<u32>) -> PathBuf {
+    fs::create_dir_all(target).expect("creating a secret volume");
+    for entry in fs::read_dir(keys).expect("reading a secret's files") {
+        let entry = entry.unwrap();
+        assert!(
+            entry.file_type().unwrap().is_file(),
+            "{}: a secret's keys are files",
+            entry.path().display()
+        );
+        let copy = target.join(entry.file_name());
+        fs::copy(entry.path(), &copy).expect("copying a secret's file");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let pod = Pod {
-        scratch,
-        mounts,
-        env: vec![("HOME".into(), TEKTON_HOME.into())],
-        working_dir: None,
-    };
-    let steps = pod.run(&resolved.steps, &resolved.volumes)?;
-    let results = resolved
-        .results
-        .iter()
-        .filter_map(|name| {
-            let value = fs::read_to_string(results.join(name)).ok()?;
-            Some((name.clone(), value))
-        })
-        .collect();
-    Ok(TaskRunOutcome { results, steps })
+    if let Some(group) = fs_group {
+        set_volume_ownership(target, group, true);
+    }
+    target.to_path_buf()
+}
+
+/// What kubelet does to a volume for a pod's `fsGroup` (SetVolumeOwnership): everything in
+/// it gets the group, read (and write unless read-only) for the group, and directories also
+/// the group's search bit and setgid, so what is made in them gets the group too.
+fn set_volume_ownership(root: &Path, group: u32, read_only: bool) {
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let below = super::walk(root).into_iter().map(|path| root.join(path));
+    for path in std::iter::once(root.to_path_buf()).chain(below) {
+        std::os::unix::fs::lchown(&path, None, Some(group)).expect("chgrp to the fsGroup");
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let extra = if meta.is_dir() { mask | 0o2110 } else { mask };
+        fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode() | extra))
+            .expect("chmod for the fsGroup");
+    }
 }
 
 // === Pods and containers ===
@@ -744,11 +1064,16 @@ struct Pod {
     env: Vec<(String, String)>,
     /// A step's working directory when it names none (else the image's).
     working_dir: Option<String>,
+    /// The pod's securityContext.
+    security: PodSecurityContext,
 }
 
 impl Pod {
     /// Runs the steps one after the other; the first that fails ends the run.
     fn run(&self, steps: &[Step], volumes: &[Volume]) -> Result<Vec<StepOutput>, RunError> {
+        for step in steps {
+            validate_security_context(step)?;
+        }
         let volume_dirs = self.volume_dirs(volumes);
         let mut outputs = Vec::new();
         for (i, step) in steps.iter().enumerate() {
@@ -770,15 +1095,19 @@ impl Pod {
                 step.image,
                 pulling.elapsed()
             );
+            let security = ContainerSecurity::new(&step.security_context, &self.security, &image)
+                .map_err(|message| RunError::CreateContainerConfig {
+                step: name.clone(),
+                message: format!("{message} (container: {name})"),
+            })?;
             let container = Container {
                 name,
                 root: image.root.clone(),
                 args: process_args(&image.config, step),
                 env: self.step_env(&image.config, step),
                 cwd: self.working_dir_of(&image.config, step),
-                uid: step.security_context.run_as_user.unwrap_or(0),
                 mounts: self.step_mounts(step, &volume_dirs)?,
-                privileged: step.security_context.privileged,
+                security,
             };
             let output = container.run(&scratch);
             if output.exit_code != 0 {
@@ -800,7 +1129,7 @@ impl Pod {
                     volume.name
                 );
                 let dir = self.scratch.join("volumes").join(&volume.name);
-                fs::create_dir_all(&dir).expect("creating an emptyDir volume");
+                let dir = empty_dir(&dir, self.security.fs_group);
                 (volume.name.clone(), dir)
             })
             .collect()
@@ -912,9 +1241,8 @@ struct Container {
     args: Vec<String>,
     env: Vec<String>,
     cwd: String,
-    uid: u32,
     mounts: Vec<Mount>,
-    privileged: bool,
+    security: ContainerSecurity,
 }
 
 impl Container {
@@ -971,17 +1299,12 @@ impl Container {
 
     /// The OCI runtime spec: the host's network, private pid/ipc/uts/mount namespaces, the
     /// usual /proc, /dev, /sys, a tmpfs /tmp, the host's resolv.conf and the pod's mounts
-    /// (parents before what is mounted inside them).
+    /// (parents before what is mounted inside them); the user, capabilities,
+    /// no_new_privileges and seccomp profile of [`ContainerSecurity`]. A privileged container
+    /// also gets every device, a writable /sys and no masked paths.
     fn runtime_spec(&self) -> Value {
-        let held = bounding_set();
-        let capabilities: Vec<&str> = if self.privileged {
-            held
-        } else {
-            held.into_iter()
-                .filter(|cap| DEFAULT_CAPABILITIES.contains(cap))
-                .collect()
-        };
-        let sys_mode = if self.privileged { "rw" } else { "ro" };
+        let security = &self.security;
+        let sys_mode = if security.privileged { "rw" } else { "ro" };
         let mut mounts = vec![
             json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
             json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
@@ -1004,7 +1327,7 @@ impl Container {
         let mut linux = json!({
             "namespaces": [{ "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }],
         });
-        if self.privileged {
+        if security.privileged {
             linux["resources"] = json!({ "devices": [{ "allow": true, "access": "rwm" }] });
         } else {
             linux["maskedPaths"] = json!([
@@ -1027,14 +1350,23 @@ impl Container {
                 "/proc/sysrq-trigger"
             ]);
         }
+        if let Some(profile) = &security.seccomp {
+            linux["seccomp"] = profile.clone();
+        }
+        let capabilities = &security.capabilities;
         json!({
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
-                "user": { "uid": self.uid, "gid": 0 },
+                "user": {
+                    "uid": security.uid,
+                    "gid": security.gid,
+                    "additionalGids": security.additional_gids,
+                },
                 "args": self.args,
                 "env": self.env,
                 "cwd": self.cwd,
+                "noNewPrivileges": security.no_new_privileges,
                 "capabilities": {
                     "bounding": capabilities,
                     "effective": capabilities,
@@ -1064,4 +1396,499 @@ fn bounding_set() -> Vec<&'static str> {
         .filter(|(bit, _)| mask & (1 << bit) != 0)
         .map(|(_, name)| *name)
         .collect()
+}
+
+// === Security ===
+
+/// What the API server refuses in a container's securityContext before a pod exists.
+fn validate_security_context(step: &Step) -> Result<(), RunError> {
+    let context = &step.security_context;
+    if context.allow_privilege_escalation != Some(false) {
+        return Ok(());
+    }
+    let adds_sys_admin = context.capabilities.as_ref().is_some_and(|caps| {
+        caps.add
+            .iter()
+            .any(|cap| cap == "SYS_ADMIN" || cap == "CAP_SYS_ADMIN")
+    });
+    let refusal = if context.privileged == Some(true) {
+        "cannot set `allowPrivilegeEscalation` to false and `privileged` to true"
+    } else if adds_sys_admin {
+        "cannot set `allowPrivilegeEscalation` to false and `capabilities.Add` CAP_SYS_ADMIN"
+    } else {
+        return Ok(());
+    };
+    Err(RunError::Invalid(format!(
+        "step {}: securityContext: {refusal}",
+        step.name
+    )))
+}
+
+/// How a step's process runs, as kubelet and containerd set it up from the container's and
+/// the pod's securityContext (the container's fields win).
+#[derive(Debug, Clone)]
+struct ContainerSecurity {
+    uid: u32,
+    gid: u32,
+    /// `fsGroup`.
+    additional_gids: Vec<u32>,
+    capabilities: Vec<&'static str>,
+    /// `allowPrivilegeEscalation: false`.
+    no_new_privileges: bool,
+    privileged: bool,
+    /// The OCI seccomp section of `seccompProfile: RuntimeDefault`; containerd runs
+    /// privileged containers unconfined.
+    seccomp: Option<Value>,
+}
+
+impl ContainerSecurity {
+    /// The user is `runAsUser`, else the image's `USER` (a name looked up in its
+    /// /etc/passwd); the group `runAsGroup`, else the image's, else the user's in the image's
+    /// /etc/passwd, else 0. `runAsNonRoot: true` is checked as kubelet checks it: an error is
+    /// its CreateContainerConfigError message.
+    fn new(
+        container: &SecurityContext,
+        pod: &PodSecurityContext,
+        image: &UnpackedImage,
+    ) -> Result<ContainerSecurity, String> {
+        let run_as_user = container.run_as_user.or(pod.run_as_user);
+        let image_user = image.config.user.clone().unwrap_or_default();
+        if container.run_as_non_root.or(pod.run_as_non_root) == Some(true) {
+            verify_run_as_non_root(run_as_user, &image_user)?;
+        }
+        let (uid, gid) = match run_as_user {
+            Some(uid) => (uid, passwd_group(&image.root, uid)),
+            None => image_user_ids(&image.root, &image_user)?,
+        };
+        let privileged = container.privileged == Some(true);
+        let capabilities = container_capabilities(container, privileged);
+        let seccomp_profile = container
+            .seccomp_profile
+            .as_ref()
+            .or(pod.seccomp_profile.as_ref());
+        let seccomp = match seccomp_profile.map(|p| p.kind.as_str()) {
+            _ if privileged => None,
+            None | Some("Unconfined") => None,
+            Some("RuntimeDefault") => Some(runtime_default_seccomp(&capabilities)),
+            Some(other) => panic!("seccompProfile {other}: not supported by the template runner"),
+        };
+        Ok(ContainerSecurity {
+            uid,
+            gid: container.run_as_group.or(pod.run_as_group).unwrap_or(gid),
+            additional_gids: pod.fs_group.into_iter().collect(),
+            capabilities,
+            no_new_privileges: container.allow_privilege_escalation == Some(false),
+            privileged,
+            seccomp,
+        })
+    }
+}
+
+/// Kubelet's check of `runAsNonRoot: true` (verifyRunAsNonRoot), with its messages.
+fn verify_run_as_non_root(run_as_user: Option<u32>, image_user: &str) -> Result<(), String> {
+    let user = match run_as_user {
+        Some(0) => return Err("container's runAsUser breaks non-root policy".into()),
+        Some(_) => return Ok(()),
+        None => image_user.split(':').next().unwrap_or_default(),
+    };
+    match user.parse::<u32>() {
+        _ if user.is_empty() => Err("container has runAsNonRoot and image will run as root".into()),
+        Ok(0) => Err("container has runAsNonRoot and image will run as root".into()),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify \
+             user is non-root"
+        )),
+    }
+}
+
+/// The image's `USER` (`user[:group]`, numbers or names) as ids, as containerd resolves it in
+/// the image's /etc/passwd and /etc/group; empty is root.
+fn image_user_ids(root: &Path, user: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match user.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (user, None),
+    };
+    let uid = match user {
+        "" => 0,
+        _ => user
+            .parse()
+            .ok()
+            .or_else(|| lookup_id(&root.join("etc/passwd"), user))
+            .ok_or_else(|| format!("no users found matching {user} in the image"))?,
+    };
+    let gid = match group {
+        None => passwd_group(root, uid),
+        Some(group) => group
+            .parse()
+            .ok()
+            .or_else(|| lookup_id(&root.join("etc/group"), group))
+            .ok_or_else(|| format!("no groups found matching {group} in the image"))?,
+    };
+    Ok((uid, gid))
+}
+
+/// The id (third field) of `name` in an /etc/passwd or /etc/group file.
+fn lookup_id(file: &Path, name: &str) -> Option<u32> {
+    fs::read_to_string(file).ok()?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&name))
+            .then(|| fields.get(2)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The primary group of `uid` in the image's /etc/passwd, else 0.
+fn passwd_group(root: &Path, uid: u32) -> u32 {
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// containerd's capability set: every one for a privileged container; else the default set,
+/// all of them if `add` has `ALL`, none if `drop` has `ALL`, then `add`, minus `drop`; each
+/// limited to what this process can hand on.
+fn container_capabilities(context: &SecurityContext, privileged: bool) -> Vec<&'static str> {
+    let held = bounding_set();
+    if privileged {
+        return held;
+    }
+    let caps = context.capabilities.clone().unwrap_or_default();
+    let names = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|cap| match cap.as_str() {
+                "ALL" => cap.clone(),
+                _ if cap.starts_with("CAP_") => cap.clone(),
+                _ => format!("CAP_{cap}"),
+            })
+            .collect()
+    };
+    let (add, drop) = (names(&caps.add), names(&caps.drop));
+    let has = |list: &[String], cap: &str| list.iter().any(|c| c == cap);
+    let mut set: Vec<&str> = if has(&add, "ALL") {
+        ALL_CAPABILITIES.to_vec()
+    } else {
+        DEFAULT_CAPABILITIES.to_vec()
+    };
+    if has(&drop, "ALL") {
+        set.clear();
+    }
+    set.extend(ALL_CAPABILITIES.iter().filter(|cap| has(&add, cap)));
+    set.retain(|cap| !has(&drop, cap));
+    held.into_iter().filter(|cap| set.contains(cap)).collect()
+}
+
+/// Syscalls the container runtime's default seccomp profile (containerd's, Docker's) refuses
+/// with EPERM unless the container holds one of the capabilities listed with them.
+const CAPABILITY_SYSCALLS: &[(&str, &[&str])] = &[
+    (
+        "CAP_SYS_ADMIN",
+        &[
+            "bpf",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "name_to_handle_at",
+            "open_tree",
+            "perf_event_open",
+            "pivot_root",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "swapoff",
+            "swapon",
+            "syslog",
+            "umount",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    ("CAP_BPF", &["bpf"]),
+    ("CAP_PERFMON", &["perf_event_open"]),
+    ("CAP_SYSLOG", &["syslog"]),
+    ("CAP_SYS_BOOT", &["reboot", "kexec_load", "kexec_file_load"]),
+    ("CAP_SYS_CHROOT", &["chroot"]),
+    (
+        "CAP_SYS_MODULE",
+        &["init_module", "finit_module", "delete_module"],
+    ),
+    ("CAP_SYS_PACCT", &["acct"]),
+    ("CAP_SYS_RAWIO", &["iopl", "ioperm"]),
+    (
+        "CAP_SYS_TIME",
+        &["settimeofday", "stime", "clock_settime", "clock_settime64"],
+    ),
+    ("CAP_SYS_TTY_CONFIG", &["vhangup"]),
+    ("CAP_SYS_NICE", &["get_mempolicy", "mbind", "set_mempolicy"]),
+    ("CAP_DAC_READ_SEARCH", &["open_by_handle_at"]),
+];
+
+/// Syscalls the default profile refuses to every container: the kernel keyring (not
+/// namespaced), userfaultfd, and obsolete calls.
+const REFUSED_SYSCALLS: &[&str] = &[
+    "add_key",
+    "keyctl",
+    "request_key",
+    "userfaultfd",
+    "create_module",
+    "get_kernel_syms",
+    "query_module",
+    "nfsservctl",
+    "uselib",
+    "ustat",
+    "sysfs",
+    "_sysctl",
+    "vm86",
+    "vm86old",
+];
+
+/// The namespace flags of clone(2): CLONE_NEWTIME, NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
+/// NEWPID, NEWNET.
+const CLONE_NEW_FLAGS: &[u64] = &[
+    0x80,
+    0x20000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+
+/// The default seccomp profile of the container runtime, for a container holding
+/// `capabilities`, in the OCI runtime spec's form. Its refusals are those of containerd's and
+/// Docker's profile (an allow-list there, a deny-list here: what neither lists is allowed
+/// here, e.g. Landlock's syscalls, as they allow them): [`REFUSED_SYSCALLS`],
+/// [`CAPABILITY_SYSCALLS`] without their capability, and, without CAP_SYS_ADMIN, clone(2)
+/// with a namespace flag (EPERM) and clone3(2) (ENOSYS, so the C library falls back to
+/// clone).
+fn runtime_default_seccomp(capabilities: &[&str]) -> Value {
+    const EPERM: u32 = 1;
+    const ENOSYS: u32 = 38;
+    let mut refused: Vec<&str> = REFUSED_SYSCALLS.to_vec();
+    for syscall in CAPABILITY_SYSCALLS
+        .iter()
+        .flat_map(|(_, calls)| calls.iter())
+    {
+        let granted = CAPABILITY_SYSCALLS
+            .iter()
+            .any(|(cap, calls)| calls.contains(syscall) && capabilities.contains(cap));
+        if !granted && !refused.contains(syscall) {
+            refused.push(syscall);
+        }
+    }
+    let mut rules =
+        vec![json!({ "names": refused, "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM })];
+    if !capabilities.contains(&"CAP_SYS_ADMIN") {
+        rules.extend(CLONE_NEW_FLAGS.iter().map(|flag| {
+            json!({
+                "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": EPERM,
+                "args": [{ "index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ" }],
+            })
+        }));
+        rules.push(json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }));
+    }
+    let architectures = match std::env::consts::ARCH {
+        "x86_64" => vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "aarch64" => vec!["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        other => panic!("no seccomp architectures known for {other}"),
+    };
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": architectures,
+        "syscalls": rules,
+    })
+}
+
+// === The restricted Pod Security Standard ===
+
+/// The volume types the restricted standard allows.
+const RESTRICTED_VOLUME_TYPES: &[&str] = &[
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
+
+/// What the `restricted` Pod Security Standard (its rules since Kubernetes 1.25) finds wrong in
+/// `pod`, a pod spec (`securityContext`, `hostNetwork`, `hostPID`, `hostIPC`, `volumes`,
+/// `containers`, `initContainers`), one line per rule broken, in the words of the
+/// PodSecurity admission controller: empty means the pod is admitted. The rules:
+/// no host namespaces, no privileged container, capabilities.add only NET_BIND_SERVICE, no
+/// hostPath (only the restricted volume types), no hostPort, no non-default /proc mount,
+/// allowPrivilegeEscalation false, runAsNonRoot true and runAsUser not 0 (the pod's or each
+/// container's), seccompProfile RuntimeDefault or Localhost (the pod's or each container's,
+/// never Unconfined), capabilities.drop ALL.
+pub fn restricted_pss_violations(pod: &Value) -> Vec<String> {
+    let pod_context = &pod["securityContext"];
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|key| pod[*key].as_array().into_iter().flatten())
+        .collect();
+    let name = |c: &Value| c["name"].as_str().unwrap_or_default().to_string();
+    let offending = |test: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        containers
+            .iter()
+            .filter(|c| test(c))
+            .map(|c| format!("{:?}", name(c)))
+            .collect()
+    };
+    let mut violations = Vec::new();
+    /// Reports `rule` broken by the containers `names` (none: not broken).
+    fn report(violations: &mut Vec<String>, rule: &str, names: Vec<String>, what: &str) {
+        if !names.is_empty() {
+            violations.push(format!(
+                "{rule} (container{} {} {what})",
+                if names.len() > 1 { "s" } else { "" },
+                names.join(", ")
+            ));
+        }
+    }
+
+    let host: Vec<&str> = ["hostNetwork", "hostPID", "hostIPC"]
+        .into_iter()
+        .filter(|key| pod[*key] == true)
+        .collect();
+    if !host.is_empty() {
+        violations.push(format!(
+            "host namespaces ({})",
+            host.iter()
+                .map(|key| format!("{key}=true"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    report(
+        &mut violations,
+        "privileged",
+        offending(&|c| c["securityContext"]["privileged"] == true),
+        "must not set securityContext.privileged=true",
+    );
+    let added = |c: &Value| -> Vec<String> {
+        c["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|cap| cap.as_str())
+            .filter(|cap| *cap != "NET_BIND_SERVICE")
+            .map(String::from)
+            .collect()
+    };
+    report(
+        &mut violations,
+        "unrestricted capabilities",
+        offending(&|c| !added(c).is_empty()),
+        "must not include capabilities other than NET_BIND_SERVICE in securityContext.capabilities.add",
+    );
+    let drops_all = |c: &Value| {
+        c["securityContext"]["capabilities"]["drop"]
+            .as_array()
+            .is_some_and(|drop| drop.iter().any(|cap| cap == "ALL"))
+    };
+    report(
+        &mut violations,
+        "unrestricted capabilities",
+        offending(&|c| !drops_all(c)),
+        "must set securityContext.capabilities.drop=[\"ALL\"]",
+    );
+    let volumes: Vec<String> = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|volume| {
+            let kind = volume
+                .as_object()?
+                .keys()
+                .find(|key| *key != "name")?
+                .clone();
+            (!RESTRICTED_VOLUME_TYPES.contains(&kind.as_str()))
+                .then(|| format!("{:?} uses {kind}", volume["name"].as_str().unwrap_or("")))
+        })
+        .collect();
+    if !volumes.is_empty() {
+        violations.push(format!("restricted volume types ({})", volumes.join(", ")));
+    }
+    report(
+        &mut violations,
+        "hostPort",
+        offending(&|c| {
+            c["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|port| port["hostPort"].as_u64().is_some_and(|p| p != 0))
+        }),
+        "uses hostPort",
+    );
+    report(
+        &mut violations,
+        "procMount",
+        offending(&|c| {
+            c["securityContext"]["procMount"]
+                .as_str()
+                .is_some_and(|mount| mount != "Default")
+        }),
+        "must not set securityContext.procMount",
+    );
+    report(
+        &mut violations,
+        "allowPrivilegeEscalation != false",
+        offending(&|c| c["securityContext"]["allowPrivilegeEscalation"] != false),
+        "must set securityContext.allowPrivilegeEscalation=false",
+    );
+    let pod_non_root = pod_context["runAsNonRoot"] == true;
+    report(
+        &mut violations,
+        "runAsNonRoot != true",
+        offending(&|c| match &c["securityContext"]["runAsNonRoot"] {
+            Value::Bool(value) => !value,
+            _ => !pod_non_root,
+        }),
+        "must set securityContext.runAsNonRoot=true",
+    );
+    if pod_context["runAsUser"] == 0 {
+        violations.push("runAsUser=0 (pod must not set runAsUser=0)".into());
+    }
+    report(
+        &mut violations,
+        "runAsUser=0",
+        offending(&|c| c["securityContext"]["runAsUser"] == 0),
+        "must not set runAsUser=0",
+    );
+    let allowed_seccomp = |profile: &Value| {
+        matches!(
+            profile["type"].as_str(),
+            Some("RuntimeDefault" | "Localhost")
+        )
+    };
+    if pod_context["seccompProfile"]["type"] == "Unconfined" {
+        violations.push("seccompProfile (pod must not set securityContext.seccompProfile.type to \"Unconfined\")".into());
+    }
+    report(
+        &mut violations,
+        "seccompProfile",
+        offending(&|c| match &c["securityContext"]["seccompProfile"] {
+            Value::Null => !allowed_seccomp(&pod_context["seccompProfile"]),
+            profile => !allowed_seccomp(profile),
+        }),
+        "must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
+    );
+    violations
 }
