@@ -10,7 +10,7 @@ use crate::builder_image;
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
 use crate::compile_check::{self, Compiled, Interpreter};
-use crate::deps::{self, DepsFiles, ImageRoot, Installer};
+use crate::deps::{self, DepsFiles, ImageRoot, InstallOptions, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::handler_check;
@@ -59,7 +59,7 @@ pub struct BuildRequest {
     pub memory_limit_bytes: Option<u64>,
     pub base_image: Option<Location>,
     pub outputs: Vec<Location>,
-    pub installer: Installer,
+    pub install: InstallOptions,
     /// Modification time of every layer entry and creation time of the image.
     pub source_date_epoch: u64,
     /// Attach an SPDX SBOM to the image in every registry output.
@@ -140,17 +140,9 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         ..LayerOptions::default()
     };
     let deps = match &deps_files {
-        Some(files) if files.declares_dependencies()? => Some(
-            deps_layer(
-                files,
-                runtime,
-                &base,
-                request.installer,
-                &layer_options,
-                ctx,
-            )
-            .await?,
-        ),
+        Some(files) if files.declares_dependencies()? => {
+            Some(deps_layer(files, runtime, &base, &request.install, &layer_options, ctx).await?)
+        }
         _ => None,
     };
     let code_layer = code_layer(&workspace, deps_files.as_ref(), &layer_options, ctx.cache)?;
@@ -353,11 +345,11 @@ async fn deps_layer(
     files: &DepsFiles,
     runtime: &Runtime,
     base: &SourceImage,
-    installer: Installer,
+    install: &InstallOptions,
     options: &LayerOptions,
     ctx: &BuildContext<'_>,
 ) -> Result<ResolvedDeps> {
-    let key = deps_cache_key(files, runtime, base, installer);
+    let key = deps_cache_key(files, runtime, base, install.installer);
     let entry_path = ctx.cache.deps_entry(&key);
     let store = ctx.cache.blobs();
     if let Some(layer) = std::fs::read(&entry_path)
@@ -395,8 +387,8 @@ async fn deps_layer(
             }
         }
     }
-    tracing::info!(file = %files.origin, installer = ?installer, "deps layer cache miss: installing dependencies");
-    let layer = install_deps(files, runtime, base, installer, options, ctx).await?;
+    tracing::info!(file = %files.origin, installer = ?install.installer, "deps layer cache miss: installing dependencies");
+    let layer = install_deps(files, runtime, base, install, options, ctx).await?;
     std::fs::write(
         &entry_path,
         serde_json::to_vec(&layer).expect("a cache entry serializes"),
@@ -424,13 +416,13 @@ async fn install_deps(
     files: &DepsFiles,
     runtime: &Runtime,
     base: &SourceImage,
-    installer: Installer,
+    install: &InstallOptions,
     options: &LayerOptions,
     ctx: &BuildContext<'_>,
 ) -> Result<DepsLayer> {
     let started = Instant::now();
     let store = ctx.cache.blobs();
-    let image_root = match installer {
+    let image_root = match install.installer {
         Installer::Image => Some(image_root(base, runtime, ctx).await?),
         Installer::Host => None,
     };
@@ -440,7 +432,8 @@ async fn install_deps(
     for dir in [&out, &scratch] {
         std::fs::create_dir(dir).io_context("create", dir)?;
     }
-    let (install_files, version, out_dir, scratch_dir) = (
+    let (install, install_files, version, out_dir, scratch_dir) = (
+        install.clone(),
         files.clone(),
         runtime.version.clone(),
         out.clone(),
@@ -448,7 +441,7 @@ async fn install_deps(
     );
     tokio::task::spawn_blocking(move || {
         deps::install(
-            installer,
+            &install,
             &install_files,
             &version,
             image_root.as_ref(),

@@ -31,7 +31,7 @@ use crate::transport::{Location, SourceImage};
 
 /// Where the binary lives in the image.
 pub const BINARY: &str = "/usr/local/bin/fnbuild";
-const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+const CA_BUNDLE: &str = crate::deps::SYSTEM_CA_BUNDLE;
 /// The working directory of a build step (where Knative Build and Tekton mount workspaces).
 const WORKSPACE: &str = "/workspace";
 /// The variable a runtime's builder image sets to the digest of the base image it was made

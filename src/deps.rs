@@ -74,6 +74,10 @@ fn ca_bundle_env(language: Language) -> impl Iterator<Item = &'static str> {
             .filter(move |n| !own.contains(n)),
     )
 }
+/// Where Debian-based systems keep the CA bundle their TLS libraries trust by default.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The installer's copy of the CA bundle, in its scratch directory.
+const CA_COPY: &str = "fnbuild-ca.pem";
 /// Kubeless's name for the npm registry setting.
 const KUBELESS_NPM_REGISTRY_ENV: &str = "NPM_REGISTRY";
 
@@ -85,6 +89,15 @@ pub enum Installer {
     Image,
     /// This machine's pip or npm.
     Host,
+}
+
+/// How dependencies are installed.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub installer: Installer,
+    /// CA certificate files the package managers trust besides those they trust already
+    /// (`--index-ca`).
+    pub index_ca: Vec<PathBuf>,
 }
 
 /// Where the base image's own interpreter runs, for [`Installer::Image`].
@@ -152,7 +165,7 @@ pub const NPMRC_FILE: &str = ".npmrc";
 /// Installs the dependencies into `out` (laid out as under /kubeless), using `scratch` for
 /// temporary files. `image_root` is required for [`Installer::Image`].
 pub fn install(
-    installer: Installer,
+    options: &InstallOptions,
     files: &DepsFiles,
     python_version: &str,
     image_root: Option<&ImageRoot>,
@@ -164,8 +177,8 @@ pub fn install(
         let path = out.join(name);
         fs::write(&path, bytes).io_context("write", &path)?;
     }
-    let settings = Settings::collect(files.language, scratch)?;
-    let result = match installer {
+    let settings = Settings::collect(files.language, &options.index_ca, scratch)?;
+    let result = match options.installer {
         Installer::Image => match image_root.expect("the image installer is given its root") {
             ImageRoot::ThisStep => {
                 let spec = ConfinedSpec {
@@ -303,7 +316,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn collect(language: Language, scratch: &Path) -> Result<Self> {
+    fn collect(language: Language, index_ca: &[PathBuf], scratch: &Path) -> Result<Self> {
         let own_env = match language {
             Language::Python => PIP_ENV,
             Language::Nodejs => NPM_ENV,
@@ -326,14 +339,30 @@ impl Settings {
             fs::copy(from, &dest).io_context("copy", from)?;
             Ok(())
         };
-        if let Some(ca) = ca_bundle_env(language)
+        let named = ca_bundle_env(language)
             .find_map(std::env::var_os)
             .map(PathBuf::from)
-        {
-            if ca.is_file() {
-                copy(&ca, "fnbuild-ca.pem")?;
-                files.extend(CA_BUNDLE_ENV.iter().map(|n| (*n, "fnbuild-ca.pem")));
+            .filter(|ca| ca.is_file());
+        // A bundle replaces what the package manager trusts: `--index-ca` certificates go
+        // with the bundle it trusts by default (this system's) unless one is named.
+        let system = Path::new(SYSTEM_CA_BUNDLE);
+        let bundle: Vec<&Path> = match (&named, index_ca.is_empty()) {
+            (Some(named), _) => vec![named.as_path()],
+            (None, false) if system.is_file() => vec![system],
+            _ => Vec::new(),
+        };
+        if !bundle.is_empty() || !index_ca.is_empty() {
+            let mut pem = Vec::new();
+            for file in bundle
+                .into_iter()
+                .chain(index_ca.iter().map(PathBuf::as_path))
+            {
+                pem.extend(fs::read(file).io_context("read the CA certificates", file)?);
+                pem.push(b'\n');
             }
+            let dest = scratch.join(CA_COPY);
+            fs::write(&dest, pem).io_context("write", &dest)?;
+            files.extend(CA_BUNDLE_ENV.iter().map(|n| (*n, CA_COPY)));
         }
         let pip_conf = std::env::var_os("PIP_CONFIG_FILE")
             .map(PathBuf::from)

@@ -21,6 +21,7 @@ use tempfile::TempDir;
 
 use common::functions::*;
 use common::git_server::GitDaemon;
+use common::hostile::{evil_npm_package, FileServer};
 use common::s3_server::{S3Server, S3Setup};
 use common::template_runner::{
     apply_build_template, load_yaml, resolve_task, restricted_pss_violations, run_task, BuildPod,
@@ -111,6 +112,46 @@ fn push_builder_image(registry: &Registry, runtime: &str) -> String {
 /// repository.
 fn push_generic_builder_image(registry: &Registry, runtime: &str) -> String {
     make_builder_image(registry, runtime, &[])
+}
+
+/// The `sslcertdir` workspace of a build pod whose package indexes are reached through a
+/// TLS-intercepting proxy or hold a private CA's certificates: this machine's CA bundle (which
+/// trusts the proxy the tests reach PyPI and npm through), as a cluster mounts a ConfigMap.
+fn index_ca_workspace() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        dir.path().join("ca.crt"),
+    )
+    .expect("this machine's CA bundle (ca-certificates)");
+    dir
+}
+
+/// The content of `path` in the layers of `repository@digest` in `registry` (the last layer
+/// holding it).
+fn layer_file(registry: &Registry, repository: &str, digest: &str, path: &str) -> String {
+    let layers = manifest(registry, repository, digest)["layers"].clone();
+    let mut found = None;
+    for layer in layers.as_array().unwrap() {
+        let blob = registry.get(
+            &format!(
+                "/v2/{repository}/blobs/{}",
+                layer["digest"].as_str().unwrap()
+            ),
+            None,
+        );
+        assert_eq!(blob.status, 200);
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(&blob.body[..]));
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().to_string_lossy() == path {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+                found = Some(text);
+            }
+        }
+    }
+    found.unwrap_or_else(|| panic!("{path} is in no layer of {repository}@{digest}"))
 }
 
 /// The restricted Pod Security Standard's pod settings a cluster admin (or the TaskRun's
@@ -477,6 +518,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     let dockerconfig = tempfile::tempdir().unwrap();
     registry.write_docker_config(dockerconfig.path());
     let cache = tempfile::tempdir().unwrap();
+    let certs = index_ca_workspace();
     let image = format!("{}/functions/markupsafe:v1", registry.host());
     let cache_repo = format!("{}/fnbuild/cache", registry.host());
     let run = TaskRun {
@@ -495,6 +537,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
                 WorkspaceBinding::dir("source", source.path()),
                 WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
                 WorkspaceBinding::dir("cache", cache.path()),
+                WorkspaceBinding::secret("sslcertdir", certs.path()),
             ],
         )
     };
@@ -550,20 +593,41 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     );
 }
 
-/// The Task with a Node.js function with a dependency in package.json, in the per-runtime
-/// builder image: npm installs it as uid 1000, without privileges, and the function serves.
+/// The Task with a Node.js function with dependencies in package.json, in the per-runtime
+/// builder image: npm installs them as uid 1000, without privileges, and the function serves.
+/// One dependency is hostile: its install script (`common::hostile`) tries the registry
+/// credentials in the `dockerconfig` workspace, the source and cache workspaces, the step's
+/// home and every process's environment, and reports what it got in the deps layer: the
+/// Landlock confinement leaves it nothing.
 #[test]
 fn the_task_installs_node_dependencies_in_the_restricted_builder_image() {
     let bases = registry_with_bases(&[NODEJS]);
     let builder = push_builder_image(&bases, NODEJS);
+    let registry = auth_registry();
+    let dockerconfig = tempfile::tempdir().unwrap();
+    registry.write_docker_config(dockerconfig.path());
+    let targets = [
+        "/workspace/dockerconfig/config.json",
+        "/workspace/source/fn.js",
+        "/workspace/cache",
+        "/tekton/home",
+        "/tekton/results",
+    ];
+    let evil = FileServer::start(HashMap::from([(
+        "/evil-1.0.0.tgz".to_string(),
+        evil_npm_package("/workspace/dockerconfig/config.json", &targets),
+    )]));
+    let manifest = json!({
+        "name": "fn",
+        "version": "1.0.0",
+        "dependencies": {"left-pad": "1.3.0", "evil": evil.url("/evil-1.0.0.tgz")},
+    });
     let source = function_dir(&[
         ("fn.js", LEFT_PAD_JS),
-        (
-            "package.json",
-            r#"{"name": "fn", "version": "1.0.0", "dependencies": {"left-pad": "1.3.0"}}"#,
-        ),
+        ("package.json", &manifest.to_string()),
     ]);
-    let image = format!("{}/functions/left-pad:v1", bases.host());
+    let (cache, certs) = (tempfile::tempdir().unwrap(), index_ca_workspace());
+    let image = format!("{}/functions/left-pad:v1", registry.host());
     let run = TaskRun {
         pod_security_context: restricted_pod(),
         ..TaskRun::new(
@@ -574,14 +638,43 @@ fn the_task_installs_node_dependencies_in_the_restricted_builder_image() {
                 ("BASE_REGISTRY", &bases.host()),
                 ("BUILDER_IMAGE", &builder),
             ],
-            &[WorkspaceBinding::dir("source", source.path())],
+            &[
+                WorkspaceBinding::dir("source", source.path()),
+                WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
+                WorkspaceBinding::dir("cache", cache.path()),
+                WorkspaceBinding::secret("sslcertdir", certs.path()),
+            ],
         )
     };
     let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
         &outcome.steps
     });
-    let pinned = assert_image_results(&outcome, &bases, "functions/left-pad", &image);
-    let served = serve(&pinned, &bases);
+    let pinned = assert_image_results(&outcome, &registry, "functions/left-pad", &image);
+
+    let report = layer_file(
+        &registry,
+        "functions/left-pad",
+        &outcome.results["IMAGE_DIGEST"],
+        "kubeless/node_modules/evil/report.json",
+    );
+    eprintln!("--- the install script's report:\n{report}");
+    assert!(
+        !report.contains(PASSWORD),
+        "the install script read the push password"
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["uid"], 1000, "{report}");
+    for target in targets {
+        assert_eq!(report["targets"][target]["ok"], false, "{target}: {report}");
+    }
+    for (pid, seen) in report["perPid"].as_object().unwrap() {
+        let environ = seen["environ"]["value"].as_str().unwrap_or("");
+        assert!(
+            !environ.contains("FNBUILD_BASE_REGISTRY="),
+            "the install script read fnbuild's environment (process {pid})"
+        );
+    }
+    let served = serve(&pinned, &registry);
     assert_eq!(served.get(), (200, "padded 007".to_string()));
 }
 

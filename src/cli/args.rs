@@ -330,6 +330,12 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value_t = Installer::Image)]
     pub deps_installer: Installer,
 
+    /// A PEM file of CA certificates pip and npm trust for their package indexes, besides
+    /// those they trust already, or a directory of such files (its *.crt and *.pem): a private
+    /// index's CA, or a TLS-intercepting proxy's. Repeatable.
+    #[arg(value_parser = path_or_empty, long = "index-ca", value_name = "FILE")]
+    pub index_ca: Vec<PathBuf>,
+
     /// Largest source, in bytes, once fetched and unpacked.
     #[arg(long, default_value_t = 1024 * 1024 * 1024, value_name = "BYTES")]
     pub max_source_size: u64,

@@ -14,6 +14,7 @@ use crate::base::{make_base, BaseRequest};
 use crate::build::{build, BuildContext, BuildRequest};
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, Entry};
+use crate::deps::InstallOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::kubeless::ConvertRequest;
@@ -171,7 +172,7 @@ fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
         ca_certs: args
             .registry_ca
             .iter()
-            .map(|ca| ca_files(&kaniko_certificate_path(ca)))
+            .map(|ca| ca_files("--registry-ca", &kaniko_certificate_path(ca)))
             .collect::<Result<Vec<_>>>()?
             .concat(),
         docker_config: args.docker_config.clone(),
@@ -287,7 +288,16 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
             .transpose()?,
         base_image: args.base_image.as_deref().map(str::parse).transpose()?,
         outputs,
-        installer: args.deps_installer,
+        install: InstallOptions {
+            installer: args.deps_installer,
+            index_ca: args
+                .index_ca
+                .iter()
+                .filter(|ca| !ca.as_os_str().is_empty())
+                .map(|ca| ca_files("--index-ca", ca))
+                .collect::<Result<Vec<_>>>()?
+                .concat(),
+        },
         source_date_epoch: source_date_epoch()?,
         sbom: !args.no_sbom,
     };
@@ -719,10 +729,10 @@ fn kaniko_certificate_path(value: &Path) -> PathBuf {
     }
 }
 
-/// The CA certificate files a `--registry-ca` path stands for: a file itself; a directory
-/// (as buildah's --cert-dir, e.g. a mounted Secret or ConfigMap) its `*.crt` and `*.pem`
-/// files, by name, leaving out hidden ones (a mounted volume's `..data`).
-fn ca_files(path: &Path) -> Result<Vec<PathBuf>> {
+/// The CA certificate files a `--registry-ca` or `--index-ca` (`flag`) path stands for: a
+/// file itself; a directory (as buildah's --cert-dir, e.g. a mounted Secret or ConfigMap) its
+/// `*.crt` and `*.pem` files, by name, leaving out hidden ones (a mounted volume's `..data`).
+fn ca_files(flag: &str, path: &Path) -> Result<Vec<PathBuf>> {
     if !path.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -736,7 +746,7 @@ fn ca_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
     if files.is_empty() {
         return Err(Error::Usage(format!(
-            "--registry-ca {}: a directory without a *.crt or *.pem file",
+            "{flag} {}: a directory without a *.crt or *.pem file",
             path.display()
         )));
     }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::function::{read_objects, Content, Function};
 use crate::build::{build, BuildContext, BuildRequest, DEFAULT_PORT};
-use crate::deps::Installer;
+use crate::deps::{InstallOptions, Installer};
 use crate::error::{Error, IoContext, Result};
 use crate::knative::{self, ServiceOptions};
 use crate::runtime::Handler;
@@ -162,7 +162,10 @@ async fn convert_one(
                     .transpose()?,
                 base_image: request.base_image.clone(),
                 outputs: vec![destination],
-                installer: request.installer,
+                install: InstallOptions {
+                    installer: request.installer,
+                    index_ca: Vec::new(),
+                },
                 source_date_epoch: request.source_date_epoch,
                 sbom: true,
             };
