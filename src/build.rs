@@ -480,7 +480,8 @@ async fn compile_handler(
 ) -> Result<()> {
     let version = runtime.version.clone();
     let layers = base.manifest.layers.iter().map(|l| &l.digest);
-    let can_sandbox = crate::sandbox::available();
+    let sandbox = crate::sandbox::mode();
+    let can_sandbox = sandbox.is_ok();
     let interpreter = match rootfs::already_unpacked(ctx.cache, layers) {
         Some(root) if can_sandbox => Interpreter::Image(root),
         _ => {
@@ -496,8 +497,9 @@ async fn compile_handler(
             } else {
                 tracing::warn!(
                     "the handler is not compiled at build time: this machine's python3 is not \
-                     Python {version}, and running the base image's needs root with \
-                     CAP_SYS_ADMIN; a syntax error shows when the function starts"
+                     Python {version}, and the base image's cannot run here ({}); a syntax \
+                     error shows when the function starts",
+                    sandbox.err().unwrap_or_default()
                 );
                 return Ok(());
             }
