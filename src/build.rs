@@ -422,7 +422,11 @@ async fn install_deps(
     let started = Instant::now();
     let store = ctx.cache.blobs();
     let base_rootfs = match installer {
-        Installer::Image => Some(base_rootfs(base, ctx).await?),
+        Installer::Image => {
+            // Where no sandbox can be made, fail before fetching and unpacking anything.
+            crate::sandbox::mode().map_err(Error::Usage)?;
+            Some(base_rootfs(base, ctx).await?)
+        }
         Installer::Host => None,
     };
     let work = ctx.cache.temp_dir("deps-")?;

@@ -11,6 +11,7 @@
 
 pub mod functions;
 pub mod git_server;
+pub mod packages;
 pub mod s3_server;
 pub mod template_runner;
 
