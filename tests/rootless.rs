@@ -233,6 +233,12 @@ fn python_function_with_a_dependency_is_built_and_run_by_an_ordinary_user() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the function still answers after SIGTERM: {log}"
     );
+    // The user can clear their cache, unpacked root filesystems and all.
+    success(
+        as_user()
+            .args(["rm", "-rf"])
+            .arg(user.cache().join("rootfs")),
+    );
 
     let bad = user_function(&[(
         "fn.py",
@@ -352,4 +358,81 @@ fn without_user_namespaces_a_build_names_the_setting_to_change() {
         .unwrap()
         .count();
     assert_eq!(unpacked, 0, "a root filesystem was unpacked");
+}
+
+/// A tar layer of directories (path, mode) and files (path, contents), in order.
+fn layer(dirs: &[(&str, u32)], files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, mode) in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(*mode);
+        header.set_size(0);
+        builder
+            .append_data(&mut header, path, std::io::empty())
+            .unwrap();
+    }
+    for (path, contents) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(contents.len() as u64);
+        builder
+            .append_data(&mut header, path, contents.as_bytes())
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+/// An image whose layers make directories read-only, then write and delete in them, is
+/// unpacked by the user for `fnbuild run` (as root needs no permission for that, the user
+/// keeps the directories writable to themselves), and the user can remove what was unpacked.
+#[test]
+fn read_only_directories_of_a_layer_are_unpacked_and_removed_by_an_ordinary_user() {
+    let user = UserEnv::new();
+    let layout = user.dir.path().join("image");
+    common::write_oci_layout(
+        &layout,
+        "ro",
+        serde_json::json!({ "config": { "Entrypoint": ["/no-such-program"] } }),
+        &[
+            layer(
+                &[("ro", 0o555), ("ro/sub", 0o555)],
+                &[("ro/kept", "kept"), ("ro/sub/gone", "gone")],
+            ),
+            layer(&[], &[("ro/sub/.wh.gone", ""), ("ro/sub/new", "new")]),
+        ],
+    );
+    give_to_user(&layout);
+    // The image cannot start (it has no program); its root filesystem is unpacked first.
+    let (_, err) = failure(
+        user.fnbuild(as_user())
+            .args(["run", &format!("oci:{}:ro", layout.display())])
+            .args(["--port", &common::free_port().to_string(), "--cache-dir"])
+            .arg(user.cache())
+            .stdin(std::process::Stdio::null()),
+    );
+    assert!(err.contains("unpacked image root filesystem"), "{err}");
+    let roots: Vec<PathBuf> = std::fs::read_dir(user.cache().join("rootfs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(roots.len(), 1, "{roots:?}");
+    let root = &roots[0];
+    assert_eq!(
+        std::fs::read_to_string(root.join("ro/kept")).unwrap(),
+        "kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("ro/sub/new")).unwrap(),
+        "new"
+    );
+    assert!(!root.join("ro/sub/gone").exists());
+    assert_eq!(std::fs::metadata(root.join("ro")).unwrap().uid(), USER);
+    success(
+        as_user()
+            .args(["rm", "-rf"])
+            .arg(user.cache().join("rootfs")),
+    );
+    assert!(!root.exists());
 }
