@@ -21,9 +21,9 @@
 //! Three processes make it, each keeping namespace calls out of the multi-threaded parent:
 //! [`SandboxSpec::command`] starts this binary's hidden `__sandbox` subcommand
 //! ([`helper_main`]: new namespaces and mounts), which starts `__sandbox-init`
-//! ([`init_main`]: process 1 of the new PID namespace: `/proc`, chroot, user), which runs
-//! the command and passes signals on to it. The spec travels in an environment variable,
-//! never on a command line that every user of the machine can read.
+//! ([`init_main`]: process 1 of the new PID namespace: `/proc`, chroot, capabilities and
+//! user), which runs the command and passes signals on to it. The spec travels in an
+//! environment variable, never on a command line that every user of the machine can read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
