@@ -479,7 +479,7 @@ async fn image_root(
         }
         return Ok(ImageRoot::ThisStep);
     }
-    if !crate::sandbox::available() {
+    if let Err(why) = crate::sandbox::mode() {
         let here = match builder_base {
             Some(digest) => format!(
                 "this build step runs in a builder image made from another base ({digest}, not {}), and ",
@@ -488,12 +488,10 @@ async fn image_root(
             None => String::new(),
         };
         return Err(Error::Deps(format!(
-            "dependencies are installed by the base image's own interpreter: {here}running the \
-             base image's root filesystem needs root with CAP_SYS_ADMIN or user namespaces, \
-             which this process does not have. Build in the builder image made from this base \
-             (`fnbuild builder-image --runtime {} --base-image BASE`; the templates' \
-             BUILDER_IMAGE), or install with this machine's package manager \
-             (--deps-installer host)",
+            "dependencies are installed by the base image's own interpreter: {here}running \
+             it inside the base image's root filesystem needs a sandbox, which cannot be made \
+             here: {why}. Or build in the builder image made from this base (`fnbuild \
+             builder-image --runtime {} --base-image BASE`; the templates' BUILDER_IMAGE)",
             runtime.name
         )));
     }
@@ -519,7 +517,8 @@ async fn compile_handler(
 ) -> Result<()> {
     let version = runtime.version.clone();
     let layers = base.manifest.layers.iter().map(|l| &l.digest);
-    let can_sandbox = crate::sandbox::available();
+    let sandbox = crate::sandbox::mode();
+    let can_sandbox = sandbox.is_ok();
     let interpreter = match rootfs::already_unpacked(ctx.cache, layers) {
         Some(root) if can_sandbox => Interpreter::Image(root),
         _ => {
@@ -535,8 +534,9 @@ async fn compile_handler(
             } else {
                 tracing::warn!(
                     "the handler is not compiled at build time: this machine's python3 is not \
-                     Python {version}, and running the base image's needs root with \
-                     CAP_SYS_ADMIN; a syntax error shows when the function starts"
+                     Python {version}, and the base image's cannot run here ({}); a syntax \
+                     error shows when the function starts",
+                    sandbox.err().unwrap_or_default()
                 );
                 return Ok(());
             }

@@ -191,10 +191,6 @@ pub fn install(
                 run_installer(spec.command()?, files.language, &settings)
             }
             ImageRoot::Unpacked(root) => {
-                // The installer runs unprivileged: it owns what it writes to, nothing else.
-                for dir in [out, scratch] {
-                    give_to(dir, UNPRIVILEGED)?;
-                }
                 let spec = SandboxSpec {
                     root: root.clone(),
                     binds: vec![
@@ -230,21 +226,6 @@ pub fn install(
         let _ = fs::remove_file(out.join(name));
     }
     result
-}
-
-/// Hands `dir` and everything in it to `user` (uid, gid).
-fn give_to(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
-    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).io_context("change the owner of", dir)?;
-    for entry in fs::read_dir(dir).io_context("read directory", dir)? {
-        let path = entry.io_context("read directory", dir)?.path();
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            give_to(&path, (uid, gid))?;
-        } else {
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                .io_context("change the owner of", &path)?;
-        }
-    }
-    Ok(())
 }
 
 /// The install command. Python installs with `--target` into the Kubeless prefix's

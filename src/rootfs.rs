@@ -3,6 +3,12 @@
 //! resolved inside the root (a symlink to `/usr` means the root's `/usr`, never the host's),
 //! so no layer can write outside it. A rootfs is unpacked once per key into the cache and
 //! reused; it is made under a temporary name and moved into place when complete.
+//!
+//! Unpacked by an ordinary user (a rootless build or run), every file is theirs, as only root
+//! can give files away, and every directory stays open to its owner (`u+rwx`): a layer may
+//! make a directory read-only and then put files in it, and the cache must be able to remove
+//! the tree. The sandbox maps that user to uid 0, so inside the files are root's as in the
+//! image. Device nodes are never made, by anyone: the runtime provides `/dev`.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -107,13 +113,12 @@ fn clone_tree(src: &Path, dst: &Path) -> Result<()> {
             let target = fs::read_link(&from).io_context("read symlink", &from)?;
             std::os::unix::fs::symlink(&target, &to).io_context("create symlink", &to)?;
             let link_meta = fs::symlink_metadata(&from).io_context("read", &from)?;
-            std::os::unix::fs::lchown(&to, Some(link_meta.uid()), Some(link_meta.gid()))
-                .io_context("set owner of", &to)?;
+            set_link_owner(&to, link_meta.uid(), link_meta.gid())?;
         } else {
             fs::hard_link(&from, &to).io_context("link", &to)?;
         }
     }
-    set_owner_and_mode(dst, meta.uid(), meta.gid(), meta.mode() & 0o7777)
+    set_owner_and_mode(dst, meta.uid(), meta.gid(), meta.mode() & 0o7777, true)
 }
 
 /// Applies one layer (gzip-compressed or plain tar) on top of `root`.
@@ -198,7 +203,7 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<R>, path: &Path, root: &Path) -> 
             {
                 fs::create_dir(&target).io_context("create directory", &target)?;
             }
-            set_owner_and_mode(&target, uid, gid, mode)?;
+            set_owner_and_mode(&target, uid, gid, mode, true)?;
         }
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             if existing.is_some() {
@@ -206,7 +211,7 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<R>, path: &Path, root: &Path) -> 
             }
             let mut out = fs::File::create(&target).io_context("create", &target)?;
             std::io::copy(entry, &mut out).io_context("write", &target)?;
-            set_owner_and_mode(&target, uid, gid, mode)?;
+            set_owner_and_mode(&target, uid, gid, mode, false)?;
         }
         tar::EntryType::Symlink => {
             if existing.is_some() {
@@ -217,8 +222,7 @@ fn apply_entry<R: Read>(entry: &mut tar::Entry<R>, path: &Path, root: &Path) -> 
                 .map_err(|e| Error::Image(format!("bad symlink entry {}: {e}", path.display())))?
                 .unwrap_or_default();
             std::os::unix::fs::symlink(&*link, &target).io_context("create symlink", &target)?;
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
-                .io_context("set owner of", &target)?;
+            set_link_owner(&target, uid, gid)?;
         }
         tar::EntryType::Link => {
             let link = entry
@@ -322,9 +326,31 @@ fn remove_any(path: &Path) -> Result<()> {
     }
 }
 
-fn set_owner_and_mode(path: &Path, uid: u32, gid: u32, mode: u32) -> Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).io_context("set owner of", path)?;
+/// Gives a file or directory its owner and mode from a layer: as root, both as they are; as an
+/// ordinary user, the mode only, directories kept open to their owner (see the module's doc).
+fn set_owner_and_mode(path: &Path, uid: u32, gid: u32, mode: u32, is_dir: bool) -> Result<()> {
+    let mode = if unpacking_as_root() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).io_context("set owner of", path)?;
+        mode
+    } else if is_dir {
+        mode | 0o700
+    } else {
+        mode
+    };
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).io_context("set mode of", path)
+}
+
+/// Gives a symlink its owner from a layer, as root; an ordinary user keeps it.
+fn set_link_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    if !unpacking_as_root() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).io_context("set owner of", path)
+}
+
+/// Whether owners can be given away: this process is root.
+fn unpacking_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
 }
 
 #[cfg(test)]

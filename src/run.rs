@@ -3,6 +3,11 @@
 //! user and working directory, sharing the host's network so it answers on `localhost:PORT`:
 //! under runc when it is installed, else in a chroot (`sandbox`) as the image's user. It runs
 //! until interrupted; Ctrl-C or SIGTERM stop the function.
+//!
+//! Run by an ordinary user, runc runs rootless (its state under `$XDG_RUNTIME_DIR`), in a user
+//! namespace mapping just that user, as rootless podman does; the chroot is the sandbox's user
+//! namespace. Either way the only user there is uid 0, which is the user outside: the image's
+//! own user does not exist there, and the function runs as uid 0 instead.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -39,14 +44,25 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
     let image = SourceImage::load(&request.image, registries, &store).await?;
     let layers = image.layer_files(&store).await?;
     let root = rootfs::ensure_unpacked(cache, &layers)?;
-    let process = process_of(&image.config, &root, request)?;
+    let mut process = process_of(&image.config, &root, request)?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    if rootless {
+        if process.uid != 0 {
+            tracing::info!(
+                image_user = process.uid,
+                "fnbuild is not root: the function runs in a user namespace that maps only this \
+                 user, as uid 0 there (this user outside), not as the image's user"
+            );
+        }
+        (process.uid, process.gid) = (0, 0);
+    }
     let status = match find_runc() {
         Some(runc) => {
-            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function under runc; Ctrl-C stops it");
-            run_with_runc(&runc, &process, &root, &image.digest, cache).await?
+            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, rootless, "starting the function under runc; Ctrl-C stops it");
+            run_with_runc(&runc, &process, &root, &image.digest, cache, rootless).await?
         }
         None => {
-            tracing::warn!("runc is not installed: running the function in a chroot as its user, without the isolation of a container");
+            tracing::warn!("runc is not installed: running the function in a chroot (fnbuild's sandbox), without the isolation of a container");
             tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function; Ctrl-C stops it");
             run_in_chroot(&process, &root, cache).await?
         }
@@ -60,10 +76,21 @@ async fn run_with_runc(
     root: &Path,
     digest: &Digest,
     cache: &Cache,
+    rootless: bool,
 ) -> Result<ExitStatus> {
     let bundle = cache.temp_dir("run-")?;
     let spec_path = bundle.path().join("config.json");
-    let spec = runtime_spec(process, root);
+    let mut spec = runtime_spec(process, root);
+    // runc's own state: root's default place, or one this user may write to.
+    let mut state = Vec::new();
+    if rootless {
+        make_rootless(&mut spec);
+        let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
+            Some(runtime_dir) => Path::new(&runtime_dir).join("fnbuild-runc"),
+            None => bundle.path().join("state"),
+        };
+        state = vec!["--root".into(), dir.into_os_string()];
+    }
     std::fs::write(
         &spec_path,
         serde_json::to_vec_pretty(&spec).expect("a runtime spec serializes"),
@@ -71,6 +98,7 @@ async fn run_with_runc(
     .io_context("write", &spec_path)?;
     let id = format!("fnbuild-{}-{}", &digest.hex()[..12], std::process::id());
     let mut child = tokio::process::Command::new(runc)
+        .args(&state)
         .args(["run", "--bundle"])
         .arg(bundle.path())
         .arg(&id)
@@ -80,7 +108,11 @@ async fn run_with_runc(
         .map_err(|e| Error::Run(format!("cannot start {}: {e}", runc.display())))?;
     let runc_command = |args: &'static [&'static str]| {
         let mut command = tokio::process::Command::new(runc);
-        command.args(args).arg(&id).stderr(Stdio::null());
+        command
+            .args(&state)
+            .args(args)
+            .arg(&id)
+            .stderr(Stdio::null());
         command
     };
     // SIGTERM to the container's init process: the runtime server.
@@ -211,6 +243,19 @@ fn runtime_spec(process: &Process, root: &Path) -> serde_json::Value {
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
     })
+}
+
+/// Makes a runtime spec rootless: a user namespace mapping this user and group, the only ones
+/// there, to 0. runc then sets up no cgroup it may not (the spec asks for no limits).
+fn make_rootless(spec: &mut serde_json::Value) {
+    let map = |id: u32| json!([{ "containerID": 0, "hostID": id, "size": 1 }]);
+    let linux = &mut spec["linux"];
+    linux["namespaces"]
+        .as_array_mut()
+        .expect("the spec lists namespaces")
+        .push(json!({ "type": "user" }));
+    linux["uidMappings"] = map(nix::unistd::geteuid().as_raw());
+    linux["gidMappings"] = map(nix::unistd::getegid().as_raw());
 }
 
 /// `UID[:GID]` or a user name from the image's /etc/passwd; empty means root.

@@ -6,22 +6,35 @@
 //!   `/dev` holding just null, zero, full, random, urandom and tty, no host `/sys`;
 //! - its own PID namespace with its own `/proc`: no process of the machine is visible, and
 //!   when the command ends every process it left behind is killed with it;
-//! - an unprivileged user (never root), no new privileges (setuid files do not elevate), an
-//!   environment holding only what the spec lists, and death with fnbuild.
+//! - no capabilities and no new privileges (setuid files do not elevate), an environment
+//!   holding only what the spec lists, and death with fnbuild.
+//!
+//! Run by root (with CAP_SYS_ADMIN: a plain host or a privileged container), the command runs
+//! as an unprivileged user, never root, and the writable directories are handed to that user.
+//! Run by an ordinary user, as rootless podman and buildah do, the namespaces are made inside
+//! a new user namespace mapping just that user to uid 0, so no root is needed: the command
+//! runs as the user themselves (uid 0 inside, which is the user outside and nobody else; no
+//! other uid exists there, so the spec's user cannot be taken), with no privileges outside
+//! and none left inside. Where the kernel refuses user namespaces, [`SandboxSpec::command`]
+//! fails with what it found and how to allow them.
 //!
 //! Three processes make it, each keeping namespace calls out of the multi-threaded parent:
 //! [`SandboxSpec::command`] starts this binary's hidden `__sandbox` subcommand
 //! ([`helper_main`]: new namespaces and mounts), which starts `__sandbox-init`
-//! ([`init_main`]: process 1 of the new PID namespace: `/proc`, chroot, user), which runs
-//! the command and passes signals on to it. The spec travels in an environment variable,
-//! never on a command line that every user of the machine can read.
+//! ([`init_main`]: process 1 of the new PID namespace: `/proc`, chroot, capabilities and
+//! user), which runs the command and passes signals on to it. The spec travels in an
+//! environment variable, never on a command line that every user of the machine can read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus};
+use std::sync::OnceLock;
 
+use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
@@ -30,8 +43,12 @@ use crate::error::{Error, IoContext, Result};
 pub const SUBCOMMAND: &str = "__sandbox";
 /// The hidden subcommand that runs as process 1 inside them.
 pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
-/// The environment variable carrying the spec to both.
+/// The environment variable carrying the spec to the helper.
 const SPEC_ENV: &str = "FNBUILD_SANDBOX_SPEC";
+/// The environment variable carrying the helper's [`InitSpec`] to process 1.
+const INIT_ENV: &str = "FNBUILD_SANDBOX_INIT";
+/// The environment variable asking the helper only to try making a user namespace.
+const PROBE_ENV: &str = "FNBUILD_SANDBOX_PROBE";
 /// The exit code of a sandbox that could not be set up (its error is on stderr), as container
 /// runtimes use it: apart from every exit code of the command itself.
 pub const SETUP_FAILED: u8 = 125;
@@ -39,6 +56,10 @@ pub const SETUP_FAILED: u8 = 125;
 pub const UNPRIVILEGED: (u32, u32) = (65534, 65534);
 /// Device nodes bound into the sandbox's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// The namespaces of a sandbox made by an ordinary user.
+const USER_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
+    .union(CloneFlags::CLONE_NEWNS)
+    .union(CloneFlags::CLONE_NEWPID);
 
 /// A host path made visible inside the root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,25 +98,23 @@ pub struct SandboxSpec {
     pub workdir: String,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
-    /// The user and group to run as; never root (uid 0 becomes [`UNPRIVILEGED`]).
+    /// The user and group to run as when fnbuild is root; never root (uid 0 becomes
+    /// [`UNPRIVILEGED`]). Run by an ordinary user, the command runs as that user.
     pub user: (u32, u32),
 }
 
 impl SandboxSpec {
-    /// Creates the mount points in the root and returns the command that runs the spec.
+    /// Creates the mount points in the root, hands the writable directories to the user the
+    /// command runs as, and returns the command that runs the spec.
     pub fn command(&self) -> Result<Command> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(Error::Usage(
-                "running a command inside an image's root filesystem needs root (for its \
-                 namespaces and chroot, as Kaniko runs RUN steps): run fnbuild as root (for \
-                 dependency installs, --deps-installer host uses this machine's pip/npm instead)"
-                    .into(),
-            ));
-        }
+        let mode = mode().map_err(Error::Usage)?;
         for bind in &self.binds {
             let inside = self.root.join(bind.target.trim_start_matches('/'));
             if bind.source.is_dir() {
                 fs::create_dir_all(&inside).io_context("create mount point", &inside)?;
+                if mode == Mode::Privileged && !bind.read_only {
+                    give_to(&bind.source, self.run_as())?;
+                }
             } else if !inside.exists() {
                 if let Some(parent) = inside.parent() {
                     fs::create_dir_all(parent).io_context("create mount point", parent)?;
@@ -107,6 +126,11 @@ impl SandboxSpec {
             let inside = self.root.join(dir);
             fs::create_dir_all(&inside).io_context("create mount point", &inside)?;
         }
+        if mode == Mode::UserNamespace {
+            tracing::debug!(
+                "the sandbox runs its command in a user namespace, as uid 0 there: this user"
+            );
+        }
         let mut command = Command::new(current_exe()?);
         command.arg(SUBCOMMAND).env_clear().env(
             SPEC_ENV,
@@ -114,11 +138,45 @@ impl SandboxSpec {
         );
         Ok(command)
     }
+
+    /// The user a privileged sandbox runs the command as.
+    fn run_as(&self) -> (u32, u32) {
+        match self.user {
+            (0, _) => UNPRIVILEGED,
+            user => user,
+        }
+    }
 }
 
-/// Whether this process can make a sandbox: it is root with CAP_SYS_ADMIN (a privileged
-/// container or a plain host), as the namespaces and mounts need.
+/// How this process makes a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// As root with CAP_SYS_ADMIN: namespaces of its own, the command as another user.
+    Privileged,
+    /// As an ordinary user: inside a user namespace mapping that user to uid 0.
+    UserNamespace,
+}
+
+/// Whether this process can make a sandbox: see [`mode`].
 pub fn available() -> bool {
+    mode().is_ok()
+}
+
+/// How this process makes a sandbox, or why it cannot (what the kernel refused, and how to
+/// allow it). User namespaces are tried once, in a child process, and the answer is kept.
+pub fn mode() -> std::result::Result<Mode, String> {
+    static MODE: OnceLock<std::result::Result<Mode, String>> = OnceLock::new();
+    MODE.get_or_init(|| {
+        if privileged() {
+            return Ok(Mode::Privileged);
+        }
+        probe_user_namespace().map(|()| Mode::UserNamespace)
+    })
+    .clone()
+}
+
+/// Whether this process is root with CAP_SYS_ADMIN (a privileged container or a plain host).
+fn privileged() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     nix::unistd::geteuid().is_root()
         && fs::read_to_string("/proc/self/status").is_ok_and(|status| {
@@ -130,21 +188,112 @@ pub fn available() -> bool {
         })
 }
 
+/// Tries the namespaces of an unprivileged sandbox in a child process (this one has threads,
+/// which may not make a user namespace): what the kernel refused, if anything.
+fn probe_user_namespace() -> std::result::Result<(), String> {
+    let status = Command::new(current_exe().map_err(|e| e.to_string())?)
+        .arg(SUBCOMMAND)
+        .env_clear()
+        .env(PROBE_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot start fnbuild to try a user namespace: {e}"))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(errno) => Err(user_namespaces_refused(Errno::from_raw(errno))),
+        None => Err(user_namespaces_refused(Errno::UnknownErrno)),
+    }
+}
+
+/// The message for user namespaces the kernel refused with `errno`: what this machine's
+/// settings say, and how to allow them.
+fn user_namespaces_refused(errno: Errno) -> String {
+    let setting = |path: &str| {
+        fs::read_to_string(Path::new("/proc/sys").join(path))
+            .ok()
+            .map(|v| v.trim().to_string())
+    };
+    let (found, fix) = if setting("user/max_user_namespaces").as_deref() == Some("0") {
+        (
+            "sysctl user.max_user_namespaces is 0".to_string(),
+            "allow them with `sysctl -w user.max_user_namespaces=15000` (and in /etc/sysctl.d \
+             to keep it)",
+        )
+    } else if setting("kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        (
+            "sysctl kernel.unprivileged_userns_clone is 0".to_string(),
+            "allow them with `sysctl -w kernel.unprivileged_userns_clone=1` (and in \
+             /etc/sysctl.d to keep it)",
+        )
+    } else if setting("kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
+        (
+            "sysctl kernel.apparmor_restrict_unprivileged_userns is 1".to_string(),
+            "allow them with `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or an \
+             AppArmor profile for fnbuild that grants `userns,`",
+        )
+    } else {
+        (
+            format!("unshare(CLONE_NEWUSER) failed: {errno}"),
+            "the kernel may be built without them, or a seccomp profile forbids them (in a \
+             container: allow unshare, or run the step privileged)",
+        )
+    };
+    format!(
+        "running a command inside an image's root filesystem (dependency installs, the \
+         handler's compile check, `fnbuild run` without runc) needs user namespaces when \
+         fnbuild is not root, and this machine refuses them ({found}): {fix}; or run fnbuild \
+         as root (for dependency installs, --deps-installer host uses this machine's pip or \
+         npm instead)"
+    )
+}
+
+/// Hands `dir` and everything in it to `user` (uid, gid).
+fn give_to(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).io_context("change the owner of", dir)?;
+    for entry in fs::read_dir(dir).io_context("read directory", dir)? {
+        let path = entry.io_context("read directory", dir)?.path();
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            give_to(&path, (uid, gid))?;
+        } else {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .io_context("change the owner of", &path)?;
+        }
+    }
+    Ok(())
+}
+
 fn current_exe() -> Result<PathBuf> {
     std::env::current_exe().io_context("find", "the fnbuild executable")
 }
 
-/// `__sandbox`: makes the mount and PID namespaces, prepares the root, starts process 1 in
-/// them and exits as it does.
+/// What the helper passes to process 1: the spec, and the user to become (none in a user
+/// namespace, where the caller's own uid is the only one).
+#[derive(Serialize, Deserialize)]
+struct InitSpec {
+    spec: SandboxSpec,
+    user: Option<(u32, u32)>,
+}
+
+/// `__sandbox`: makes the namespaces, prepares the root, starts process 1 in them and exits
+/// as it does. With [`PROBE_ENV`] set, only tries the namespaces of an unprivileged sandbox
+/// and exits with 0, or with the error number the kernel refused them with.
 pub fn helper_main() -> ExitCode {
+    if std::env::var_os(PROBE_ENV).is_some() {
+        return match nix::sched::unshare(USER_NAMESPACES) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(errno) => ExitCode::from(errno as i32 as u8),
+        };
+    }
     exit_code(helper().map_err(|e| report(&e)))
 }
 
 fn helper() -> Result<ExitStatus> {
-    let (spec, json) = read_spec()?;
+    let spec: SandboxSpec = read_env(SPEC_ENV)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| fail("follow fnbuild", e))?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS | nix::sched::CloneFlags::CLONE_NEWPID)
-        .map_err(|e| {
+    let user = if privileged() {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID).map_err(|e| {
             Error::Run(format!(
                 "cannot create a mount namespace and a PID namespace ({e}): this needs \
                  CAP_SYS_ADMIN; in a \
@@ -152,22 +301,47 @@ fn helper() -> Result<ExitStatus> {
                  --deps-installer host"
             ))
         })?;
+        Some(spec.run_as())
+    } else {
+        enter_user_namespace()?;
+        None
+    };
     prepare_root(&spec)?;
     // This binary again, by the kernel's own link to it: its path may not be nameable now.
     let mut init = Command::new("/proc/self/exe");
-    init.arg(INIT_SUBCOMMAND).env_clear().env(SPEC_ENV, json);
+    init.arg(INIT_SUBCOMMAND).env_clear().env(
+        INIT_ENV,
+        serde_json::to_string(&InitSpec { spec, user }).expect("a sandbox spec serializes"),
+    );
     run_forwarding_signals(init)
 }
 
+/// Makes a user namespace mapping this process's user and group to 0 (the only ones there),
+/// with mount and PID namespaces of its own.
+fn enter_user_namespace() -> Result<()> {
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    nix::sched::unshare(USER_NAMESPACES).map_err(|e| Error::Run(user_namespaces_refused(e)))?;
+    // Groups cannot be set in the namespace: a group the user is in but not mapped stays.
+    for (file, map) in [
+        ("setgroups", "deny".to_string()),
+        ("uid_map", format!("0 {uid} 1")),
+        ("gid_map", format!("0 {gid} 1")),
+    ] {
+        let path = Path::new("/proc/self").join(file);
+        fs::write(&path, map).io_context("write", &path)?;
+    }
+    Ok(())
+}
+
 /// `__sandbox-init`: process 1 of the new PID namespace. Mounts its `/proc`, enters the root
-/// as the unprivileged user, runs the command and exits as it does; the kernel then ends
-/// whatever the command left running.
+/// as the sandbox's user without capabilities, runs the command and exits as it does; the
+/// kernel then ends whatever the command left running.
 pub fn init_main() -> ExitCode {
     exit_code(init().map_err(|e| report(&e)))
 }
 
 fn init() -> Result<ExitStatus> {
-    let (spec, _) = read_spec()?;
+    let InitSpec { spec, user } = read_env(INIT_ENV)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| fail("follow fnbuild", e))?;
     let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(
@@ -180,14 +354,13 @@ fn init() -> Result<ExitStatus> {
     .map_err(|e| fail("mount /proc", e))?;
     nix::unistd::chroot(&spec.root).map_err(|e| fail("chroot into the image", e))?;
     std::env::set_current_dir(&spec.workdir).io_context("enter", &spec.workdir)?;
-    let (uid, gid) = match spec.user {
-        (0, _) => UNPRIVILEGED,
-        user => user,
-    };
-    let gid = nix::unistd::Gid::from_raw(gid);
-    nix::unistd::setgroups(&[gid]).map_err(|e| fail("drop supplementary groups", e))?;
-    nix::unistd::setgid(gid).map_err(|e| fail("switch group", e))?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| fail("switch user", e))?;
+    drop_capabilities().map_err(|e| fail("drop capabilities", e))?;
+    if let Some((uid, gid)) = user {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        nix::unistd::setgroups(&[gid]).map_err(|e| fail("drop supplementary groups", e))?;
+        nix::unistd::setgid(gid).map_err(|e| fail("switch group", e))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| fail("switch user", e))?;
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| fail("refuse new privileges", e))?;
     let program = spec
         .args
@@ -199,6 +372,25 @@ fn init() -> Result<ExitStatus> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     run_forwarding_signals(command)
+}
+
+/// Empties the capability bounding and ambient sets, so that what this process runs gets no
+/// capability, even as uid 0 of a user namespace (where it could otherwise remount the root
+/// writable or leave the chroot).
+#[allow(unsafe_code)] // prctl(2) options that nix does not wrap; they take integers only.
+fn drop_capabilities() -> nix::Result<()> {
+    use nix::libc::{prctl, PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL};
+    // SAFETY: no pointer is passed; the kernel reads the integer arguments only.
+    Errno::result(unsafe { prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) })?;
+    for capability in 0.. {
+        // SAFETY: as above. EINVAL marks the first capability this kernel does not have.
+        match Errno::result(unsafe { prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) }) {
+            Ok(_) => {}
+            Err(Errno::EINVAL) if capability > 0 => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The mounts of the new mount namespace: the root bound onto itself, a small `/dev`, the
@@ -306,12 +498,11 @@ where
     }
 }
 
-fn read_spec() -> Result<(SandboxSpec, String)> {
-    let json = std::env::var(SPEC_ENV)
+fn read_env<T: DeserializeOwned>(name: &str) -> Result<T> {
+    let json = std::env::var(name)
         .map_err(|_| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild")))?;
-    let spec = serde_json::from_str(&json)
-        .map_err(|e| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild: {e}")))?;
-    Ok((spec, json))
+    serde_json::from_str(&json)
+        .map_err(|e| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild: {e}")))
 }
 
 fn fail(what: &str, e: nix::Error) -> Error {
@@ -352,12 +543,32 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> nix::Result<()> {
     Ok(())
 }
 
+/// Remounts the mount at `target` read-only, keeping its other flags: in a user namespace,
+/// those of a mount made outside it are locked, and a remount that leaves one out is refused.
 fn remount_read_only(target: &Path) -> nix::Result<()> {
+    use nix::sys::statvfs::FsFlags;
+    let flags = nix::sys::statvfs::statvfs(target)?.flags();
+    let mut kept = MsFlags::empty();
+    for (has, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if flags.contains(has) {
+            kept |= keep;
+        }
+    }
+    if !flags.intersects(FsFlags::ST_NOATIME | FsFlags::ST_RELATIME) {
+        kept |= MsFlags::MS_STRICTATIME;
+    }
     mount(
         None::<&str>,
         target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | kept,
         None::<&str>,
     )
 }

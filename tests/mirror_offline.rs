@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::functions::*;
+use common::packages::{package_server_dir, NPM_PACKAGE, PY_PACKAGE};
 use common::{Registry, RegistryOptions};
-use sha2::Digest as _;
 
 const PYTHON_NAME: &str = "fnbuild/runtime-python:3.13";
 const NODEJS_NAME: &str = "fnbuild/runtime-nodejs:20";
@@ -23,8 +22,6 @@ const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 /// The port the package server listens on inside the namespace (nothing else is there).
 const PACKAGE_PORT: u16 = 7000;
-const PY_PACKAGE: &str = "fnbuildgreet";
-const NPM_PACKAGE: &str = "fnbuild-greet";
 
 fn cache_arg<'a>(cmd: &'a mut Command, cache: &Path) -> &'a mut Command {
     cmd.arg("--cache-dir").arg(cache).stdin(Stdio::null())
@@ -93,117 +90,6 @@ fn printed(out: &Output) -> BTreeMap<String, String> {
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-// === packages made by the test ===
-
-/// `sha256=` in a wheel's RECORD: URL-safe base64 without padding.
-fn record_hash(bytes: &[u8]) -> String {
-    common::base64_encode(&sha2::Sha256::digest(bytes))
-        .replace('+', "-")
-        .replace('/', "_")
-        .trim_end_matches('=')
-        .to_string()
-}
-
-/// A pure-Python wheel of `fnbuildgreet` 1.0: the package, METADATA, WHEEL and RECORD.
-fn wheel() -> (String, Vec<u8>) {
-    let dist_info = format!("{PY_PACKAGE}-1.0.dist-info");
-    let files = [
-        (
-            format!("{PY_PACKAGE}/__init__.py"),
-            "def greet(name):\n    return 'hello ' + name + ' from the local index'\n".to_string(),
-        ),
-        (
-            format!("{dist_info}/METADATA"),
-            format!("Metadata-Version: 2.1\nName: {PY_PACKAGE}\nVersion: 1.0\n"),
-        ),
-        (
-            format!("{dist_info}/WHEEL"),
-            "Wheel-Version: 1.0\nGenerator: fnbuild-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-                .to_string(),
-        ),
-    ];
-    let mut record = String::new();
-    for (path, text) in &files {
-        record.push_str(&format!(
-            "{path},sha256={},{}\n",
-            record_hash(text.as_bytes()),
-            text.len()
-        ));
-    }
-    record.push_str(&format!("{dist_info}/RECORD,,\n"));
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (path, text) in files
-        .iter()
-        .chain([&(format!("{dist_info}/RECORD"), record)])
-    {
-        zip.start_file(path.as_str(), zip::write::SimpleFileOptions::default())
-            .unwrap();
-        zip.write_all(text.as_bytes()).unwrap();
-    }
-    let bytes = zip.finish().unwrap().into_inner();
-    (format!("{PY_PACKAGE}-1.0-py3-none-any.whl"), bytes)
-}
-
-/// The directory the package server serves: a PEP 503 simple index with the wheel under
-/// `/simple/`, and an npm registry under `/npm/` (`GET /npm/NAME` answers the packument,
-/// whose tarball is on the same server, with its integrity).
-fn package_server_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let (wheel_name, wheel) = wheel();
-    std::fs::create_dir_all(root.join("packages")).unwrap();
-    std::fs::write(root.join("packages").join(&wheel_name), &wheel).unwrap();
-    let project = root.join("simple").join(PY_PACKAGE);
-    std::fs::create_dir_all(&project).unwrap();
-    let sha256 = common::sha256_digest(&wheel);
-    std::fs::write(
-        project.join("index.html"),
-        format!(
-            "<!DOCTYPE html>\n<html><body>\n<a href=\"../../packages/{wheel_name}#sha256={}\">{wheel_name}</a>\n</body></html>\n",
-            sha256.trim_start_matches("sha256:")
-        ),
-    )
-    .unwrap();
-
-    let tgz = common::gzip(&common::tar_of(&[
-        (
-            "package/package.json",
-            format!(r#"{{"name":"{NPM_PACKAGE}","version":"1.0.0","main":"index.js"}}"#).as_bytes(),
-        ),
-        (
-            "package/index.js",
-            b"module.exports = (name) => 'hello ' + name + ' from the local registry';\n",
-        ),
-    ]));
-    let tarball = format!("{NPM_PACKAGE}-1.0.0.tgz");
-    std::fs::create_dir_all(root.join("tarballs")).unwrap();
-    std::fs::write(root.join("tarballs").join(&tarball), &tgz).unwrap();
-    let integrity = format!(
-        "sha512-{}",
-        common::base64_encode(&sha2::Sha512::digest(&tgz))
-    );
-    let packument = serde_json::json!({
-        "name": NPM_PACKAGE,
-        "dist-tags": { "latest": "1.0.0" },
-        "versions": { "1.0.0": {
-            "name": NPM_PACKAGE,
-            "version": "1.0.0",
-            "main": "index.js",
-            "dist": {
-                "tarball": format!("http://127.0.0.1:{PACKAGE_PORT}/tarballs/{tarball}"),
-                "integrity": integrity,
-            },
-        }},
-    });
-    std::fs::create_dir_all(root.join("npm")).unwrap();
-    std::fs::write(
-        root.join("npm").join(NPM_PACKAGE),
-        serde_json::to_vec(&packument).unwrap(),
-    )
-    .unwrap();
-    dir
 }
 
 /// Runs `script` with `sh` in a new network namespace whose only interface is its loopback
@@ -337,7 +223,7 @@ fn builds_run_offline_from_a_mirrored_layout_with_local_package_indexes() {
             &format!(r#"{{"name":"fn","version":"1.0.0","dependencies":{{"{NPM_PACKAGE}":"1.0.0"}}}}"#),
         ),
     ]);
-    let serve = package_server_dir();
+    let serve = package_server_dir(PACKAGE_PORT);
     let build_cache = tempfile::tempdir().unwrap();
     let (out_py, out_node) = (work.path().join("out-py"), work.path().join("out-node"));
     let script = format!(

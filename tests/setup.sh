@@ -37,9 +37,12 @@ declare -A package_of=(
     [buildah]=buildah
     # GNU time, for peak RSS (a path: `time` alone is also a shell keyword).
     [/usr/bin/time]=time
+    # Running fnbuild as an ordinary user, and in a user namespace that refuses more of them.
+    [setpriv]=util-linux
+    [unshare]=util-linux
 )
 # Stable order for printing and installing.
-commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd buildah /usr/bin/time)
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd buildah /usr/bin/time setpriv unshare)
 
 # Libraries the Rust build links (git2's OpenSSL), found by their pkg-config name.
 declare -A package_of_library=(
