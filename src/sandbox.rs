@@ -47,8 +47,14 @@ pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
 const SPEC_ENV: &str = "FNBUILD_SANDBOX_SPEC";
 /// The environment variable carrying the helper's [`InitSpec`] to process 1.
 const INIT_ENV: &str = "FNBUILD_SANDBOX_INIT";
-/// The environment variable asking the helper only to try making a user namespace.
+/// The environment variable asking the helper only to try the namespaces of an unprivileged
+/// sandbox ([`PROBE_NAMESPACES`]), which then asks its process 1 to try mounting /proc
+/// ([`PROBE_PROC`]).
 const PROBE_ENV: &str = "FNBUILD_SANDBOX_PROBE";
+const PROBE_NAMESPACES: &str = "namespaces";
+const PROBE_PROC: &str = "proc";
+/// Added to the error number of a probe's /proc mount, apart from those of `unshare`.
+const PROBE_PROC_FAILED: i32 = 128;
 /// The exit code of a sandbox that could not be set up (its error is on stderr), as container
 /// runtimes use it: apart from every exit code of the command itself.
 pub const SETUP_FAILED: u8 = 125;
@@ -188,13 +194,14 @@ fn privileged() -> bool {
         })
 }
 
-/// Tries the namespaces of an unprivileged sandbox in a child process (this one has threads,
-/// which may not make a user namespace): what the kernel refused, if anything.
+/// Tries the namespaces of an unprivileged sandbox, and a /proc in them, in child processes
+/// (this one has threads, which may not make a user namespace): what the kernel refused, if
+/// anything.
 fn probe_user_namespace() -> std::result::Result<(), String> {
     let status = Command::new(current_exe().map_err(|e| e.to_string())?)
         .arg(SUBCOMMAND)
         .env_clear()
-        .env(PROBE_ENV, "1")
+        .env(PROBE_ENV, PROBE_NAMESPACES)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -202,50 +209,103 @@ fn probe_user_namespace() -> std::result::Result<(), String> {
         .map_err(|e| format!("cannot start fnbuild to try a user namespace: {e}"))?;
     match status.code() {
         Some(0) => Ok(()),
-        Some(errno) => Err(user_namespaces_refused(Errno::from_raw(errno))),
-        None => Err(user_namespaces_refused(Errno::UnknownErrno)),
+        Some(code) if code >= PROBE_PROC_FAILED => Err(user_namespaces_refused(Refused::Proc(
+            Errno::from_raw(code - PROBE_PROC_FAILED),
+        ))),
+        Some(code) => Err(user_namespaces_refused(Refused::UserNamespace(
+            Errno::from_raw(code),
+        ))),
+        None => Err(user_namespaces_refused(Refused::UserNamespace(
+            Errno::UnknownErrno,
+        ))),
     }
 }
 
-/// The message for user namespaces the kernel refused with `errno`: what this machine's
-/// settings say, and how to allow them.
-fn user_namespaces_refused(errno: Errno) -> String {
+/// The probe's two steps, in the helper: the namespaces, then process 1 mounting /proc.
+fn probe(step: &str) -> ExitCode {
+    let code = match step {
+        PROBE_NAMESPACES => match enter_user_namespace() {
+            Err(errno) => errno as i32,
+            Ok(()) => Command::new("/proc/self/exe")
+                .arg(SUBCOMMAND)
+                .env_clear()
+                .env(PROBE_ENV, PROBE_PROC)
+                .status()
+                .ok()
+                .and_then(|status| status.code())
+                .unwrap_or(PROBE_PROC_FAILED),
+        },
+        _ => match mount_proc(Path::new("/proc")) {
+            Ok(()) => 0,
+            Err(errno) => PROBE_PROC_FAILED + errno as i32,
+        },
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// What the kernel refused an unprivileged sandbox.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// A user namespace with mount and PID namespaces.
+    UserNamespace(Errno),
+    /// A /proc of its own in them.
+    Proc(Errno),
+}
+
+/// The message for an unprivileged sandbox the kernel refused: what this machine's settings
+/// say, and how to allow it.
+fn user_namespaces_refused(refused: Refused) -> String {
     let setting = |path: &str| {
         fs::read_to_string(Path::new("/proc/sys").join(path))
             .ok()
             .map(|v| v.trim().to_string())
     };
-    let (found, fix) = if setting("user/max_user_namespaces").as_deref() == Some("0") {
-        (
-            "sysctl user.max_user_namespaces is 0".to_string(),
-            "allow them with `sysctl -w user.max_user_namespaces=15000` (and in /etc/sysctl.d \
-             to keep it)",
-        )
-    } else if setting("kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        (
-            "sysctl kernel.unprivileged_userns_clone is 0".to_string(),
-            "allow them with `sysctl -w kernel.unprivileged_userns_clone=1` (and in \
-             /etc/sysctl.d to keep it)",
-        )
-    } else if setting("kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") {
-        (
-            "sysctl kernel.apparmor_restrict_unprivileged_userns is 1".to_string(),
-            "allow them with `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, or an \
-             AppArmor profile for fnbuild that grants `userns,`",
-        )
-    } else {
-        (
+    let (found, fix) = match refused {
+        Refused::Proc(errno) => (
+            format!("a user namespace can be made, but no /proc in it: {errno}"),
+            "this container's /proc is partly hidden, as an unprivileged Docker or Kubernetes \
+             container's is",
+        ),
+        Refused::UserNamespace(_)
+            if setting("user/max_user_namespaces").as_deref() == Some("0") =>
+        {
+            (
+                "sysctl user.max_user_namespaces is 0".to_string(),
+                "allow them with `sysctl -w user.max_user_namespaces=15000` (and in \
+                 /etc/sysctl.d to keep it)",
+            )
+        }
+        Refused::UserNamespace(_)
+            if setting("kernel/unprivileged_userns_clone").as_deref() == Some("0") =>
+        {
+            (
+                "sysctl kernel.unprivileged_userns_clone is 0".to_string(),
+                "allow them with `sysctl -w kernel.unprivileged_userns_clone=1` (and in \
+                 /etc/sysctl.d to keep it)",
+            )
+        }
+        Refused::UserNamespace(_)
+            if setting("kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") =>
+        {
+            (
+                "sysctl kernel.apparmor_restrict_unprivileged_userns is 1".to_string(),
+                "allow them with `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`, \
+                 or an AppArmor profile for fnbuild that grants `userns,`",
+            )
+        }
+        Refused::UserNamespace(errno) => (
             format!("unshare(CLONE_NEWUSER) failed: {errno}"),
             "the kernel may be built without them, or a seccomp profile forbids them (in a \
-             container: allow unshare, or run the step privileged)",
-        )
+             container: allow unshare)",
+        ),
     };
     format!(
         "running a command inside an image's root filesystem (dependency installs, the \
-         handler's compile check, `fnbuild run` without runc) needs user namespaces when \
-         fnbuild is not root, and this machine refuses them ({found}): {fix}; or run fnbuild \
-         as root (for dependency installs, --deps-installer host uses this machine's pip or \
-         npm instead)"
+         handler's compile check, `fnbuild run` without runc) needs a mount namespace and a PID \
+         namespace of its own: made as root with CAP_SYS_ADMIN, or else in a user namespace, \
+         and this machine refuses that ({found}): {fix}; or run fnbuild as root with \
+         CAP_SYS_ADMIN (a Kubernetes step with securityContext.privileged: true), or, for \
+         dependency installs, use --deps-installer host (this machine's pip or npm)"
     )
 }
 
@@ -277,14 +337,11 @@ struct InitSpec {
 }
 
 /// `__sandbox`: makes the namespaces, prepares the root, starts process 1 in them and exits
-/// as it does. With [`PROBE_ENV`] set, only tries the namespaces of an unprivileged sandbox
-/// and exits with 0, or with the error number the kernel refused them with.
+/// as it does. With [`PROBE_ENV`] set, only takes a step of the probe (see [`probe`]): exits
+/// with 0, or with the error number the kernel refused it with.
 pub fn helper_main() -> ExitCode {
-    if std::env::var_os(PROBE_ENV).is_some() {
-        return match nix::sched::unshare(USER_NAMESPACES) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(errno) => ExitCode::from(errno as i32 as u8),
-        };
+    if let Ok(step) = std::env::var(PROBE_ENV) {
+        return probe(&step);
     }
     exit_code(helper().map_err(|e| report(&e)))
 }
@@ -303,7 +360,8 @@ fn helper() -> Result<ExitStatus> {
         })?;
         Some(spec.run_as())
     } else {
-        enter_user_namespace()?;
+        enter_user_namespace()
+            .map_err(|e| Error::Run(user_namespaces_refused(Refused::UserNamespace(e))))?;
         None
     };
     prepare_root(&spec)?;
@@ -318,17 +376,17 @@ fn helper() -> Result<ExitStatus> {
 
 /// Makes a user namespace mapping this process's user and group to 0 (the only ones there),
 /// with mount and PID namespaces of its own.
-fn enter_user_namespace() -> Result<()> {
+fn enter_user_namespace() -> nix::Result<()> {
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-    nix::sched::unshare(USER_NAMESPACES).map_err(|e| Error::Run(user_namespaces_refused(e)))?;
+    nix::sched::unshare(USER_NAMESPACES)?;
     // Groups cannot be set in the namespace: a group the user is in but not mapped stays.
     for (file, map) in [
         ("setgroups", "deny".to_string()),
         ("uid_map", format!("0 {uid} 1")),
         ("gid_map", format!("0 {gid} 1")),
     ] {
-        let path = Path::new("/proc/self").join(file);
-        fs::write(&path, map).io_context("write", &path)?;
+        fs::write(Path::new("/proc/self").join(file), map)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     }
     Ok(())
 }
@@ -343,15 +401,7 @@ pub fn init_main() -> ExitCode {
 fn init() -> Result<ExitStatus> {
     let InitSpec { spec, user } = read_env(INIT_ENV)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| fail("follow fnbuild", e))?;
-    let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("proc"),
-        &spec.root.join("proc"),
-        Some("proc"),
-        quiet,
-        None::<&str>,
-    )
-    .map_err(|e| fail("mount /proc", e))?;
+    mount_proc(&spec.root.join("proc")).map_err(|e| fail("mount /proc", e))?;
     nix::unistd::chroot(&spec.root).map_err(|e| fail("chroot into the image", e))?;
     std::env::set_current_dir(&spec.workdir).io_context("enter", &spec.workdir)?;
     drop_capabilities().map_err(|e| fail("drop capabilities", e))?;
@@ -372,6 +422,12 @@ fn init() -> Result<ExitStatus> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     run_forwarding_signals(command)
+}
+
+/// Mounts a /proc of this process's PID namespace at `target`.
+fn mount_proc(target: &Path) -> nix::Result<()> {
+    let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), target, Some("proc"), quiet, None::<&str>)
 }
 
 /// Empties the capability bounding and ambient sets, so that what this process runs gets no

@@ -345,7 +345,7 @@ fn without_user_namespaces_a_build_names_the_setting_to_change() {
     ));
     assert_ne!(code, 0);
     for expected in [
-        "needs user namespaces",
+        "or else in a user namespace",
         "sysctl user.max_user_namespaces is 0",
         "sysctl -w user.max_user_namespaces=",
         "--deps-installer host",
