@@ -3,14 +3,18 @@
 
     python3 bench/run.py [--runs N] [--wrk-duration S] [--quick] [--json FILE]
 
-It installs what it lacks (buildah, wrk, skopeo, docker-registry: Debian packages), builds
-fnbuild (`cargo build --release`), starts its own registries on free 127.0.0.1 ports, makes
-the runtime base images with `fnbuild base` from the test root filesystems (running
+It installs what it lacks (buildah, wrk, skopeo, docker-registry, runc: Debian packages),
+builds fnbuild (`cargo build --release`), starts its own registries on free 127.0.0.1 ports,
+makes the runtime base images with `fnbuild base` from the test root filesystems (running
 tests/setup.sh when they are missing), then measures, in this one run:
 
   1. function builds pushed to the registry, fnbuild against `buildah bud` + `buildah push`
      from an equivalent Dockerfile onto the same base image: first build, code-only rebuild,
-     deps-changed rebuild, for a Python (six) and a Node.js (left-pad) hello function;
+     deps-changed rebuild, for a Python (six) and a Node.js (left-pad) hello function; and
+     two new build pods, each against buildah's first build: one with an empty cache
+     directory whose deps layer is in --cache-repo, and a first build (empty caches) in the
+     runtime's builder image (`fnbuild builder-image --runtime`, pulled and unpacked once
+     beforehand, as a node pulls a pod's image), run with runc as a restricted pod's step;
   2. push throughput of an image with a large random layer: `fnbuild push` against
      `skopeo copy`, each into a fresh registry;
   3. peak memory of every command (max RSS of its largest process, from wait4 through GNU
@@ -35,6 +39,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -118,9 +123,20 @@ ENV FUNC_HANDLER=handler MOD_NAME=hello FUNC_RUNTIME=nodejs20 FUNC_TIMEOUT=180 F
 }
 
 CASES = [('first', 'first build'), ('code', 'code-only rebuild'), ('deps', 'deps-changed rebuild'),
-         ('pod', 'new build pod, deps in --cache-repo')]
-# buildah has no cache shared through a registry: in a new build pod it does a first build.
-BUILDAH_CASE = {'pod': 'first'}
+         ('pod', 'new build pod, deps in --cache-repo'),
+         ('builder-pod', 'first build, new pod of the builder image')]
+# buildah has no cache shared through a registry, nor a runtime's builder image: in a new
+# build pod it does a first build.
+BUILDAH_CASE = {'pod': 'first', 'builder-pod': 'first'}
+BUILDER_POD_TARGET_RATIO = 10.0
+
+# The build step of a pod under the restricted Pod Security Standard, as runc runs it here:
+# uid/gid 1000, no capabilities, no new privileges, a read-only root with a tmpfs /tmp, the
+# host's network, and a seccomp filter (otherwise allowing all) refusing what would make
+# namespaces or mounts, as the runtimes' default profiles do for an unprivileged container.
+POD_UID = 1000
+POD_REFUSED_SYSCALLS = ['unshare', 'setns', 'mount', 'umount2', 'chroot', 'pivot_root']
+POD_CA_BUNDLE = '/etc/bench-ca.crt'  # the host's CA bundle, mounted read-only
 
 
 def log(msg):
@@ -381,8 +397,8 @@ class Bench:
         if os.geteuid() != 0:
             raise BenchError('run as root (buildah, chroot installs, network namespaces)')
         needed = {'buildah': 'buildah', 'wrk': 'wrk', 'skopeo': 'skopeo',
-                  'docker-registry': 'docker-registry', 'node': 'nodejs', 'unshare': 'util-linux',
-                  'nsenter': 'util-linux', 'ip': 'iproute2'}
+                  'docker-registry': 'docker-registry', 'runc': 'runc', 'node': 'nodejs',
+                  'unshare': 'util-linux', 'nsenter': 'util-linux', 'ip': 'iproute2'}
         missing = sorted({pkg for cmd, pkg in needed.items() if not shutil.which(cmd)})
         if not os.access(GNU_TIME, os.X_OK):
             missing.append('time')
@@ -451,6 +467,63 @@ class Bench:
         (directory / fn['code_file']).write_text(fn['code'] % code_version)
         (directory / fn['deps_file']).write_text(fn[f'deps_{deps_version}'])
 
+    def check_built(self, port, repo, tag, result):
+        """Checks that a `fnbuild build` pushed REPO:TAG with the digest it printed."""
+        printed = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''
+        self.check_pushed(port, repo, tag, printed.split('@', 1)[1] if '@' in printed else None)
+
+    def make_builder_pod_image(self, lang, work):
+        """Makes the runtime's builder image in the registry with this fnbuild, then pulls it
+        and unpacks it into WORK/rootfs, as a node does before a pod's step starts (not timed);
+        returns the image's config (Env, Entrypoint, WorkingDir)."""
+        runtime = FUNCTIONS[lang]['runtime']
+        port = self.registry[0]
+        image = f'127.0.0.1:{port}/fnbuild/builder:{runtime}'
+        log(f'making the {runtime} builder image {image} and unpacking it')
+        cache = ['--cache-dir', str(work / 'cache')]
+        r = self.run(f'builder-image-{lang}', [self.fnbuild, 'builder-image', '--runtime', runtime,
+                                               '--image', image, *cache], env=self.fnbuild_env)
+        self.check_pushed(port, 'fnbuild/builder', runtime)
+        self.run(f'builder-image-pull-{lang}', [self.fnbuild, 'push', image,
+                                                f'oci:{work / "layout"}', *cache],
+                 env=self.fnbuild_env)
+        config = unpack_layout(work / 'layout', work / 'rootfs')
+        safe_rmtree(work / 'layout')
+        safe_rmtree(work / 'cache')
+        self.results['setup'][f'builder_image_{lang}'] = {'seconds': r.seconds,
+                                                          'maxrss_mb': r.maxrss_mb}
+        return config
+
+    def run_builder_pod(self, name, lang, pod, config, src, image):
+        """`fnbuild build` of SRC to IMAGE as the step of a new restricted pod of the builder
+        image unpacked in POD (a fresh bundle, an empty cache directory, no --cache-repo), timed
+        as the whole `runc run`, container start included."""
+        bundle = pod / 'bundle'
+        cache = bundle / 'cache'
+        cache.mkdir(parents=True)
+        for path in (src, cache):
+            os.chown(path, POD_UID, POD_UID)
+        env = dict(e.split('=', 1) for e in config.get('Env') or [])
+        env.update({'HOME': '/tmp', 'FNBUILD_LOG': 'info',
+                    'FNBUILD_BASE_REGISTRY': self.fnbuild_env['FNBUILD_BASE_REGISTRY'],
+                    'PIP_CERT': POD_CA_BUNDLE, 'NPM_CONFIG_CAFILE': POD_CA_BUNDLE})
+        argv = config['Entrypoint'] + build_args(lang, '/workspace/source', image,
+                                                 '/workspace/cache')
+        binds = [(src, '/workspace/source', False), (cache, '/workspace/cache', False),
+                 ('/etc/resolv.conf', '/etc/resolv.conf', True),
+                 (self.ca_bundle, POD_CA_BUNDLE, True)]
+        spec = restricted_pod_spec(pod / 'rootfs', argv, env, config.get('WorkingDir') or '/',
+                                   binds)
+        (bundle / 'config.json').write_text(json.dumps(spec, indent=1))
+        container = f'fnbuild-bench-{os.getpid()}-{name}'
+        try:
+            return self.run(name, ['runc', 'run', '--bundle', str(bundle), container],
+                            settle=True)
+        finally:
+            subprocess.run(['runc', 'delete', '--force', container], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            safe_rmtree(bundle)
+
     def bench_builds(self, lang):
         fn = FUNCTIONS[lang]
         port = self.registry[0]
@@ -458,10 +531,13 @@ class Bench:
         base = f'{host}/{fn["base_repo"]}:{fn["base_tag"]}'
         samples = {tool: {case: [] for case, _ in CASES} for tool in ('fnbuild', 'buildah')}
         steps = [('first', 'v1', 'v1'), ('code', 'v2', 'v1'), ('deps', 'v2', 'v2')]
+        pod = self.tmp / f'builder-pod-{lang}'
+        pod_config = self.make_builder_pod_image(lang, pod)
         for i in range(self.args.runs):
             # fnbuild: a fresh cache directory and cache repository per round, kept across its
             # first three builds; the fourth is a new build pod: an empty cache directory, the
-            # code changed again, the deps layer found in the cache repository.
+            # code changed again, the deps layer found in the cache repository; the fifth, a
+            # first build in a new pod of the builder image, into a repository of its own.
             work = self.tmp / f'build-{lang}-{i}'
             src = work / 'src'
             repo = f'bench/fnbuild-{lang}-{i}'
@@ -472,14 +548,18 @@ class Bench:
                 self.write_function(src, lang, code_v, deps_v)
                 log(f'{lang} round {i + 1}/{self.args.runs}: fnbuild {case}')
                 r = self.run(f'fnbuild-{lang}-{case}-{i}', [
-                    self.fnbuild, 'build', '--source', str(src), '--runtime', fn['runtime'],
-                    '--handler', 'hello.handler', '--image', f'{host}/{repo}:{tag}',
-                    '--cache-dir', str(cache), '--cache-repo', cache_repo],
-                    env=self.fnbuild_env, settle=True)
-                printed = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ''
-                expect = printed.split('@', 1)[1] if '@' in printed else None
-                self.check_pushed(port, repo, tag, expect)
+                    self.fnbuild, *build_args(lang, src, f'{host}/{repo}:{tag}', cache),
+                    '--cache-repo', cache_repo], env=self.fnbuild_env, settle=True)
+                self.check_built(port, repo, tag, r)
                 samples['fnbuild'][case].append({'seconds': r.seconds, 'maxrss_mb': r.maxrss_mb})
+            self.write_function(src, lang, 'v1', 'v1')
+            log(f'{lang} round {i + 1}/{self.args.runs}: fnbuild builder-pod (runc)')
+            repo = f'bench/builder-pod-{lang}-{i}'
+            r = self.run_builder_pod(f'fnbuild-{lang}-builder-pod-{i}', lang, pod, pod_config,
+                                     src, f'{host}/{repo}:v1')
+            self.check_built(port, repo, 'v1', r)
+            samples['fnbuild']['builder-pod'].append({'seconds': r.seconds,
+                                                      'maxrss_mb': r.maxrss_mb})
             safe_rmtree(work)
 
             if self.args.skip_buildah:
@@ -509,6 +589,7 @@ class Bench:
                     'push_seconds': push.seconds,
                     'maxrss_mb': max(bud.maxrss_mb, push.maxrss_mb)})
             safe_rmtree(work)
+        safe_rmtree(pod)
         self.results['builds'][lang] = samples
 
     # --- 2. push throughput ----------------------------------------------------------------
@@ -705,14 +786,100 @@ def write_random(path, mb):
             f.write(os.urandom(1 << 20))
 
 
+def build_args(lang, source, image, cache_dir):
+    """The arguments of a `fnbuild build` of the bench function of LANG."""
+    return ['build', '--source', str(source), '--runtime', FUNCTIONS[lang]['runtime'],
+            '--handler', 'hello.handler', '--image', image, '--cache-dir', str(cache_dir)]
+
+
+def layout_blob(layout, digest):
+    algo, hexdigest = digest.split(':', 1)
+    return layout / 'blobs' / algo / hexdigest
+
+
+def layout_manifest(layout):
+    """(descriptor, manifest) of the image of a one-image OCI layout."""
+    desc = json.loads((layout / 'index.json').read_text())['manifests'][0]
+    manifest = json.loads(layout_blob(layout, desc['digest']).read_text())
+    if 'layers' not in manifest:
+        raise BenchError(f'{layout}: {desc["digest"]} is not an image manifest')
+    return desc, manifest
+
+
 def layout_image(layout):
     """(manifest digest, bytes of the manifest, config and layers) of a one-image OCI layout."""
-    index = json.loads((layout / 'index.json').read_text())
-    desc = index['manifests'][0]
-    algo, hexdigest = desc['digest'].split(':', 1)
-    manifest = json.loads((layout / 'blobs' / algo / hexdigest).read_text())
+    desc, manifest = layout_manifest(layout)
     size = desc['size'] + manifest['config']['size'] + sum(l['size'] for l in manifest['layers'])
     return desc['digest'], size
+
+
+def remove_path(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def unpack_layout(layout, dest):
+    """Unpacks the image of a one-image OCI layout into DEST as a container runtime does:
+    its layers in order, whiteouts (.wh.NAME, .wh..wh..opq) removing what the layers below
+    put there, owners kept; returns the image's config (its `config` object)."""
+    _, manifest = layout_manifest(layout)
+    dest.mkdir(parents=True)
+    for layer in manifest['layers']:
+        with tarfile.open(layout_blob(layout, layer['digest'])) as tar:
+            tar.extraction_filter = getattr(tarfile, 'fully_trusted_filter', None)
+            for member in tar:
+                parent, name = os.path.split(os.path.normpath(member.name).lstrip('/'))
+                if name == '.wh..wh..opq':
+                    for child in (dest / parent).iterdir():
+                        remove_path(child)
+                elif name.startswith('.wh.'):
+                    remove_path(dest / parent / name[len('.wh.'):])
+                else:
+                    if not member.isdir():
+                        remove_path(dest / parent / name)
+                    tar.extract(member, dest, numeric_owner=True)
+    return json.loads(layout_blob(layout, manifest['config']['digest']).read_text())['config']
+
+
+def restricted_pod_spec(root, argv, env, cwd, binds):
+    """The OCI runtime spec (runc's config.json) of a build step in a pod under the
+    restricted Pod Security Standard (see POD_UID): ROOT read-only, the usual /proc, /dev and
+    /sys, a tmpfs /tmp, and BINDS, (host path, path in the container, read-only)."""
+    mounts = [
+        {'destination': '/proc', 'type': 'proc', 'source': 'proc'},
+        {'destination': '/dev', 'type': 'tmpfs', 'source': 'tmpfs',
+         'options': ['nosuid', 'strictatime', 'mode=755', 'size=65536k']},
+        {'destination': '/dev/pts', 'type': 'devpts', 'source': 'devpts',
+         'options': ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620']},
+        {'destination': '/dev/shm', 'type': 'tmpfs', 'source': 'shm',
+         'options': ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k']},
+        {'destination': '/sys', 'type': 'sysfs', 'source': 'sysfs',
+         'options': ['nosuid', 'noexec', 'nodev', 'ro']},
+        {'destination': '/tmp', 'type': 'tmpfs', 'source': 'tmpfs',
+         'options': ['nosuid', 'nodev', 'mode=1777']},
+    ] + [{'destination': dest, 'type': 'bind', 'source': str(src),
+          'options': ['rbind', 'nosuid', 'nodev', *(['ro'] if ro else [])]}
+         for src, dest, ro in binds]
+    no_caps = {kind: [] for kind in ('bounding', 'effective', 'inheritable', 'permitted',
+                                     'ambient')}
+    return {
+        'ociVersion': '1.0.2',
+        'root': {'path': str(root), 'readonly': True},
+        'hostname': 'build-pod',
+        'process': {
+            'terminal': False, 'user': {'uid': POD_UID, 'gid': POD_UID}, 'args': argv,
+            'env': [f'{k}={v}' for k, v in env.items()], 'cwd': cwd,
+            'capabilities': no_caps, 'noNewPrivileges': True},
+        'mounts': mounts,
+        'linux': {
+            # No network namespace: the host's network, as the local registry is on loopback.
+            'namespaces': [{'type': t} for t in ('pid', 'ipc', 'uts', 'mount')],
+            'seccomp': {'defaultAction': 'SCMP_ACT_ALLOW',
+                        'syscalls': [{'names': POD_REFUSED_SYSCALLS, 'action': 'SCMP_ACT_ERRNO',
+                                      'errnoRet': 1}]}},
+    }
 
 
 def machine_info():
@@ -812,6 +979,13 @@ def summarize(results, args):
         ok = b['ratio'] >= REBUILD_TARGET_RATIO and b['fnbuild_s'] <= REBUILD_TARGET_SECONDS
         t.append(('Python code-only rebuild+push: >= 10x faster than buildah and <= ~1 s',
                   f'{b["ratio"]:.1f}x, {b["fnbuild_s"]:.3f} s', ok))
+    for lang in ('python', 'nodejs'):
+        b = s['builds'].get(f'{lang}/builder-pod')
+        if b and b['ratio'] is not None:
+            t.append((f'{lang} first build in a new pod of the builder image: >= '
+                      f'{BUILDER_POD_TARGET_RATIO:.0f}x faster than buildah\'s first build',
+                      f'{b["ratio"]:.1f}x, {b["fnbuild_s"]:.2f} s',
+                      b['ratio'] >= BUILDER_POD_TARGET_RATIO))
     if s['push']:
         t.append(('push throughput >= skopeo\'s',
                   f'{s["push"]["fnbuild_mb_s"]:.0f} vs {s["push"]["skopeo_mb_s"]:.0f} MB/s '
@@ -854,6 +1028,10 @@ def report(results, summary, args):
         out.append('   new build pod: an empty --cache-dir, code changed, the deps layer found in '
                    '--cache-repo; buildah shares no cache through a registry, so its figure is '
                    'its first build')
+        out.append('   new pod of the builder image: a first build (empty caches, no --cache-repo) '
+                   'run by runc as a restricted pod\'s step in the runtime\'s builder image '
+                   '(unpacked beforehand), the whole `runc run` timed; against buildah\'s first '
+                   'build')
         out.append('')
     p = summary['push']
     if p:
