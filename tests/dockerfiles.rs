@@ -553,7 +553,9 @@ fn the_builder_dockerfile_packages_the_binary_and_the_tekton_task_builds_with_it
     if fs::hard_link(env!("CARGO_BIN_EXE_fnbuild"), &binary).is_err() {
         fs::copy(env!("CARGO_BIN_EXE_fnbuild"), &binary).unwrap();
     }
-    let builder = format!("{}/fnbuild/builder:dockerfile", registry.host());
+    // Tagged by runtime, as the templates' BUILDER_IMAGE repository holds builder images.
+    let builder_repository = format!("{}/fnbuild/builder", registry.host());
+    let builder = format!("{builder_repository}:{PYTHON}");
     let buildah = Buildah::new();
     buildah.build_and_push(
         &context.path().join("Dockerfile"),
@@ -562,7 +564,7 @@ fn the_builder_dockerfile_packages_the_binary_and_the_tekton_task_builds_with_it
         &builder,
     );
 
-    let made = registry_image(&registry, "fnbuild/builder", "dockerfile");
+    let made = registry_image(&registry, "fnbuild/builder", PYTHON);
     assert_eq!(
         strings(&made.config, "Entrypoint"),
         ["/usr/local/bin/fnbuild"]
@@ -607,21 +609,17 @@ fn the_builder_dockerfile_packages_the_binary_and_the_tekton_task_builds_with_it
                 ("RUNTIME", PYTHON),
                 ("HANDLER", "hello.handler"),
                 ("BASE_REGISTRY", &registry.host()),
-                ("BUILDER_IMAGE", &builder),
+                ("BUILDER_IMAGE", &builder_repository),
             ],
             &[WorkspaceBinding::dir("source", source.path())],
         )
     })
     .unwrap_or_else(|e| panic!("the Task failed: {e}"));
-    let url = &outcome.results["IMAGE_URL"];
-    assert!(
-        url.starts_with(&format!("{}/functions/hello@sha256:", registry.host())),
-        "IMAGE_URL is {url:?}:\n{}",
-        step_outputs(&outcome.steps)
-    );
+    let (url, digest) = (&outcome.results["IMAGE_URL"], &outcome.results["IMAGE_DIGEST"]);
+    assert_eq!(url, &image, "{}", step_outputs(&outcome.steps));
     let cache = tempfile::tempdir().unwrap();
     let function = timed("fnbuild run until healthy", || {
-        RunningFunction::start(url, cache.path(), &[])
+        RunningFunction::start(&format!("{url}@{digest}"), cache.path(), &[])
     });
     let (status, _, body) = call(
         "POST",
