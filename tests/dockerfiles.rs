@@ -615,7 +615,10 @@ fn the_builder_dockerfile_packages_the_binary_and_the_tekton_task_builds_with_it
         )
     })
     .unwrap_or_else(|e| panic!("the Task failed: {e}"));
-    let (url, digest) = (&outcome.results["IMAGE_URL"], &outcome.results["IMAGE_DIGEST"]);
+    let (url, digest) = (
+        &outcome.results["IMAGE_URL"],
+        &outcome.results["IMAGE_DIGEST"],
+    );
     assert_eq!(url, &image, "{}", step_outputs(&outcome.steps));
     let cache = tempfile::tempdir().unwrap();
     let function = timed("fnbuild run until healthy", || {
