@@ -2,7 +2,11 @@
 //! digest into the cache, and the runtime server is started with the image's entrypoint, env,
 //! user and working directory, sharing the host's network so it answers on `localhost:PORT`:
 //! under runc when it is installed, else in a chroot (`sandbox`) as the image's user. It runs
-//! until interrupted; Ctrl-C or SIGTERM stop the function.
+//! until interrupted; Ctrl-C or SIGTERM stop the function: SIGTERM to it, then, after the
+//! grace period (`--stop-timeout`) or at a second Ctrl-C, SIGKILL, whatever the function does
+//! (a blocked event loop ignores SIGTERM). Under runc as root the container gets the memory
+//! limit (`--memory`, else the image's `FUNC_MEMORY_LIMIT`, as Kubeless applied the function's
+//! memory), and an out-of-memory kill is reported.
 //!
 //! Run by an ordinary user, runc runs rootless (its state under `$XDG_RUNTIME_DIR`), in a user
 //! namespace mapping just that user, as rootless podman does; the chroot is the sandbox's user
@@ -11,15 +15,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
 use crate::cache::Cache;
-use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::rootfs;
+use nix::sys::signal::Signal;
+
 use crate::sandbox::{wait_stopping_on_signals, Bind, SandboxSpec};
 use crate::transport::{Location, SourceImage};
 
@@ -27,7 +35,15 @@ pub struct RunRequest {
     pub image: Location,
     pub port: u16,
     pub env: Vec<(String, String)>,
+    /// The container's memory limit; `None` takes the image's `FUNC_MEMORY_LIMIT`.
+    pub memory_limit_bytes: Option<u64>,
+    /// How long the function has to stop after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
 }
+
+/// The image variable holding the function's memory limit in bytes (set by `fnbuild build
+/// --memory`).
+const MEMORY_LIMIT_ENV: &str = "FUNC_MEMORY_LIMIT";
 
 /// The function's process as the image config describes it.
 struct Process {
@@ -56,76 +72,224 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
         }
         (process.uid, process.gid) = (0, 0);
     }
-    let status = match find_runc() {
+    let memory_limit = request.memory_limit_bytes.or_else(|| {
+        image
+            .config
+            .env_var(MEMORY_LIMIT_ENV)
+            .and_then(|v| v.parse().ok())
+    });
+    let runc = find_runc();
+    if let Some(bytes) = memory_limit {
+        if rootless || runc.is_none() {
+            tracing::warn!(
+                limit_bytes = bytes,
+                "the memory limit is not applied: it needs runc and root (a cgroup of the \
+                 function's own)"
+            );
+        }
+    }
+    let stop = Stop {
+        grace: request.stop_timeout,
+    };
+    let status = match runc {
         Some(runc) => {
-            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, rootless, "starting the function under runc; Ctrl-C stops it");
-            run_with_runc(&runc, &process, &root, &image.digest, cache, rootless).await?
+            tracing::info!(image = %request.image, digest = %image.digest, port = request.port, rootless, memory_limit_bytes = ?memory_limit, "starting the function under runc; Ctrl-C stops it");
+            let container = Container {
+                runc: &runc,
+                id: format!(
+                    "fnbuild-{}-{}",
+                    &image.digest.hex()[..12],
+                    std::process::id()
+                ),
+                rootless,
+                memory_limit: memory_limit.filter(|_| !rootless),
+            };
+            container.run(&process, &root, cache, &stop).await?
         }
         None => {
             tracing::warn!("runc is not installed: running the function in a chroot (fnbuild's sandbox), without the isolation of a container");
             tracing::info!(image = %request.image, digest = %image.digest, port = request.port, "starting the function; Ctrl-C stops it");
-            run_in_chroot(&process, &root, cache).await?
+            run_in_chroot(&process, &root, cache, &stop).await?
         }
     };
     Ok(status.code().unwrap_or(0))
 }
 
-async fn run_with_runc(
-    runc: &Path,
-    process: &Process,
-    root: &Path,
-    digest: &Digest,
-    cache: &Cache,
-    rootless: bool,
-) -> Result<ExitStatus> {
-    let bundle = cache.temp_dir("run-")?;
-    let spec_path = bundle.path().join("config.json");
-    let mut spec = runtime_spec(process, root);
-    // runc's own state: root's default place, or one this user may write to.
-    let mut state = Vec::new();
-    if rootless {
-        make_rootless(&mut spec);
-        let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
-            Some(runtime_dir) => Path::new(&runtime_dir).join("fnbuild-runc"),
-            None => bundle.path().join("state"),
-        };
-        state = vec!["--root".into(), dir.into_os_string()];
-    }
-    std::fs::write(
-        &spec_path,
-        serde_json::to_vec_pretty(&spec).expect("a runtime spec serializes"),
-    )
-    .io_context("write", &spec_path)?;
-    let id = format!("fnbuild-{}-{}", &digest.hex()[..12], std::process::id());
-    let mut child = tokio::process::Command::new(runc)
-        .args(&state)
-        .args(["run", "--bundle"])
-        .arg(bundle.path())
-        .arg(&id)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Run(format!("cannot start {}: {e}", runc.display())))?;
-    let runc_command = |args: &'static [&'static str]| {
-        let mut command = tokio::process::Command::new(runc);
-        command
-            .args(&state)
-            .args(args)
-            .arg(&id)
-            .stderr(Stdio::null());
-        command
-    };
-    // SIGTERM to the container's init process: the runtime server.
-    let status = wait_stopping_on_signals(&mut child, "the function", |_| async {
-        tracing::info!("stopping the function");
-        let _ = runc_command(&["kill"]).arg("TERM").status().await;
-    })
-    .await?;
-    let _ = runc_command(&["delete", "--force"]).status().await;
-    Ok(status)
+/// How a running function is stopped: SIGTERM, then SIGKILL after `grace` or at a second
+/// signal.
+struct Stop {
+    grace: Duration,
 }
 
-async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<ExitStatus> {
+impl Stop {
+    /// Waits for `child` to end, stopping the function on SIGINT and SIGTERM: `signal` is
+    /// called with SIGTERM at the first, and with SIGKILL after the grace period or at the
+    /// next.
+    async fn wait<F, Fut>(&self, child: &mut tokio::process::Child, signal: F) -> Result<ExitStatus>
+    where
+        F: Fn(Signal) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let asked = Arc::new(AtomicBool::new(false));
+        let grace = self.grace;
+        wait_stopping_on_signals(child, "the function", |_| {
+            let (asked, signal) = (asked.clone(), signal.clone());
+            async move {
+                if asked.swap(true, Ordering::SeqCst) {
+                    tracing::info!("killing the function");
+                    signal(Signal::SIGKILL).await;
+                    return;
+                }
+                tracing::info!(grace = ?grace, "stopping the function (Ctrl-C again kills it)");
+                signal(Signal::SIGTERM).await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    tracing::warn!(grace = ?grace, "the function did not stop in its grace period: killing it");
+                    signal(Signal::SIGKILL).await;
+                });
+            }
+        })
+        .await
+    }
+}
+
+/// The function's runc container.
+struct Container<'a> {
+    runc: &'a Path,
+    id: String,
+    rootless: bool,
+    memory_limit: Option<u64>,
+}
+
+impl Container<'_> {
+    /// Runs the container to its end; reports an out-of-memory kill.
+    async fn run(
+        &self,
+        process: &Process,
+        root: &Path,
+        cache: &Cache,
+        stop: &Stop,
+    ) -> Result<ExitStatus> {
+        let bundle = cache.temp_dir("run-")?;
+        let spec_path = bundle.path().join("config.json");
+        let mut spec = runtime_spec(process, root);
+        // runc's own state: root's default place, or one this user may write to.
+        let mut state: Vec<std::ffi::OsString> = Vec::new();
+        if self.rootless {
+            make_rootless(&mut spec);
+            let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
+                Some(runtime_dir) => Path::new(&runtime_dir).join("fnbuild-runc"),
+                None => bundle.path().join("state"),
+            };
+            state = vec!["--root".into(), dir.into_os_string()];
+        }
+        if let Some(bytes) = self.memory_limit {
+            // No swap either: the limit is the function's memory, as in Kubernetes.
+            spec["linux"]["resources"] = json!({ "memory": { "limit": bytes, "swap": bytes } });
+        }
+        std::fs::write(
+            &spec_path,
+            serde_json::to_vec_pretty(&spec).expect("a runtime spec serializes"),
+        )
+        .io_context("write", &spec_path)?;
+        let mut child = tokio::process::Command::new(self.runc)
+            .args(&state)
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(&self.id)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Run(format!("cannot start {}: {e}", self.runc.display())))?;
+        let runc_command = {
+            let (runc, state, id) = (self.runc.to_path_buf(), state.clone(), self.id.clone());
+            move |args: &[&str]| {
+                let mut command = tokio::process::Command::new(&runc);
+                command
+                    .args(&state)
+                    .args(args)
+                    .arg(&id)
+                    .stderr(Stdio::null());
+                command
+            }
+        };
+        let oom_watch = self.watch_oom(&state);
+        // Signals go to the container's init process: the runtime server.
+        let kill = runc_command.clone();
+        let status = stop
+            .wait(&mut child, move |signal| {
+                let mut command = kill(&["kill"]);
+                command.arg(signal.as_str().trim_start_matches("SIG"));
+                async move {
+                    let _ = command.status().await;
+                }
+            })
+            .await?;
+        let out_of_memory = self.oom_seen(oom_watch).await;
+        let _ = runc_command(&["delete", "--force"]).status().await;
+        if let (true, Some(bytes)) = (out_of_memory, self.memory_limit) {
+            tracing::error!(
+                limit_bytes = bytes,
+                "the function was killed: out of memory (its limit is {} MiB)",
+                bytes / (1024 * 1024)
+            );
+        }
+        Ok(status)
+    }
+
+    /// Watches the container's events (`runc events`) for the kernel's out-of-memory notice,
+    /// from when the container exists until it ends; true once one came.
+    fn watch_oom(&self, state: &[std::ffi::OsString]) -> tokio::task::JoinHandle<bool> {
+        use tokio::io::AsyncBufReadExt;
+        let (runc, state, id) = (self.runc.to_path_buf(), state.to_vec(), self.id.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut events) = tokio::process::Command::new(&runc)
+                    .args(&state)
+                    .args(["events", "--interval", "1h"])
+                    .arg(&id)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                else {
+                    return false;
+                };
+                let stdout = events.stdout.take().expect("piped");
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                    if event["type"] == "oom" {
+                        return true;
+                    }
+                }
+                // Not created yet (or gone): ask again until the caller stops waiting.
+                let _ = events.wait().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    /// Whether the watch saw an out-of-memory kill, once the container has ended (its events
+    /// end with it; the watch gets a moment to read the last).
+    async fn oom_seen(&self, watch: tokio::task::JoinHandle<bool>) -> bool {
+        let abort = watch.abort_handle();
+        match tokio::time::timeout(Duration::from_secs(2), watch).await {
+            Ok(Ok(seen)) => seen,
+            _ => {
+                abort.abort();
+                false
+            }
+        }
+    }
+}
+
+async fn run_in_chroot(
+    process: &Process,
+    root: &Path,
+    cache: &Cache,
+    stop: &Stop,
+) -> Result<ExitStatus> {
     let scratch = cache.temp_dir("run-tmp-")?;
     std::fs::set_permissions(
         scratch.path(),
@@ -145,11 +309,11 @@ async fn run_in_chroot(process: &Process, root: &Path, cache: &Cache) -> Result<
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Run(format!("cannot start the function: {e}")))?;
+    // The sandbox passes SIGTERM on to the function; its death (SIGKILL) ends everything in it.
     let pid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    wait_stopping_on_signals(&mut child, "the function", |_| async move {
-        tracing::info!("stopping the function");
+    stop.wait(&mut child, move |signal| async move {
         if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(pid, signal);
         }
     })
     .await

@@ -438,6 +438,15 @@ pub struct RunArgs {
     #[arg(long, short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
 
+    /// The container's memory limit, e.g. 128Mi or 1G (Kubernetes quantities)
+    /// [default: the image's FUNC_MEMORY_LIMIT, set by fnbuild build --memory].
+    #[arg(long, value_name = "QUANTITY")]
+    pub memory: Option<String>,
+
+    /// How long the function has to stop after SIGTERM before it is killed, e.g. 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_timeout: std::time::Duration,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

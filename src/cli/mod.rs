@@ -488,6 +488,12 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
             .iter()
             .map(|e| parse_key_value("--env", e, false))
             .collect::<Result<_>>()?,
+        memory_limit_bytes: args
+            .memory
+            .as_deref()
+            .map(crate::quantity::memory_bytes)
+            .transpose()?,
+        stop_timeout: args.stop_timeout,
     };
     let code = run(&request, &registries, &cache).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

@@ -195,19 +195,28 @@ impl RunningFunction {
 
     /// Starts the image with `fnbuild` prepared by the caller (its environment, say).
     pub fn start_with(
-        mut cmd: Command,
+        cmd: Command,
         image: &str,
         cache_dir: &Path,
         env: &[&str],
+    ) -> RunningFunction {
+        let flags: Vec<&str> = env.iter().flat_map(|e| ["--env", e]).collect();
+        Self::start_with_flags(cmd, image, cache_dir, &flags)
+    }
+
+    /// Starts the image with further flags of `fnbuild run` (`--memory 64Mi`, say).
+    pub fn start_with_flags(
+        mut cmd: Command,
+        image: &str,
+        cache_dir: &Path,
+        flags: &[&str],
     ) -> RunningFunction {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("run.log");
         cmd.args(["run", image, "--port", &port.to_string(), "--cache-dir"])
-            .arg(cache_dir);
-        for e in env {
-            cmd.args(["--env", e]);
-        }
+            .arg(cache_dir)
+            .args(flags);
         let file = std::fs::File::create(&log).unwrap();
         let child = cmd
             .stdout(file.try_clone().unwrap())
@@ -245,6 +254,30 @@ impl RunningFunction {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to `fnbuild run`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling fnbuild run");
+    }
+
+    /// Waits for `fnbuild run` to exit while its log keeps changing or `quiet` has not passed
+    /// since it last did; its exit status, or `None` when it went quiet without exiting.
+    pub fn wait_exit(&mut self, quiet: Duration) -> Option<std::process::ExitStatus> {
+        let mut last = (self.log().len(), std::time::Instant::now());
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            let length = self.log().len();
+            if length != last.0 {
+                last = (length, std::time::Instant::now());
+            } else if last.1.elapsed() > quiet {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Stops the function and waits for `fnbuild run` to exit; returns its log.

@@ -1,0 +1,131 @@
+//! `fnbuild run` stops and bounds a function whatever it does: a Node.js handler that blocks
+//! its event loop ignores SIGTERM, so after the grace period (`--stop-timeout`) the function
+//! is killed and `fnbuild run` exits; a Python handler that allocates past `--memory` is
+//! killed by the kernel inside the container's memory cgroup, and `fnbuild run` says it ran
+//! out of memory. Waits follow the process and its log, not a clock.
+
+mod common;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use common::fnbuild;
+use common::functions::{
+    build_cmd, function_dir, printed_ref, registry_with_bases, success, RunningFunction, NODEJS,
+    PYTHON,
+};
+
+/// How long `fnbuild run`'s log may stay unchanged before a test stops waiting for it.
+const QUIET: Duration = Duration::from_secs(60);
+
+/// A call that may never be answered, or be cut off: its status, if any.
+fn call_tolerating_failure(url: &str, timeout: Duration) -> Option<u16> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    client
+        .post(url)
+        .body("x")
+        .send()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// Builds a one-file function into the registry; returns the pinned reference.
+fn build(registry: &common::Registry, runtime: &str, file: (&str, &str), handler: &str) -> String {
+    let src = function_dir(&[file]);
+    let cache = tempfile::tempdir().unwrap();
+    let image = format!(
+        "{}/functions/{}:v1",
+        registry.host(),
+        handler.replace('.', "-")
+    );
+    printed_ref(&success(&mut build_cmd(
+        registry,
+        cache.path(),
+        &[
+            "--source",
+            src.path().to_str().unwrap(),
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+            "--image",
+            &image,
+        ],
+    )))
+}
+
+#[test]
+fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
+    let registry = registry_with_bases(&[NODEJS]);
+    let image = build(
+        &registry,
+        NODEJS,
+        (
+            "spin.js",
+            "module.exports = { handler() { for (;;) {} } };\n",
+        ),
+        "spin.handler",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let mut function = RunningFunction::start_with_flags(
+        fnbuild(),
+        &image,
+        cache.path(),
+        &["--stop-timeout", "2s"],
+    );
+    let url = function.url("/");
+    std::thread::spawn(move || call_tolerating_failure(&url, Duration::from_secs(600)));
+    // The event loop is blocked once /healthz stops answering.
+    while common::wait_http_ok(&function.url("/healthz"), Duration::from_secs(2)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    function.signal(Signal::SIGTERM);
+    let status = function.wait_exit(QUIET);
+    let log = function.log();
+    assert!(
+        status.is_some(),
+        "fnbuild run did not exit after SIGTERM:\n{log}"
+    );
+    assert!(
+        log.contains("did not stop in its grace period: killing it"),
+        "{log}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", function.port)).is_err(),
+        "the function still listens"
+    );
+}
+
+#[test]
+fn a_function_over_its_memory_limit_is_killed_and_reported() {
+    let registry = registry_with_bases(&[PYTHON]);
+    let image = build(
+        &registry,
+        PYTHON,
+        (
+            "hog.py",
+            "def handler(event, context):\n    hog = bytearray(512 * 1024 * 1024)\n    return len(hog)\n",
+        ),
+        "hog.handler",
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let mut function =
+        RunningFunction::start_with_flags(fnbuild(), &image, cache.path(), &["--memory", "96Mi"]);
+    let answered = call_tolerating_failure(&function.url("/"), Duration::from_secs(120));
+    assert_ne!(
+        answered,
+        Some(200),
+        "512 MiB were allocated under a 96 MiB limit"
+    );
+    let status = function.wait_exit(QUIET);
+    let log = function.log();
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}:\n{log}");
+    assert!(
+        log.contains("the function was killed: out of memory (its limit is 96 MiB)"),
+        "{log}"
+    );
+}
