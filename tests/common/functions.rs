@@ -179,6 +179,32 @@ pub fn printed_ref(out: &Output) -> String {
     line
 }
 
+/// How long `fnbuild run` may make no progress at all before a wait for it fails.
+const QUIET_LIMIT: Duration = Duration::from_secs(60);
+
+/// Tells a process that works from one that stalled: `stalled` is true once the observed
+/// progress has not changed for `quiet`.
+struct ProgressWatch<T> {
+    quiet: Duration,
+    last: Option<(T, std::time::Instant)>,
+}
+
+impl<T: PartialEq> ProgressWatch<T> {
+    fn new(quiet: Duration) -> Self {
+        Self { quiet, last: None }
+    }
+
+    fn stalled(&mut self, now: T) -> bool {
+        match &self.last {
+            Some((seen, since)) if *seen == now => since.elapsed() > self.quiet,
+            _ => {
+                self.last = Some((now, std::time::Instant::now()));
+                false
+            }
+        }
+    }
+}
+
 /// A function image running under `fnbuild run`; stopped (SIGTERM) when dropped.
 pub struct RunningFunction {
     child: Child,
@@ -230,7 +256,9 @@ impl RunningFunction {
             log,
             _dir: dir,
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Unpacking a large base on a busy machine takes long: wait while fnbuild makes
+        // progress (its log, its CPU time, its disk writes), not by a clock.
+        let mut watch = ProgressWatch::new(QUIET_LIMIT);
         while !wait_http_ok(&running.url("/healthz"), Duration::from_millis(500)) {
             if let Ok(Some(status)) = running.child.try_wait() {
                 panic!(
@@ -238,14 +266,38 @@ impl RunningFunction {
                     running.log()
                 );
             }
-            if std::time::Instant::now() > deadline {
+            if watch.stalled(running.progress()) {
                 panic!(
-                    "the function did not become healthy; its log:\n{}",
+                    "the function did not become healthy, and fnbuild run made no progress for \
+                     {QUIET_LIMIT:?}; its log:\n{}",
                     running.log()
                 );
             }
         }
         running
+    }
+
+    /// What changes while `fnbuild run` works: its log's length, its CPU time and the bytes
+    /// it wrote (from /proc).
+    fn progress(&self) -> (usize, String, String) {
+        let proc_file = |name: &str| {
+            std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap_or_default()
+        };
+        let cpu = proc_file("stat")
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let written = proc_file("io")
+            .lines()
+            .find(|l| l.starts_with("wchar:"))
+            .unwrap_or("")
+            .to_string();
+        (self.log().len(), cpu, written)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -262,18 +314,16 @@ impl RunningFunction {
         nix::sys::signal::kill(pid, signal).expect("signalling fnbuild run");
     }
 
-    /// Waits for `fnbuild run` to exit while its log keeps changing or `quiet` has not passed
-    /// since it last did; its exit status, or `None` when it went quiet without exiting.
+    /// Waits for `fnbuild run` to exit while it makes progress (see [`Self::progress`]) or
+    /// `quiet` has not passed since it last did; its exit status, or `None` when it stalled
+    /// without exiting.
     pub fn wait_exit(&mut self, quiet: Duration) -> Option<std::process::ExitStatus> {
-        let mut last = (self.log().len(), std::time::Instant::now());
+        let mut watch = ProgressWatch::new(quiet);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
             }
-            let length = self.log().len();
-            if length != last.0 {
-                last = (length, std::time::Instant::now());
-            } else if last.1.elapsed() > quiet {
+            if watch.stalled(self.progress()) {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(100));
