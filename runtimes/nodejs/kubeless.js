@@ -570,12 +570,12 @@ function onConnectionClose() { // `this` is the socket
 }
 
 function callStarted(socket) {
-  const connection = socket[CONNECTION];
+  const connection = socket == null ? undefined : socket[CONNECTION];
   if (connection !== undefined && connection.calls++ === 0) spare.delete(socket);
 }
 
 function callEnded(socket) {
-  const connection = socket[CONNECTION];
+  const connection = socket == null ? undefined : socket[CONNECTION];
   if (connection === undefined) return;
   connection.bytesAnswered = socket.bytesRead;
   if (--connection.calls === 0 && !socket.destroyed) spare.set(socket, connection); // now the most recent
@@ -600,6 +600,7 @@ function closeConnection(socket, text) {
     const res = socket._httpMessage;
     if (res == null || !res.headersSent) socket.write(rawResponse(text));
   }
+  spare.delete(socket); // not to be picked again before its 'close' event
   socket.destroy();
 }
 
