@@ -20,7 +20,7 @@
  *   FUNC_REQUEST_TIMEOUT  seconds a client has to send a whole request, body included, else 408
  *                         (default 60)
  *   FUNC_MAX_CONNECTIONS  connections open at once (default 3/4 of the open-file limit, at most
- *                         10000); past it the least recently active connection not in a call is
+ *                         4096); past it the least recently active connection not in a call is
  *                         closed to admit the new one, so /healthz still gets through
  *   FUNC_BLOCKED_TIMEOUT  seconds the event loop may stay blocked (a call running synchronous
  *                         code that does not return) before the process kills itself with
@@ -56,7 +56,7 @@ const TYPE_TEXT = 'text/plain; charset=utf-8';
 const TYPE_METRICS = 'text/plain; version=0.0.4; charset=utf-8';
 const CALL = Symbol('fnbuild.call'); // links a request to its Call while the body is read
 const CONNECTION = Symbol('fnbuild.connection'); // links a socket to its Connection
-const MAX_CONNECTIONS_CAP = 10000; // bounds memory when the open-file limit is huge
+const MAX_CONNECTIONS_CAP = 4096; // a slow client holds about 10 KB (up to 16 KB of head): bounds memory
 const DEFAULT_FILE_LIMIT = 1024; // assumed when /proc/self/limits cannot be read
 
 // Set once by configureCalls() before the server starts; read on every call.
