@@ -30,7 +30,8 @@
  * and forgotten. Requests the HTTP parser refuses get a 4xx with the reason as text.
  *
  * Exit status: 0 after SIGTERM/SIGINT, 1 when the handler cannot be loaded or the port
- * cannot be bound, 2 when the configuration is invalid.
+ * cannot be bound, 2 when the configuration is invalid; killed by SIGKILL (status 137 in a
+ * container) when the event loop stays blocked past FUNC_BLOCKED_TIMEOUT.
  *
  * Standard library only (no npm packages); runs on Node.js 18, 20 and 22.
  */
