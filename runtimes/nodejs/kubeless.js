@@ -16,14 +16,28 @@
  *   FUNC_RUNTIME, FUNC_MEMORY_LIMIT   passed to the function in its context
  *   PORT, else FUNC_PORT   port to listen on, all interfaces (default 8080)
  *   REQ_MB_LIMIT       largest accepted request body in MB, larger ones get 413 (default 100)
+ *   FUNC_HEADER_TIMEOUT   seconds a client has to send a request's head, else 408 (default 10)
+ *   FUNC_REQUEST_TIMEOUT  seconds a client has to send a whole request, body included, else 408
+ *                         (default 60)
+ *   FUNC_MAX_CONNECTIONS  connections open at once (default 3/4 of the open-file limit, at most
+ *                         4096); past it the least recently active connection not in a call is
+ *                         closed to admit the new one, so /healthz still gets through
+ *   FUNC_BLOCKED_TIMEOUT  seconds the event loop may stay blocked (a call running synchronous
+ *                         code that does not return) before the process kills itself with
+ *                         SIGKILL so that the platform restarts it (default FUNC_TIMEOUT + 2; 0: never)
+ *
+ * A call that does not settle costs no capacity: after FUNC_TIMEOUT it is answered with 408
+ * and forgotten. Requests the HTTP parser refuses get a 4xx with the reason as text.
  *
  * Exit status: 0 after SIGTERM/SIGINT, 1 when the handler cannot be loaded or the port
- * cannot be bound, 2 when the configuration is invalid.
+ * cannot be bound, 2 when the configuration is invalid; killed by SIGKILL (status 137 in a
+ * container) when the event loop stays blocked past FUNC_BLOCKED_TIMEOUT.
  *
  * Standard library only (no npm packages); runs on Node.js 18, 20 and 22.
  */
 
 const fs = require('node:fs');
+const { Worker } = require('node:worker_threads');
 const http = require('node:http');
 const path = require('node:path');
 const { randomUUID } = require('node:crypto');
@@ -42,6 +56,9 @@ const TYPE_BINARY = 'application/octet-stream';
 const TYPE_TEXT = 'text/plain; charset=utf-8';
 const TYPE_METRICS = 'text/plain; version=0.0.4; charset=utf-8';
 const CALL = Symbol('fnbuild.call'); // links a request to its Call while the body is read
+const CONNECTION = Symbol('fnbuild.connection'); // links a socket to its Connection
+const MAX_CONNECTIONS_CAP = 4096; // a slow client holds about 10 KB (up to 16 KB of head): bounds memory
+const DEFAULT_FILE_LIMIT = 1024; // assumed when /proc/self/limits cannot be read
 
 // Set once by configureCalls() before the server starts; read on every call.
 let handlerFn;
@@ -50,6 +67,9 @@ let handlerLabel;
 let functionContext;
 let timeoutMs;
 let bodyLimitBytes;
+let maxConnections;
+let requestTimeoutSeconds;
+let headerTimeoutSeconds;
 
 // ---------------------------------------------------------------------------
 // Configuration
@@ -67,16 +87,37 @@ function readConfig(env) {
     exitWith(2, `${LOG_PREFIX} ${missing.join(' and ')} must be set ` +
       '(the handler is MOD_NAME.FUNC_HANDLER, e.g. MOD_NAME=hello FUNC_HANDLER=handler)');
   }
-  return {
+  const cfg = {
     codeDir: path.resolve(env.FNBUILD_CODE_DIR || '/kubeless'),
     moduleName,
     functionName,
     timeoutSeconds: readNumber(env, 'FUNC_TIMEOUT', 180, (n) => n > 0, 'a positive number of seconds'),
     bodyLimitMB: readNumber(env, 'REQ_MB_LIMIT', 100, (n) => n > 0, 'a positive number of megabytes'),
+    headerTimeoutSeconds: readNumber(env, 'FUNC_HEADER_TIMEOUT', 10, (n) => n > 0, 'a positive number of seconds'),
+    requestTimeoutSeconds: readNumber(env, 'FUNC_REQUEST_TIMEOUT', 60, (n) => n > 0, 'a positive number of seconds'),
+    maxConnections: readNumber(env, 'FUNC_MAX_CONNECTIONS', defaultMaxConnections(),
+      (n) => Number.isInteger(n) && n > 0, 'a positive whole number'),
+    blockedTimeoutSeconds: null, // set below: its default depends on FUNC_TIMEOUT
     port: readPort(env),
     runtime: env.FUNC_RUNTIME,
     memoryLimit: env.FUNC_MEMORY_LIMIT,
   };
+  cfg.blockedTimeoutSeconds = readNumber(env, 'FUNC_BLOCKED_TIMEOUT', cfg.timeoutSeconds + 2, (n) => n >= 0,
+    'a number of seconds (0: never)');
+  return cfg;
+}
+
+// 3/4 of the soft open-file limit (the rest is left to the function's own files and
+// outgoing connections), at most MAX_CONNECTIONS_CAP.
+function defaultMaxConnections() {
+  let limit = DEFAULT_FILE_LIMIT;
+  try {
+    const match = /^Max open files\s+(\d+|unlimited)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+    if (match !== null) limit = match[1] === 'unlimited' ? Infinity : Number(match[1]);
+  } catch {
+    // not Linux: keep the assumption
+  }
+  return Math.max(1, Math.min(MAX_CONNECTIONS_CAP, Math.floor(limit * 0.75)));
 }
 
 function readNumber(env, name, fallback, isValid, expected) {
@@ -265,6 +306,9 @@ function configureCalls(cfg, target) {
   handlerLabel = `${cfg.moduleName}.${cfg.functionName}`;
   timeoutMs = Math.min(cfg.timeoutSeconds * 1000, MAX_TIMER_MS);
   bodyLimitBytes = Math.floor(cfg.bodyLimitMB * 1024 * 1024);
+  maxConnections = cfg.maxConnections;
+  requestTimeoutSeconds = cfg.requestTimeoutSeconds;
+  headerTimeoutSeconds = Math.min(cfg.headerTimeoutSeconds, cfg.requestTimeoutSeconds);
   functionContext = {
     'function-name': cfg.functionName,
     timeout: cfg.timeoutSeconds,
@@ -274,6 +318,12 @@ function configureCalls(cfg, target) {
 }
 
 function onRequest(req, res) {
+  // Node's own check (requireHostHeader) would answer 400 without saying why.
+  if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
+    res.setHeader('Connection', 'close');
+    sendPlain(res, 400, 'Bad Request: an HTTP/1.1 request must have a Host header');
+    return;
+  }
   if (req.method === 'GET') {
     if (isPath(req.url, '/healthz')) {
       sendPlain(res, 200, 'OK');
@@ -353,6 +403,7 @@ function invoke(call, body) {
   };
   call.stats = statsFor(req.method);
   call.stats.calls++;
+  callStarted(req.socket);
   call.startedAt = performance.now();
   let result;
   try {
@@ -425,6 +476,7 @@ function onTimeout(call) {
 
 function settle(call) {
   call.settled = true;
+  callEnded(call.req.socket);
   if (call.timer !== null) clearTimeout(call.timer);
   call.stats.observe((performance.now() - call.startedAt) / 1000);
 }
@@ -464,23 +516,183 @@ function sendFailure(res, status, message) {
 }
 
 function sendPlain(res, status, text) {
+  markRequestDone(res.socket);
   res.writeHead(status, { 'Content-Type': TYPE_TEXT, 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
 }
 
 function sendMetrics(res) {
   const text = renderMetrics();
+  markRequestDone(res.socket);
   res.writeHead(200, { 'Content-Type': TYPE_METRICS, 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+// ---------------------------------------------------------------------------
+// Connections: at most maxConnections open. Those not in a call are kept in `spare`, least
+// recently active first; when a new connection would exceed the cap, the first of them is
+// closed (an idle keep-alive connection, or a slow client still sending its request). When
+// every connection is in a call, the new one is refused with 503 instead: the calls free
+// their connections by FUNC_TIMEOUT at the latest.
+
+class Connection {
+  constructor(socket) {
+    this.socket = socket;
+    this.calls = 0; // calls in progress (more than one only with pipelining)
+    this.bytesAnswered = 0; // socket.bytesRead when the last response was sent
+  }
+}
+
+const spare = new Map(); // socket -> Connection, not in a call, least recently active first
+let openConnections = 0;
+
+function onConnection(socket) {
+  const connection = new Connection(socket);
+  socket[CONNECTION] = connection;
+  openConnections++;
+  spare.set(socket, connection);
+  socket.once('close', onConnectionClose);
+  if (openConnections > maxConnections) {
+    const oldest = spare.keys().next().value; // the new socket itself when all others are in calls
+    const text = `503 Service Unavailable: the server has its maximum of ${maxConnections} connections ` +
+      'open (FUNC_MAX_CONNECTIONS)';
+    if (oldest === socket) {
+      socket.write(rawResponse(`${text}, all in calls`));
+      socket.destroy();
+    } else {
+      closeConnection(oldest, text);
+    }
+  }
+}
+
+function onConnectionClose() { // `this` is the socket
+  openConnections--;
+  spare.delete(this);
+}
+
+function callStarted(socket) {
+  const connection = socket == null ? undefined : socket[CONNECTION];
+  if (connection !== undefined && connection.calls++ === 0) spare.delete(socket);
+}
+
+function callEnded(socket) {
+  const connection = socket == null ? undefined : socket[CONNECTION];
+  if (connection === undefined) return;
+  connection.bytesAnswered = socket.bytesRead;
+  if (--connection.calls === 0 && !socket.destroyed) spare.set(socket, connection); // now the most recent
+}
+
+function markRequestDone(socket) {
+  const connection = socket == null ? undefined : socket[CONNECTION];
+  if (connection !== undefined) connection.bytesAnswered = socket.bytesRead;
+}
+
+// Whether the client has sent (part of) a request that has not been answered yet.
+function isMidRequest(socket) {
+  const connection = socket[CONNECTION];
+  const res = socket._httpMessage;
+  return (res != null && !res.headersSent) || connection === undefined || socket.bytesRead > connection.bytesAnswered;
+}
+
+// Closes a connection, first answering the request under way, if any, with `text`
+// ("<status code> <reason phrase>: <why>").
+function closeConnection(socket, text) {
+  if (socket.writable && isMidRequest(socket)) {
+    const res = socket._httpMessage;
+    if (res == null || !res.headersSent) socket.write(rawResponse(text));
+  }
+  spare.delete(socket); // not to be picked again before its 'close' event
+  socket.destroy();
+}
+
+function rawResponse(text) {
+  const status = text.slice(0, 3);
+  const reason = text.slice(4, text.indexOf(':'));
+  return `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: ${TYPE_TEXT}\r\n` +
+    `Content-Length: ${Buffer.byteLength(text) - 4}\r\n\r\n${text.slice(4)}`;
+}
+
+// Requests the HTTP parser refuses, and requests not received in time. Node would answer
+// without saying why; a client that sent nothing is closed without an answer.
+function onClientError(err, socket) {
+  if (err.code === 'ECONNRESET' || !socket.writable || !isMidRequest(socket)) {
+    socket.destroy();
+    return;
+  }
+  let text;
+  if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT') {
+    text = socket._httpMessage == null
+      ? `408 Request Timeout: the request head was not received within ${headerTimeoutSeconds}s (FUNC_HEADER_TIMEOUT)`
+      : `408 Request Timeout: the request was not received within ${requestTimeoutSeconds}s (FUNC_REQUEST_TIMEOUT)`;
+  } else if (err.code === 'HPE_HEADER_OVERFLOW') {
+    text = `431 Request Header Fields Too Large: the request head exceeds ${http.maxHeaderSize} bytes`;
+  } else {
+    text = `400 Bad Request: ${typeof err.reason === 'string' ? err.reason : 'malformed request'}` +
+      `${typeof err.code === 'string' && err.code.startsWith('HPE_') ? ` (${err.code})` : ''}`;
+  }
+  closeConnection(socket, text);
+}
+
+function onConnect(req, socket) {
+  closeConnection(socket, '405 Method Not Allowed: CONNECT is not supported');
+}
+
+// ---------------------------------------------------------------------------
+// Watchdog: a call running synchronous code blocks the event loop, so no timer, no other
+// call and no /healthz can run. A worker thread sees the main thread's heartbeat stop and
+// kills the process (SIGKILL: a blocked main thread cannot run a signal handler).
+
+const WATCHDOG_SOURCE = `
+const { workerData } = require('node:worker_threads');
+const fs = require('node:fs');
+const { beat, limitMs, tickMs, message } = workerData;
+let last = Atomics.load(beat, 0);
+let previousTick = performance.now();
+let staleSince = previousTick;
+setInterval(() => {
+  const now = performance.now();
+  const paused = now - previousTick > tickMs + 1000; // this thread did not run either
+  previousTick = now;
+  const current = Atomics.load(beat, 0);
+  if (current !== last || paused) {
+    last = current;
+    staleSince = now;
+  } else if (now - staleSince >= limitMs) {
+    fs.writeSync(2, message);
+    process.kill(process.pid, 'SIGKILL');
+  }
+}, tickMs);
+`;
+
+function startWatchdog(cfg) {
+  if (cfg.blockedTimeoutSeconds === 0) return;
+  const limitMs = cfg.blockedTimeoutSeconds * 1000;
+  const tickMs = Math.max(10, Math.min(250, Math.floor(limitMs / 4)));
+  const beat = new Int32Array(new SharedArrayBuffer(4));
+  setInterval(() => Atomics.add(beat, 0, 1), tickMs).unref();
+  const message = `${LOG_PREFIX} the event loop has been blocked for ${cfg.blockedTimeoutSeconds}s ` +
+    '(FUNC_BLOCKED_TIMEOUT): a call runs synchronous code that does not return; ' +
+    'exiting so that the function is restarted\n';
+  const worker = new Worker(WATCHDOG_SOURCE, { eval: true, workerData: { beat, limitMs, tickMs, message } });
+  worker.unref();
+  worker.on('error', (err) => console.error(`${LOG_PREFIX} watchdog failed: ${formatError(err)}`));
 }
 
 // ---------------------------------------------------------------------------
 // Server
 
 function serve(cfg) {
-  const server = http.createServer(onRequest);
-  server.keepAliveTimeout = KEEP_ALIVE_MS;
-  server.headersTimeout = KEEP_ALIVE_MS + 1000;
+  const server = http.createServer({
+    headersTimeout: Math.round(Math.min(headerTimeoutSeconds * 1000, MAX_TIMER_MS)),
+    requestTimeout: Math.round(Math.min(requestTimeoutSeconds * 1000, MAX_TIMER_MS)),
+    keepAliveTimeout: KEEP_ALIVE_MS, // an idle connection is closed after it; no request is under way
+    // How often the request deadlines are checked.
+    connectionsCheckingInterval: Math.round(Math.max(50, Math.min(1000, headerTimeoutSeconds * 250))),
+    requireHostHeader: false, // checked in onRequest, answered with a reason
+  }, onRequest);
+  server.on('connection', onConnection);
+  server.on('clientError', onClientError);
+  server.on('connect', onConnect);
   server.on('error', (err) => {
     if (!server.listening) exitWith(1, `${LOG_PREFIX} cannot listen on port ${cfg.port}: ${err.message}`);
     console.error(`${LOG_PREFIX} server error: ${formatError(err)}`);
@@ -488,6 +700,7 @@ function serve(cfg) {
   server.listen(cfg.port, () => {
     console.log(`fnbuild nodejs runtime: serving ${handlerLabel} on :${server.address().port} ` +
       `(timeout ${cfg.timeoutSeconds}s)`);
+    startWatchdog(cfg);
   });
   const shutdown = (signal) => stop(server, signal);
   process.once('SIGTERM', shutdown);

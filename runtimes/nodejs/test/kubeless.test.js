@@ -7,7 +7,7 @@
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, execFileSync } = require('node:child_process');
 const fs = require('node:fs');
 const http = require('node:http');
 const net = require('node:net');
@@ -53,6 +53,11 @@ const FIXTURES = {
       '/throw': () => { throw new Error('boom-sync'); },
       '/reject': async () => { await sleep(5); throw new Error('boom-async'); },
       '/slow': () => sleep(${TIMEOUT_SECONDS * 1000 + 300}, 'too late'),
+      '/hang': () => new Promise(() => {}),
+      '/hang-logged': () => { console.log('call hangs'); return new Promise(() => {}); },
+      '/spin': () => { for (;;); },
+      '/busy': () => { const end = Date.now() + 300; while (Date.now() < end); return 'done'; },
+      '/depth': (event) => { let depth = 0; for (let v = event.data; Array.isArray(v); v = v[0]) depth++; return String(depth); },
       '/sleep': () => sleep(300, 'slept'),
       '/counter': () => String(++counter),
       '/manual': (event) => {
@@ -113,9 +118,13 @@ async function waitFor(check, what, timeoutMs = 5000) {
   }
 }
 
-// Runs the runtime with only the given environment (plus PATH).
-function spawnRuntime(env) {
-  const child = spawn(process.execPath, [RUNTIME], {
+// Runs the runtime with only the given environment (plus PATH); `fileLimit` sets its
+// open-file limit (ulimit -n) through a shell.
+function spawnRuntime(env, { fileLimit } = {}) {
+  const [command, args] = fileLimit === undefined
+    ? [process.execPath, [RUNTIME]]
+    : ['/bin/sh', ['-c', `ulimit -n ${fileLimit} && exec "$0" "$1"`, process.execPath, RUNTIME]];
+  const child = spawn(command, args, {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -127,8 +136,8 @@ function spawnRuntime(env) {
 }
 
 // Starts a server (on a free port unless the env says otherwise) and waits until /healthz answers.
-async function startServer(env) {
-  const proc = spawnRuntime({ FNBUILD_CODE_DIR: codeDir, PORT: '0', ...env });
+async function startServer(env, options) {
+  const proc = spawnRuntime({ FNBUILD_CODE_DIR: codeDir, PORT: '0', ...env }, options);
   const exitedEarly = proc.exited.then(({ code }) => {
     throw new Error(`runtime exited with ${code}: ${proc.stderr}`);
   });
@@ -185,6 +194,32 @@ function request(port, { method = 'GET', path: urlPath = '/', headers = {}, body
     for (const chunk of chunks || []) req.write(chunk);
     req.end(body);
   });
+}
+
+// Sends raw bytes on a new connection; resolves with all the server sent once it closes the
+// connection (or `giveUpMs` passes: `closed` says which).
+function rawExchange(port, data, giveUpMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1', () => { if (data) socket.write(data); });
+    const parts = [];
+    let error = null;
+    const timer = setTimeout(() => socket.destroy(), giveUpMs);
+    socket.on('data', (part) => parts.push(part));
+    socket.on('error', (err) => { error = err; });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      const text = Buffer.concat(parts).toString('latin1');
+      if (text === '' && error !== null && error.code !== 'ECONNRESET') reject(error);
+      else resolve({ text, closed: Date.now() });
+    });
+  });
+}
+
+// The status code and body of a raw HTTP response.
+function parseRaw(text) {
+  const match = /^HTTP\/1\.1 (\d{3}) [^\r]*\r\n([\s\S]*?)\r\n\r\n([\s\S]*)$/.exec(text);
+  assert.ok(match, `an HTTP response: ${JSON.stringify(text.slice(0, 200))}`);
+  return { status: Number(match[1]), head: match[2], body: match[3] };
 }
 
 function json(res) {
@@ -518,6 +553,209 @@ describe('nodejs runtime', () => {
         await assert.rejects(request(proc.port, { path: '/hello' }), { code: 'ECONNREFUSED' });
       } finally {
         agent.destroy();
+        await stopServer(proc);
+      }
+    });
+  });
+
+  describe('hostile and careless clients', () => {
+    let guarded; // short deadlines, the default body limit
+
+    before(async () => {
+      guarded = await startServer({
+        MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '1',
+        FUNC_HEADER_TIMEOUT: '0.5', FUNC_REQUEST_TIMEOUT: '1',
+      });
+    });
+
+    after(() => stopServer(guarded));
+
+    it('answers 2 x 64 never-settling calls with 408 and keeps serving meanwhile', async () => {
+      const { samples: earlier } = await scrapeMetrics(guarded.port);
+      const hung = Array.from({ length: 128 }, () => request(guarded.port, { path: '/hang' }));
+      await waitFor(async () => {
+        const { samples } = await scrapeMetrics(guarded.port);
+        return samples.get('function_calls_total{method="GET"}') - earlier.get('function_calls_total{method="GET"}') >= 128;
+      }, 'the 128 hung calls to start', 30000);
+      const health = await request(guarded.port, { path: '/healthz' });
+      assert.equal(health.status, 200);
+      const hello = await request(guarded.port, { path: '/hello' });
+      assert.equal(hello.status, 200);
+      assert.equal(hello.body, 'hello world');
+      const answers = await Promise.all(hung);
+      assert.deepEqual(new Set(answers.map((res) => `${res.status} ${res.body}`)), new Set(['408 Request timeout exceeded']));
+      assert.equal((await request(guarded.port, { path: '/hello' })).status, 200);
+      assert.equal(guarded.child.exitCode, null);
+    });
+
+    const malformed = [
+      ['an unknown method', 'BREW / HTTP/1.1\r\nHost: x\r\n\r\n', 400, /Bad Request: Invalid method/],
+      ['an invalid URL', 'GET /a b HTTP/1.1\r\nHost: x\r\n\r\n', 400, /Bad Request: /],
+      ['a URL without a slash', 'GET foo HTTP/1.1\r\nHost: x\r\n\r\n', 400, /Bad Request: Invalid characters in url/],
+      ['an invalid HTTP version', 'GET / HTTP/7.1\r\nHost: x\r\n\r\n', 400, /Bad Request: Invalid HTTP version/],
+      ['an invalid Content-Length', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 12x\r\n\r\n', 400, /Bad Request: Invalid character in Content-Length/],
+      ['a negative Content-Length', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n', 400, /Bad Request: /],
+      ['two Content-Lengths', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab', 400, /Bad Request: Duplicate Content-Length/],
+      ['Content-Length with chunked', 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 400, /Bad Request: Transfer-Encoding can't be present with Content-Length/],
+      ['a bad chunk size', 'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n', 400, /Bad Request: Invalid character in chunk size/],
+      ['a transfer coding other than chunked', 'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nab', 400, /Bad Request: Request has invalid `Transfer-Encoding`/],
+      ['an invalid header name', 'GET / HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n', 400, /Bad Request: /],
+      ['a head over 16 KB', `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20000)}\r\n\r\n`, 431, /Request Header Fields Too Large: the request head exceeds 16384 bytes/],
+      ['no Host header in HTTP/1.1', 'GET /hello HTTP/1.1\r\n\r\n', 400, /Bad Request: an HTTP\/1\.1 request must have a Host header/],
+      ['CONNECT', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 405, /Method Not Allowed: CONNECT is not supported/],
+      ['a TLS handshake', Buffer.from('16030100a5010000a10303', 'hex'), 400, /Bad Request: /],
+      ['an HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400, /Bad Request: /],
+    ];
+    for (const [what, data, status, reason] of malformed) {
+      it(`answers ${status} with a reason to ${what}`, async () => {
+        const { text } = await rawExchange(guarded.port, data);
+        const res = parseRaw(text);
+        assert.equal(res.status, status, text);
+        assert.match(res.body, reason);
+        assert.doesNotMatch(res.body, /\n\s+at /, 'no stack trace');
+        assert.match(res.head, /^Connection: close$/im);
+      });
+    }
+
+    it('passes JSON nested 100,000 levels deep and answers 500 without a stack when the result cannot be encoded', async () => {
+      const depth = 100000;
+      const body = '['.repeat(depth) + ']'.repeat(depth);
+      const headers = { 'Content-Type': 'application/json' };
+      const parsed = await request(guarded.port, { method: 'POST', path: '/depth', headers, body });
+      assert.equal(parsed.status, 200);
+      assert.equal(parsed.body, String(depth));
+      const echoed = await request(guarded.port, { method: 'POST', path: '/echo', headers, body });
+      assert.equal(echoed.status, 500); // JSON.stringify of the event overflows the stack
+      assert.equal(echoed.body, 'Internal Server Error');
+      assert.equal((await request(guarded.port, { path: '/healthz' })).status, 200);
+    });
+
+    it('answers 408 to a request head not sent within FUNC_HEADER_TIMEOUT', async () => {
+      const { text } = await rawExchange(guarded.port, 'GET /hello HTTP/1.1\r\nHost: x\r\n');
+      const res = parseRaw(text);
+      assert.equal(res.status, 408);
+      assert.equal(res.body, 'Request Timeout: the request head was not received within 0.5s (FUNC_HEADER_TIMEOUT)');
+    });
+
+    it('answers 408 to a body not sent within FUNC_REQUEST_TIMEOUT', async () => {
+      const { text } = await rawExchange(guarded.port, 'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npart of it');
+      const res = parseRaw(text);
+      assert.equal(res.status, 408);
+      assert.equal(res.body, 'Request Timeout: the request was not received within 1s (FUNC_REQUEST_TIMEOUT)');
+    });
+
+    it('closes a connection that sends nothing, without an answer', async () => {
+      const { text } = await rawExchange(guarded.port, null);
+      assert.equal(text, '');
+    });
+
+    it('exits 2 on an invalid FUNC_MAX_CONNECTIONS', async () => {
+      const { code, stderr } = await runToExit({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_MAX_CONNECTIONS: '1.5' });
+      assert.equal(code, 2);
+      assert.match(stderr, /invalid FUNC_MAX_CONNECTIONS="1\.5": expected a positive whole number/);
+    });
+  });
+
+  describe('connection cap', () => {
+    it('keeps /healthz answering while 3000 slow clients connect to a server with ulimit -n 1024', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_HEADER_TIMEOUT: '120' }, { fileLimit: 1024 });
+      const cap = Math.floor(1024 * 0.75); // the default: 3/4 of the open-file limit
+      const sockets = [];
+      const answers = [];
+      let closed = 0;
+      try {
+        for (let i = 0; i < 3000; i++) {
+          const socket = net.connect(proc.port, '127.0.0.1');
+          socket.on('connect', () => socket.write('GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: '));
+          socket.on('data', (part) => answers.push(part.toString('latin1')));
+          socket.on('error', () => {});
+          socket.on('close', () => { closed++; });
+          sockets.push(socket);
+          if (i % 200 === 199) await new Promise((resolve) => setImmediate(resolve));
+        }
+        await waitFor(() => closed >= 3000 - cap, `${3000 - cap} slow connections closed (${closed} so far)`, 60000);
+        for (let probe = 0; probe < 5; probe++) {
+          const res = await Promise.race([
+            request(proc.port, { path: '/healthz' }),
+            new Promise((resolve, reject) => setTimeout(reject, 5000, new Error('/healthz did not answer in 5 s'))),
+          ]);
+          assert.equal(res.status, 200);
+          assert.equal(res.body, 'OK');
+        }
+        assert.ok(3000 - closed <= cap, `${3000 - closed} slow connections open, more than ${cap}`);
+        assert.ok(answers.some((text) => text.includes(`Service Unavailable: the server has its maximum of ${cap} connections open`)));
+        assert.equal(proc.child.exitCode, null);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+        await stopServer(proc);
+      }
+    });
+
+    it('refuses a new connection with 503 while every connection is in a call, and recovers', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '1', FUNC_MAX_CONNECTIONS: '4' });
+      try {
+        // The calls say when they start: any other probe would take a connection.
+        const hung = Array.from({ length: 4 }, () => request(proc.port, { path: '/hang-logged' }).catch((err) => err));
+        await waitFor(() => proc.stdout.split('call hangs\n').length - 1 === 4, 'the 4 hung calls to start');
+        const { text } = await rawExchange(proc.port, 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+        const refused = parseRaw(text);
+        assert.equal(refused.status, 503);
+        assert.match(refused.body, /maximum of 4 connections open \(FUNC_MAX_CONNECTIONS\), all in calls/);
+        assert.deepEqual((await Promise.all(hung)).map((res) => res.status), [408, 408, 408, 408]);
+        assert.equal((await request(proc.port, { path: '/healthz' })).status, 200);
+        assert.equal((await request(proc.port, { path: '/hello' })).status, 200);
+      } finally {
+        await stopServer(proc);
+      }
+    });
+  });
+
+  describe('blocked event loop', () => {
+    it('stops answering /healthz and kills itself after FUNC_BLOCKED_TIMEOUT', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '0.3', FUNC_BLOCKED_TIMEOUT: '1.5' });
+      try {
+        const spinning = request(proc.port, { path: '/spin' }).then(() => 'answered', (err) => err.code);
+        const health = await new Promise((resolve) => {
+          const req = http.get({ host: '127.0.0.1', port: proc.port, path: '/healthz', agent: false }, () => resolve('answered'));
+          req.setTimeout(500, () => { req.destroy(); resolve('no answer'); });
+          req.on('error', (err) => resolve(err.code));
+        });
+        assert.notEqual(health, 'answered');
+        assert.deepEqual(await proc.exited, { code: null, signal: 'SIGKILL' });
+        assert.equal(await spinning, 'ECONNRESET');
+        assert.match(proc.stderr, /the event loop has been blocked for 1\.5s \(FUNC_BLOCKED_TIMEOUT\): a call runs synchronous code that does not return; exiting/);
+      } finally {
+        await stopServer(proc);
+      }
+    });
+
+    it('lets a synchronous call shorter than FUNC_BLOCKED_TIMEOUT finish', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '0.1', FUNC_BLOCKED_TIMEOUT: '2' });
+      try {
+        const res = await request(proc.port, { path: '/busy' });
+        assert.equal(res.body, 'done');
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        assert.equal((await request(proc.port, { path: '/healthz' })).status, 200);
+        assert.equal(proc.child.exitCode, null);
+      } finally {
+        await stopServer(proc);
+      }
+    });
+
+    it('with FUNC_BLOCKED_TIMEOUT=0 stays blocked: /healthz does not answer', async () => {
+      const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '0.1', FUNC_BLOCKED_TIMEOUT: '0' });
+      try {
+        request(proc.port, { path: '/spin' }).catch(() => {});
+        for (let probe = 0; probe < 3; probe++) {
+          const health = await new Promise((resolve) => {
+            const req = http.get({ host: '127.0.0.1', port: proc.port, path: '/healthz', agent: false }, () => resolve('answered'));
+            req.setTimeout(700, () => { req.destroy(); resolve('no answer'); });
+            req.on('error', (err) => resolve(err.code));
+          });
+          assert.equal(health, 'no answer');
+        }
+        assert.equal(proc.child.exitCode, null);
+      } finally {
         await stopServer(proc);
       }
     });
