@@ -48,11 +48,16 @@ import uuid
 from urllib.parse import parse_qs, unquote, urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
 MAX_CHUNK_LINE_BYTES = 1024
 # While a request is being handled, later (pipelined) bytes are buffered up to
 # this size before the connection stops reading.
 MAX_BUFFERED_BYTES = 1024 * 1024
 SHUTDOWN_GRACE_SECONDS = 10.0
+# How often connection deadlines are checked (they are met within this much).
+SWEEP_SECONDS = 0.25
+# The exit status when the server gave up because handler calls are stuck.
+UNHEALTHY_EXIT = 3
 # After answering with 'Connection: close', unread input is discarded for up to
 # this long before the socket closes, so that the client can read the answer
 # (closing with unread input makes the kernel reset the connection).
@@ -103,6 +108,10 @@ class Config:
         self.port = int(number(env, 'PORT', None) or number(env, 'FUNC_PORT', 8080))
         self.threads = int(number(env, 'FUNC_THREADS', 32))
         self.body_limit = int(number(env, 'REQ_MB_LIMIT', 100) * 1024 * 1024)
+        self.header_timeout = number(env, 'FUNC_HEADER_TIMEOUT', 10.0)
+        self.body_timeout = number(env, 'FUNC_BODY_TIMEOUT', 60.0)
+        self.idle_timeout = number(env, 'FUNC_IDLE_TIMEOUT', 120.0)
+        self.max_connections = connection_cap(int(number(env, 'FUNC_MAX_CONNECTIONS', 4096)))
         self.context = {
             'function-name': self.function,
             'timeout': self.timeout,
@@ -113,6 +122,18 @@ class Config:
     @property
     def label(self):
         return f'{self.module}.{self.function}'
+
+
+def connection_cap(wanted):
+    """wanted, lowered to fit the open-file limit with room for the handler's own files."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - max(64, soft // 8)))
 
 
 def required(env, name, meaning):
@@ -258,8 +279,10 @@ def make_event(method, raw_path, query_string, headers, body, clock):
     elif content_type and content_type.partition(';')[0].strip().lower() == JSON_TYPE:
         try:
             data = parsed_json = json.loads(body)
-        except ValueError as exc:
+        except ValueError as exc:  # also UnicodeDecodeError: not UTF-8 (or -16, -32)
             raise BadRequest(f'Invalid JSON body: {exc}') from None
+        except RecursionError:
+            raise BadRequest('Invalid JSON body: nested too deeply') from None
     else:
         try:
             data = body.decode('utf-8')
@@ -330,31 +353,66 @@ def log_failure(what):
 
 # --- running the handler ------------------------------------------------------
 
+# Where a plain ``def`` call is, for the worker pool (changed under its lock).
+QUEUED, RUNNING, DONE, EXPIRED = range(4)
+
+
 class WorkerPool:
     """Daemon threads running plain ``def`` handlers off the event loop.
 
     Cheaper than loop.run_in_executor: a job is one queue put, and results
     go back in batches (the loop is woken once for all results that finish
-    before it gets to them), which saves GIL hand-offs under load.  Daemon
-    threads let the process exit while a timed-out handler is still stuck.
+    before it gets to them), which saves GIL hand-offs under load.
+
+    A Python thread cannot be stopped.  A call that outlives FUNC_TIMEOUT is
+    answered 408 and its thread is left running ("stuck"); a new thread takes
+    its place, so the pool keeps its size, and the stuck thread ends when the
+    handler returns at last.  A call that timed out while still queued is not
+    run at all.  The Runtime decides when too many calls are stuck.
     """
 
-    def __init__(self, loop, size, func, label):
-        self._loop = loop
+    def __init__(self, runtime, size, func, label):
+        self._runtime = runtime
+        self._loop = runtime.loop
         self._func = func
         self._label = label
         self._jobs = queue.SimpleQueue()
         self._results = collections.deque()
         self._wakeup_pending = False
-        for index in range(size):
-            threading.Thread(target=self._work, name=f'fnbuild-worker-{index}', daemon=True).start()
+        self._lock = threading.Lock()
+        self._threads = 0
+        for _ in range(size):
+            self._start_thread()
+
+    def _start_thread(self):
+        self._threads += 1
+        threading.Thread(target=self._work, name=f'fnbuild-worker-{self._threads}', daemon=True).start()
 
     def submit(self, call, event, context):
         self._jobs.put((call, event, context))
 
+    def expire(self, call):
+        """On the loop, when call timed out: True if its handler is still running.
+
+        Then a replacement thread is started; the stuck one ends after the handler.
+        """
+        with self._lock:
+            state = call.state
+            call.state = EXPIRED
+        if state != RUNNING:
+            return False
+        self._start_thread()
+        return True
+
     def _work(self):
+        jobs = self._jobs
+        lock = self._lock
         while True:
-            call, event, context = self._jobs.get()
+            call, event, context = jobs.get()
+            with lock:
+                if call.state != QUEUED:  # timed out while it waited: already answered
+                    continue
+                call.state = RUNNING
             try:
                 result = self._func(event, context)
             except BaseException:  # a worker thread must survive anything a handler does
@@ -362,6 +420,9 @@ class WorkerPool:
                 outcome = INTERNAL_ERROR
             else:
                 outcome = encode_result(result, self._label)
+            with lock:
+                abandoned = call.state == EXPIRED
+                call.state = DONE
             self._results.append((call, outcome))
             if not self._wakeup_pending:
                 self._wakeup_pending = True
@@ -369,6 +430,8 @@ class WorkerPool:
                     self._loop.call_soon_threadsafe(self._deliver)
                 except RuntimeError:  # the loop is closed: the server is exiting
                     return
+            if abandoned:  # a replacement thread took this one's place
+                return
 
     def _deliver(self):
         """On the loop: answer every call whose result is in.
@@ -386,19 +449,22 @@ class WorkerPool:
 class Call:
     """One handler invocation: the result or the timeout, whichever comes first, answers."""
 
-    __slots__ = ('runtime', 'conn', 'method', 'started', 'timer', 'task', 'answered')
+    __slots__ = ('runtime', 'conn', 'method', 'target', 'started', 'timer', 'task', 'answered', 'state')
 
-    def __init__(self, runtime, conn, method):
+    def __init__(self, runtime, conn, method, target):
         self.runtime = runtime
         self.conn = conn
         self.method = method
+        self.target = target
         self.started = runtime.loop.time()
         self.timer = runtime.loop.call_later(runtime.config.timeout, self.expire)
         self.task = None
         self.answered = False
+        self.state = QUEUED
 
     def finish(self, outcome):
         if self.answered:  # already timed out: the late result is dropped
+            self.runtime.unstuck(self)
             return
         self.answered = True
         self.timer.cancel()
@@ -408,15 +474,18 @@ class Call:
         self.finish(INTERNAL_ERROR if task.cancelled() else task.result())
 
     def expire(self):
-        # An async handler is cancelled.  A thread cannot be killed in Python:
-        # a plain ``def`` handler keeps running in its worker thread and
-        # whatever it returns later is dropped by finish().  That thread stays
-        # busy meanwhile; once FUNC_THREADS handlers are stuck, new calls wait
-        # in the queue and time out as well.
+        # An async handler is cancelled.  A plain ``def`` handler that is
+        # still running keeps its worker thread (see WorkerPool); the Runtime
+        # counts it as stuck until it returns.
         self.answered = True
         if self.task is not None:
             self.task.cancel()
+        elif self.runtime.pool.expire(self):
+            self.runtime.stuck(self)
         self._answer(TIMEOUT_ERROR, self.runtime.config.timeout)
+
+    def describe(self, now):
+        return f'{self.method} {self.target} (running {now - self.started:.1f}s)'
 
     def _answer(self, outcome, seconds):
         status, content_type, body = outcome
@@ -451,8 +520,11 @@ class Metrics:
                 return
         counts[-1] += 1
 
-    def render(self):
+    def render(self, stuck):
         lines = [
+            '# HELP function_calls_stuck Calls still running after their timeout (408)',
+            '# TYPE function_calls_stuck gauge',
+            f'function_calls_stuck {stuck}',
             '# HELP function_calls_total Number of calls to the function',
             '# TYPE function_calls_total counter',
         ]
@@ -489,6 +561,8 @@ def parse_head(head):
     Header names are lower-cased; repeated headers are joined with ', '.
     """
     lines = head.decode('latin-1').split('\r\n')
+    if len(lines) > MAX_HEADERS + 1:
+        raise BadRequest(f'more than {MAX_HEADERS} header fields', 431)
     parts = lines[0].split(' ')
     if len(parts) != 3 or not parts[0] or not parts[1]:
         raise BadRequest('malformed request line')
@@ -515,7 +589,10 @@ def origin_form(target):
     """The request target as '/path?query' (absolute-form URLs are reduced to it)."""
     if target[0] == '/':
         return target
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # e.g. http://[::1 (an unclosed IPv6 address)
+        raise BadRequest('malformed request target') from None
     if not parts.scheme or not parts.netloc:
         raise BadRequest('malformed request target')
     return (parts.path or '/') + ('?' + parts.query if parts.query else '')
@@ -535,7 +612,10 @@ def body_framing(headers, limit):
         return 0
     if not (length.isascii() and length.isdigit()):
         raise BadRequest('invalid Content-Length')
-    size = int(length)
+    digits = length.lstrip('0')
+    if len(digits) > 18:  # also keeps int() below its limit on digits
+        raise BadRequest(f'request body larger than {limit} bytes', 413)
+    size = int(digits or '0')
     if size > limit:
         raise BadRequest(f'request body larger than {limit} bytes', 413)
     return size
@@ -604,7 +684,16 @@ def wants_keep_alive(version, headers):
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection; requests on it are answered one at a time, in order."""
+    """One client connection; requests on it are answered one at a time, in order.
+
+    Deadlines (checked by Runtime.sweep, from ``since``, on the clock
+    Runtime.now that the sweep advances, so they cost no clock reads per
+    request and are met within 2 * SWEEP_SECONDS): a request head must
+    arrive within FUNC_HEADER_TIMEOUT of its first byte (of the connection,
+    for the first request), body bytes must keep coming at least every
+    FUNC_BODY_TIMEOUT, and a keep-alive connection may wait FUNC_IDLE_TIMEOUT
+    for its next request.  No deadline runs while a handler has the request.
+    """
 
     def __init__(self, runtime):
         self.runtime = runtime
@@ -617,10 +706,12 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.head_only = False
+        self.waiting = False  # idle between keep-alive requests
+        self.since = runtime.now
 
     def connection_made(self, transport):
         self.transport = transport
-        self.runtime.connections.add(self)
+        self.runtime.admit(self)
 
     def connection_lost(self, exc):
         self.closed = True
@@ -629,6 +720,11 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data):
         if self.closed:  # lingering after the last answer: input is discarded
             return
+        if self.waiting:  # the first bytes of the next request: its head deadline starts
+            self.waiting = False
+            self.since = self.runtime.now
+        elif self.head is not None:  # body progress
+            self.since = self.runtime.now
         self.buf += data
         if not self.busy:
             self.process()
@@ -645,9 +741,17 @@ class HttpConnection(asyncio.Protocol):
                     return
                 self.runtime.dispatch(self, *request)
         except BadRequest as exc:
-            self.keep_alive = False
-            self.head_only = False
-            self.respond(exc.status, TEXT_PLAIN, f'{exc}\n'.encode('utf-8'))
+            self.refuse(exc.status, str(exc))
+        except Exception:  # a bug here must still answer, not drop the connection
+            log_failure('cannot handle a request')
+            self.refuse(*INTERNAL_ERROR[::2])
+
+    def refuse(self, status, reason):
+        """Answer an error and close (the rest of the input cannot be trusted)."""
+        self.keep_alive = False
+        self.head_only = False
+        body = reason if isinstance(reason, bytes) else f'{reason}\n'.encode('utf-8')
+        self.respond(status, TEXT_PLAIN, body)
 
     def next_request(self):
         """(method, target, headers, body) of the next complete request, else None."""
@@ -671,16 +775,18 @@ class HttpConnection(asyncio.Protocol):
         buf = self.buf
         while buf[:2] == b'\r\n':  # empty lines before a request are allowed
             del buf[:2]
-        end = buf.find(b'\r\n\r\n')
+        end = buf.find(b'\r\n\r\n', 0, MAX_HEAD_BYTES + 4)
         if end < 0:
-            if len(buf) > MAX_HEAD_BYTES:
+            if len(buf) >= MAX_HEAD_BYTES + 4:
                 raise BadRequest('request head too large', 431)
             return False
         self.head = method, _, version, headers = parse_head(bytes(buf[:end]))
         del buf[:end + 4]
         self.keep_alive = wants_keep_alive(version, headers) and not self.runtime.stopping
         self.head_only = method == 'HEAD'
-        self.framing = body_framing(headers, self.runtime.config.body_limit)
+        self.framing = framing = body_framing(headers, self.runtime.config.body_limit)
+        if framing:  # the body deadline starts
+            self.since = self.runtime.now
         if version == 'HTTP/1.1' and headers.get('expect', '').lower() == '100-continue':
             self.transport.write(b'HTTP/1.1 100 Continue\r\n\r\n')
         return True
@@ -700,14 +806,18 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(head + body)
         else:
             self.transport.writelines((head, body))
-        if not self.keep_alive:
+        if self.keep_alive:
+            self.waiting = True
+            self.since = self.runtime.now
+        else:
             self.close()
 
     def close(self):
         """Send FIN after the answer; close fully when the client does, or after a delay."""
         self.closed = True
         self.buf.clear()
-        self.transport.write_eof()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
         self.runtime.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def resume(self):
@@ -720,6 +830,45 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
         if self.buf:
             self.process()
+
+    def overdue(self, now, config):
+        """Close the connection if it missed a deadline; True if it did."""
+        if self.head is not None:
+            if now - self.since > config.body_timeout:
+                self.refuse(408, f'no request body data for {config.body_timeout:g}s')
+                return True
+        elif self.waiting and not self.buf:
+            if now - self.since > config.idle_timeout:
+                self.drop()
+                return True
+        elif now - self.since > config.header_timeout:
+            if self.buf:
+                self.refuse(408, f'request head not received within {config.header_timeout:g}s')
+            else:
+                self.drop()
+            return True
+        return False
+
+    def drop(self):
+        """Close at once, without an answer."""
+        self.closed = True
+        self.runtime.connections.discard(self)
+        self.transport.abort()
+
+    def eviction_rank(self):
+        """Which connections to close first to make room for a new one; None: keep it.
+
+        Lingering ones, then idle keep-alive ones, then those still sending a
+        head, then those sending a body; oldest first.  Never one whose
+        request is with a handler.
+        """
+        if self.closed:
+            return (0, self.since)
+        if self.busy:
+            return None
+        if self.head is None:
+            return (1 if self.waiting and not self.buf else 2, self.since)
+        return (3, self.since)
 
 
 # --- the server ------------------------------------------------------------------
@@ -735,19 +884,30 @@ class Runtime:
         self.clock = Clock()
         self.connections = set()
         self.stopping = False
+        self.unhealthy = None  # why the server stopped serving, once it did
+        self.stuck_calls = set()
+        self.evictable = []   # eviction candidates found by the last scan, best last
+        self.now = 0.0        # loop.time() as of the last sweep: the clock of the deadlines
         self.loop = None
         self.pool = None
+        self.stop = None
 
     def dispatch(self, conn, method, target, headers, body):
         path, _, query_string = target.partition('?')
         if path == '/healthz' and method in ('GET', 'HEAD'):
-            conn.respond(200, TEXT_PLAIN, b'OK')
+            if self.unhealthy is None:
+                conn.respond(200, TEXT_PLAIN, b'OK')
+            else:
+                conn.respond(503, TEXT_PLAIN, f'{self.unhealthy}\n'.encode('utf-8'))
         elif path == '/metrics' and method in ('GET', 'HEAD'):
-            conn.respond(200, METRICS_TYPE, self.metrics.render())
+            conn.respond(200, METRICS_TYPE, self.metrics.render(len(self.stuck_calls)))
+        elif self.unhealthy is not None:
+            conn.keep_alive = False
+            conn.respond(503, TEXT_PLAIN, f'{self.unhealthy}\n'.encode('utf-8'))
         else:
-            self.invoke(conn, method, path, query_string, headers, body)
+            self.invoke(conn, method, target, path, query_string, headers, body)
 
-    def invoke(self, conn, method, path, query_string, headers, body):
+    def invoke(self, conn, method, target, path, query_string, headers, body):
         try:
             event = make_event(method, path, query_string, headers, body, self.clock)
         except BadRequest as exc:
@@ -756,7 +916,7 @@ class Runtime:
         context = dict(self.config.context)
         self.metrics.started(method)
         conn.busy = True
-        call = Call(self, conn, method)
+        call = Call(self, conn, method, target)
         if self.is_async:
             call.task = self.loop.create_task(self.run_async(event, context))
             call.task.add_done_callback(call.task_done)
@@ -771,25 +931,106 @@ class Runtime:
             return INTERNAL_ERROR
         return encode_result(result, self.config.label)
 
+    # --- calls that outlive FUNC_TIMEOUT
+
+    def stuck(self, call):
+        """call was answered 408 but its handler still runs in a worker thread."""
+        self.stuck_calls.add(call)
+        limit = self.config.threads
+        log(f'call {call.describe(self.loop.time())} of {self.config.label} exceeded FUNC_TIMEOUT '
+            f'({self.config.timeout:g}s) and is still running in its thread '
+            f'({len(self.stuck_calls)} such calls, the server restarts at {limit})')
+        if len(self.stuck_calls) >= limit:
+            now = self.loop.time()
+            calls = ', '.join(c.describe(now) for c in sorted(self.stuck_calls, key=lambda c: c.started))
+            self.give_up(f'{len(self.stuck_calls)} calls of {self.config.label} are still running after '
+                         f'FUNC_TIMEOUT ({self.config.timeout:g}s): {calls}')
+
+    def unstuck(self, call):
+        if call in self.stuck_calls:
+            self.stuck_calls.discard(call)
+            log(f'call {call.describe(self.loop.time())} of {self.config.label} returned after its timeout '
+                f'({len(self.stuck_calls)} calls still running after their timeout)')
+
+    def give_up(self, reason):
+        """Stop serving, report unhealthy and exit non-zero, so that the platform restarts us."""
+        if self.unhealthy is not None:
+            return
+        self.unhealthy = f'unhealthy: {reason}'
+        log(f'{self.unhealthy}; the server stops and exits with status {UNHEALTHY_EXIT} '
+            f'so that it is restarted')
+        self.stop.set()
+
+    # --- connections: the cap and the deadlines
+
+    def admit(self, conn):
+        """Count a new connection in; at the cap, close another to make room, or this one."""
+        connections = self.connections
+        if len(connections) >= self.config.max_connections and not self.evict():
+            conn.closed = True
+            conn.transport.write(b'HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n'
+                                 b'Content-Length: 21\r\nConnection: close\r\n\r\n'
+                                 b'too many connections\n')
+            conn.transport.close()
+            return
+        connections.add(conn)
+
+    def evict(self):
+        """Close the connection that matters least (see eviction_rank); False if none may go."""
+        for _ in range(2):
+            candidates = self.evictable
+            while candidates:
+                rank, conn = candidates.pop()
+                if conn in self.connections and conn.eviction_rank() is not None:
+                    conn.drop()
+                    return True
+            ranked = []
+            for conn in self.connections:
+                key = conn.eviction_rank()
+                if key is not None:
+                    ranked.append((key, conn))
+            if not ranked:
+                return False
+            ranked.sort(key=lambda item: item[0], reverse=True)
+            self.evictable = ranked
+        return False
+
+    def sweep(self):
+        """Every SWEEP_SECONDS: close connections that missed a deadline."""
+        self.now = now = self.loop.time()
+        config = self.config
+        # ``since`` is up to SWEEP_SECONDS older than the event it marks: no deadline comes early.
+        now -= SWEEP_SECONDS
+        for conn in list(self.connections):
+            if not (conn.busy or conn.closed):
+                conn.overdue(now, config)
+        self.evictable = []
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    # --- running
+
     async def serve(self):
-        """Serve until SIGTERM or SIGINT, then let in-flight calls finish briefly."""
+        """Serve until SIGTERM or SIGINT, or too many stuck calls; the exit status."""
         self.loop = asyncio.get_running_loop()
         if not self.is_async:
-            self.pool = WorkerPool(self.loop, self.config.threads, self.func, self.config.label)
-        stop = asyncio.Event()
+            self.pool = WorkerPool(self, self.config.threads, self.func, self.config.label)
+        self.stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, stop.set)
+            self.loop.add_signal_handler(signum, self.stop.set)
         try:
             server = await self.loop.create_server(
                 lambda: HttpConnection(self), '0.0.0.0', self.config.port, backlog=1024)
         except OSError as exc:
             raise StartupError(1, f'cannot listen on port {self.config.port}: {exc.strerror}') from None
+        self.now = self.loop.time()
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
         print(f'fnbuild python runtime: serving {self.config.label} on :{self.config.port} '
               f'(timeout {self.config.timeout:g}s)')
-        await stop.wait()
+        await self.stop.wait()
         print('fnbuild python runtime: stopping')
         server.close()
         await self.drain()
+        return 0 if self.unhealthy is None else UNHEALTHY_EXIT
 
     async def drain(self):
         self.stopping = True
@@ -804,6 +1045,10 @@ class Runtime:
             await asyncio.sleep(0.05)
 
 
+def log(message):
+    sys.stderr.write(f'fnbuild runtime: {message}\n')
+
+
 def configure_stdio():
     """Make handlers' print output reach the logs at once, even without -u."""
     for stream in (sys.stdout, sys.stderr):
@@ -815,10 +1060,14 @@ def main():
     try:
         config = Config(os.environ)
         runtime = Runtime(config, load_handler(config))
-        asyncio.run(runtime.serve())
+        status = asyncio.run(runtime.serve())
     except StartupError as exc:
         print(f'fnbuild runtime: {exc}', file=sys.stderr)
         return exc.status
+    if status:  # stuck handler threads may not let the interpreter finish
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     return 0
 
 

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -141,6 +142,46 @@ def raw_exchange(port, payload, timeout=5.0):
         except socket.timeout:
             pass
         return b''.join(chunks)
+
+
+def wait_until(predicate, bound=20.0):
+    """Poll predicate until it is true or bound seconds passed; its last value."""
+    deadline = time.monotonic() + bound
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def answer_after_dribbling(port, first, dribble, bound=20.0):
+    """Send first, then one byte of dribble every 0.1 s until the server answers and closes.
+
+    (response bytes, seconds from connecting to the end of the response).
+    """
+    started = time.monotonic()
+    with socket.create_connection(('127.0.0.1', port), timeout=5) as sock:
+        sock.sendall(first)
+        sock.settimeout(0.1)
+        chunks = []
+        sent = 0
+        while time.monotonic() - started < bound:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                if dribble and not chunks:
+                    try:
+                        sock.sendall(dribble[sent % len(dribble):][:1])
+                        sent += 1
+                    except OSError:
+                        pass
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b''.join(chunks), time.monotonic() - started
 
 
 def metric(text, name, method):
@@ -453,7 +494,7 @@ class LifecycleTest(unittest.TestCase):
         result = self.start_failing('app', 'nope')
         self.assertEqual(result.returncode, 1)
         self.assertIn("cannot load handler 'app.nope': module 'app' has no function 'nope' "
-                      "(functions found: count, dependency, echo, fail, handler, ", result.stderr)
+                      "(functions found: barrier, count, dependency, echo, fail, handler, hang, ", result.stderr)
 
     def test_import_error(self):
         result = self.start_failing('broken', 'handler')
@@ -478,6 +519,238 @@ class LifecycleTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
         self.assertIn('stopping', server.stdout.text())
+
+class StuckCallsTest(unittest.TestCase):
+    """Plain def handlers that outlive FUNC_TIMEOUT keep their thread ("stuck")."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.code_dir = make_code_dir()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.code_dir, ignore_errors=True)
+
+    def start(self, **env):
+        port = free_port()
+        server = Server(server_env(self.code_dir, 'app', 'handler', PORT=str(port), **env), port)
+        self.addCleanup(lambda: server.proc.poll() is None and server.proc.kill())
+        self.addCleanup(server.stop)
+        return server
+
+    def concurrently(self, server, paths):
+        with concurrent.futures.ThreadPoolExecutor(len(paths)) as pool:
+            return list(pool.map(lambda path: server.request('GET', path)[::2], paths))
+
+    def stuck_gauge(self, server):
+        text = server.request('GET', '/metrics')[2].decode()
+        return int(re.search(r'^function_calls_stuck (\d+)$', text, re.M).group(1))
+
+    def test_stuck_calls_get_replacement_threads(self):
+        server = self.start(FUNC_THREADS='4', FUNC_TIMEOUT='2')
+        timed_out = self.concurrently(server, ['/sleep?s=4'] * 3)
+        self.assertEqual(timed_out, [(408, b'Request timeout exceeded')] * 3)
+        self.assertEqual(self.stuck_gauge(server), 3)
+        # Four calls that each answer only when all four run at once: the
+        # three stuck threads were replaced.
+        met = self.concurrently(server, ['/barrier?id=a&n=4&wait=1.5'] * 4)
+        self.assertEqual(met, [(200, b'met')] * 4)
+        self.assertEqual(server.request('GET', '/healthz')[::2], (200, b'OK'))
+        self.assertTrue(wait_until(lambda: self.stuck_gauge(server) == 0))
+        self.assertIn('exceeded FUNC_TIMEOUT (2s) and is still running in its thread', server.stderr.text())
+        self.assertTrue(server.stderr.wait_for('returned after its timeout (0 calls still running'))
+        # The stuck threads ended when their handlers returned: the pool is 4 again.
+        self.assertEqual(self.concurrently(server, ['/barrier?id=b&n=4&wait=1.5'] * 4), [(200, b'met')] * 4)
+        self.assertIsNone(server.proc.poll())
+
+    def test_twice_the_pool_of_hung_calls_restarts_the_server(self):
+        # Sleeping and busy-looping handlers, 2 x FUNC_THREADS calls: the
+        # fourth stuck call makes the server report unhealthy and exit 3.
+        server = self.start(FUNC_THREADS='4', FUNC_TIMEOUT='1')
+        first = self.concurrently(server, ['/spin', '/spin', '/hang'])
+        self.assertEqual(first, [(408, b'Request timeout exceeded')] * 3)
+        self.assertEqual(server.request('GET', '/healthz')[::2], (200, b'OK'))
+        with concurrent.futures.ThreadPoolExecutor(5) as pool:
+            pending = [pool.submit(server.request, 'GET', path)
+                       for path in ('/hang', '/spin', '/hang', '/spin', '/hang')]
+            self.assertEqual(server.proc.wait(20), 3)
+            for call in pending:
+                self.assertEqual(call.result()[::2], (408, b'Request timeout exceeded'))
+        with self.assertRaises(OSError):
+            server.request('GET', '/healthz')
+        log = server.stderr.text()
+        self.assertRegex(log, r'unhealthy: 4 calls of app\.handler are still running after '
+                              r'FUNC_TIMEOUT \(1s\): GET /(spin|hang) \(running [\d.]+s\), ')
+        self.assertIn('GET /spin', log)
+        self.assertIn('GET /hang', log)
+        self.assertIn('exits with status 3', log)
+
+    def test_unhealthy_server_answers_503(self):
+        sys.path.insert(0, HERE)
+        try:
+            import kubeless
+        finally:
+            sys.path.remove(HERE)
+
+        class Conn:
+            keep_alive = True
+
+            def respond(self, status, content_type, body):
+                self.answer = status, body
+
+        runtime = kubeless.Runtime(kubeless.Config({'MOD_NAME': 'm', 'FUNC_HANDLER': 'f'}), lambda e, c: '')
+        runtime.unhealthy = 'unhealthy: 4 calls stuck'
+        for path in ('/healthz', '/anything'):
+            conn = Conn()
+            runtime.dispatch(conn, 'GET', path, {}, b'')
+            self.assertEqual(conn.answer, (503, b'unhealthy: 4 calls stuck\n'))
+
+
+class SlowClientTest(ServerTestCase):
+    extra_env = {'FUNC_HEADER_TIMEOUT': '1', 'FUNC_BODY_TIMEOUT': '1', 'FUNC_IDLE_TIMEOUT': '1'}
+
+    def test_slow_head_is_408_and_closed(self):
+        response, seconds = answer_after_dribbling(self.port, b'GET /hello HTTP/1.1\r\nX-Slow: ', b'a')
+        self.assertTrue(response.startswith(b'HTTP/1.1 408 '), response)
+        self.assertIn(b'Connection: close', response)
+        self.assertTrue(response.endswith(b'request head not received within 1s\n'), response)
+        self.assertGreater(seconds, 0.9)
+
+    def test_silent_connection_is_closed(self):
+        response, seconds = answer_after_dribbling(self.port, b'', b'')
+        self.assertEqual(response, b'')
+        self.assertGreater(seconds, 0.9)
+
+    def test_slow_body_is_408_and_closed(self):
+        head = b'POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n' + b'x' * 10
+        response, seconds = answer_after_dribbling(self.port, head, b'')
+        self.assertTrue(response.startswith(b'HTTP/1.1 408 '), response)
+        self.assertTrue(response.endswith(b'no request body data for 1s\n'), response)
+        self.assertGreater(seconds, 0.9)
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        with socket.create_connection(('127.0.0.1', self.port), timeout=20) as sock:
+            sock.sendall(b'GET /hello HTTP/1.1\r\nHost: x\r\n\r\n')
+            response = b''
+            while not response.endswith(b'hello world'):
+                response += sock.recv(65536)
+            self.assertIn(b'Connection: keep-alive', response)
+            self.assertEqual(sock.recv(65536), b'')  # closed by the server
+
+    def test_fast_requests_are_unaffected(self):
+        conn = self.server.connect()
+        try:
+            for _ in range(3):
+                self.assertEqual(send(conn, 'POST', '/echo', b'{"a": 1}',
+                                      {'Content-Type': 'application/json'})[0], 200)
+        finally:
+            conn.close()
+
+
+class ConnectionCapTest(ServerTestCase):
+    extra_env = {'FUNC_MAX_CONNECTIONS': '1000'}
+    slow = 3000
+
+    @classmethod
+    def setUpClass(cls):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = cls.slow + 500
+        if soft < wanted:
+            if hard != resource.RLIM_INFINITY and hard < wanted:
+                raise unittest.SkipTest(f'needs {wanted} open files, the limit is {hard}')
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        super().setUpClass()
+
+    def test_healthz_answers_while_thousands_of_slow_connections_are_open(self):
+        sockets = []
+        try:
+            for _ in range(self.slow):
+                sock = socket.create_connection(('127.0.0.1', self.port), timeout=10)
+                sock.sendall(b'GET /hello HTTP/1.1\r\nX-Slow: ')
+                sockets.append(sock)
+            for _ in range(3):
+                self.assertEqual(self.call('GET', '/healthz')[::2], (200, b'OK'))
+                self.assertEqual(self.call('GET', '/hello')[::2], (200, b'hello world'))
+
+            def still_open():
+                count = 0
+                for sock in sockets:
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1):
+                            count += 1
+                    except BlockingIOError:
+                        count += 1
+                    except OSError:
+                        pass
+                return count
+
+            # The cap holds: the oldest slow connections were closed to make room.
+            self.assertLessEqual(wait_until(lambda: still_open() <= 1000), 1000)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+class MalformedRequestTest(ServerTestCase):
+    """Every malformed request gets a 4xx with its reason (never an empty reply)."""
+
+    CASES = [
+        (b'NONSENSE\r\n\r\n', 400, b'malformed request line'),
+        (b'GET  / HTTP/1.1\r\n\r\n', 400, b'malformed request line'),
+        (b'GET / HTTP/1.1\r\nBad Header\r\n\r\n', 400, b'malformed header line'),
+        (b'GET / HTTP/1.1\r\n folded: x\r\n\r\n', 400, b'malformed header line'),
+        (b'GET http://[::1/x HTTP/1.1\r\n\r\n', 400, b'malformed request target'),
+        (b'GET example.com HTTP/1.1\r\n\r\n', 400, b'malformed request target'),
+        (b'GET / HTTP/2.0\r\n\r\n', 505, b"unsupported protocol 'HTTP/2.0'"),
+        (b'GET / FOO/1.1\r\n\r\n', 400, b"unsupported protocol 'FOO/1.1'"),
+        (b'BREW /pot HTTP/1.1\r\n\r\n', 501, b"method 'BREW' not implemented"),
+        (b'GET /' + b'a' * 70000 + b' HTTP/1.1\r\n\r\n', 431, b'request head too large'),
+        (b'GET / HTTP/1.1\r\nX: ' + b'a' * 70000 + b'\r\n\r\n', 431, b'request head too large'),
+        (b'GET / HTTP/1.1\r\n' + b'X: a\r\n' * 101 + b'\r\n', 431, b'more than 100 header fields'),
+        (b'POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n', 400, b'invalid Content-Length'),
+        (b'POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n', 400, b'invalid Content-Length'),
+        (b'POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n', 400, b'invalid Content-Length'),
+        (b'POST / HTTP/1.1\r\nContent-Length: ' + b'9' * 5000 + b'\r\n\r\n', 413, b'request body larger than'),
+        (b'POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n', 400,
+         b'both Transfer-Encoding and Content-Length'),
+        (b'POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n', 400, b"unsupported Transfer-Encoding 'gzip'"),
+        (b'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 400, b'malformed chunk size'),
+        (b'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY', 400, b'malformed chunked body'),
+        (b'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1' + b' ' * 2000, 400, b'malformed chunked body'),
+        (b'POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n' + b'f' * 40 + b'\r\n', 413,
+         b'request body larger than'),
+    ]
+
+    def json_request(self, body):
+        return (b'POST /echo HTTP/1.1\r\nContent-Type: application/json\r\nConnection: close\r\n'
+                b'Content-Length: %d\r\n\r\n' % len(body)) + body
+
+    def check(self, payload, status, reason):
+        response = raw_exchange(self.port, payload, timeout=10)
+        self.assertTrue(response.startswith(b'HTTP/1.1 %d ' % status), (payload[:80], response))
+        self.assertIn(b'Connection: close', response)
+        self.assertIn(reason, response.partition(b'\r\n\r\n')[2])
+
+    def test_malformed_requests(self):
+        for payload, status, reason in self.CASES:
+            with self.subTest(payload=payload[:60]):
+                self.check(payload, status, reason)
+
+    def test_malformed_json_bodies(self):
+        for body, reason in ((b'[' * 100000, b'Invalid JSON body: nested too deeply'),
+                             (b'{"a": ' * 100000, b'Invalid JSON body: nested too deeply'),
+                             (b'{"a": "\xff"}', b'Invalid JSON body: '),
+                             (b'1' * 5000, b'Invalid JSON body: '),
+                             (b'{"a":', b'Invalid JSON body: ')):
+            with self.subTest(body=body[:20]):
+                self.check(self.json_request(body), 400, reason)
+        self.assertNotIn('Traceback', self.server.stderr.text())
+
+    def test_server_serves_after_malformed_requests(self):
+        self.check(self.json_request(b'[' * 100000), 400, b'nested too deeply')
+        self.assertEqual(self.call('GET', '/hello')[::2], (200, b'hello world'))
+        self.assertEqual(self.call('GET', '/healthz')[::2], (200, b'OK'))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """Test fixture: a plain-def handler whose behaviour is chosen by the first path segment."""
 import sys
+import threading
 import time
 
 calls = 0
@@ -58,6 +59,31 @@ def sleep(event, context):
     return 'slept'
 
 
+def hang(event, context):
+    time.sleep(60)  # the tests end the server long before
+    return 'woke up'
+
+
+def spin(event, context):
+    deadline = time.monotonic() + 60  # a busy loop, bounded in case the server survives
+    while time.monotonic() < deadline:
+        pass
+    return 'spun'
+
+
+barriers = {}
+barriers_lock = threading.Lock()
+
+
+def barrier(event, context):
+    """Answers only when n calls are in the handler at once (else a 500)."""
+    query = event['extensions']['request'].query
+    with barriers_lock:
+        waiting = barriers.setdefault(query['id'], threading.Barrier(int(query['n'])))
+    waiting.wait(float(query.get('wait', '5')))
+    return 'met'
+
+
 def count(event, context):
     global calls
     calls += 1
@@ -82,6 +108,9 @@ ACTIONS = {
     'unserializable': unserializable,
     'sleep': sleep,
     'count': count,
+    'hang': hang,
+    'spin': spin,
+    'barrier': barrier,
     'print': say,
     'dep': dependency,
 }
