@@ -29,8 +29,10 @@ by Knative or Kubernetes, so:
   exits with status 3, so that the platform restarts it; that also stops the
   CPU of handlers that loop.  (An ``async def`` call is cancelled at its
   timeout; one that blocks the event loop blocks ``/healthz`` too, which the
-  platform's probe notices.)  ``/metrics`` has the gauge
-  ``function_calls_stuck``.
+  platform's probe notices.)  Handlers that loop take the GIL from the event
+  loop, which then answers, counts and stops slowly: a watchdog thread also
+  counts the stuck calls and exits the process if it has not stopped 12 s
+  after giving up.  ``/metrics`` has the gauge ``function_calls_stuck``.
 * Slow clients.  A request head must arrive within FUNC_HEADER_TIMEOUT of its
   first byte (for a new connection: of connecting), a body must not pause for
   FUNC_BODY_TIMEOUT, and a keep-alive connection is closed after
@@ -419,8 +421,16 @@ class WorkerPool:
         self._wakeup_pending = False
         self._lock = threading.Lock()
         self._threads = 0
+        self._running = {}  # call -> its deadline (time.monotonic), under the lock
         for _ in range(size):
             self._start_thread()
+
+    def overdue(self, grace):
+        """The calls still running more than grace seconds after their deadline (any thread)."""
+        limit = time.monotonic() - grace
+        with self._lock:
+            return sorted((call for call, deadline in self._running.items() if deadline < limit),
+                          key=lambda call: call.started)
 
     def _start_thread(self):
         self._threads += 1
@@ -448,9 +458,11 @@ class WorkerPool:
         while True:
             call, event, context = jobs.get()
             with lock:
-                if call.state != QUEUED:  # timed out while it waited: already answered
+                # Timed out while it waited (answered, or about to be): not run.
+                if call.state != QUEUED or time.monotonic() >= call.deadline:
                     continue
                 call.state = RUNNING
+                self._running[call] = call.deadline
             try:
                 result = self._func(event, context)
             except BaseException:  # a worker thread must survive anything a handler does
@@ -461,6 +473,7 @@ class WorkerPool:
             with lock:
                 abandoned = call.state == EXPIRED
                 call.state = DONE
+                del self._running[call]
             self._results.append((call, outcome))
             if not self._wakeup_pending:
                 self._wakeup_pending = True
@@ -487,15 +500,17 @@ class WorkerPool:
 class Call:
     """One handler invocation: the result or the timeout, whichever comes first, answers."""
 
-    __slots__ = ('runtime', 'conn', 'method', 'target', 'started', 'timer', 'task', 'answered', 'state')
+    __slots__ = ('runtime', 'conn', 'method', 'target', 'started', 'deadline', 'timer', 'task',
+                 'answered', 'state')
 
     def __init__(self, runtime, conn, method, target):
         self.runtime = runtime
         self.conn = conn
         self.method = method
         self.target = target
-        self.started = runtime.loop.time()
-        self.timer = runtime.loop.call_later(runtime.config.timeout, self.expire)
+        self.started = runtime.loop.time()  # time.monotonic(), asyncio's clock
+        self.deadline = self.started + runtime.config.timeout
+        self.timer = runtime.loop.call_at(self.deadline, self.expire)
         self.task = None
         self.answered = False
         self.state = QUEUED
@@ -999,6 +1014,34 @@ class Runtime:
             f'so that it is restarted')
         self.stop.set()
 
+    def watchdog(self):
+        """A thread that exits the process when stuck calls fill the pool and the loop cannot.
+
+        Handlers that loop in Python take the GIL from the event loop: with
+        many of them it answers, counts and shuts down far too slowly.  This
+        thread needs the GIL only briefly once a second.
+        """
+        limit = self.config.threads
+        gave_up = None
+        while True:
+            time.sleep(1.0)
+            if gave_up is None:
+                stuck = self.pool.overdue(1.0)
+                if len(stuck) >= limit:
+                    gave_up = now = time.monotonic()
+                    reason = (f'{len(stuck)} calls of {self.config.label} are still running after '
+                              f'FUNC_TIMEOUT ({self.config.timeout:g}s): '
+                              + ', '.join(call.describe(now) for call in stuck))
+                    try:
+                        self.loop.call_soon_threadsafe(self.give_up, reason)
+                    except RuntimeError:  # the loop is closed: exiting already
+                        return
+            elif time.monotonic() - gave_up > SHUTDOWN_GRACE_SECONDS + 2:
+                log(f'the server did not stop within {SHUTDOWN_GRACE_SECONDS:g}s '
+                    f'(stuck handlers hold the interpreter); exiting with status {UNHEALTHY_EXIT} now')
+                sys.stderr.flush()
+                os._exit(UNHEALTHY_EXIT)
+
     # --- connections: the cap and the deadlines
 
     def admit(self, conn):
@@ -1052,6 +1095,7 @@ class Runtime:
         self.loop = asyncio.get_running_loop()
         if not self.is_async:
             self.pool = WorkerPool(self, self.config.threads, self.func, self.config.label)
+            threading.Thread(target=self.watchdog, name='fnbuild-watchdog', daemon=True).start()
         self.stop = asyncio.Event()
         self.now = self.loop.time()
         for signum in (signal.SIGTERM, signal.SIGINT):
