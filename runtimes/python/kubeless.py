@@ -14,6 +14,40 @@ Plain ``def`` handlers run in a pool of worker threads, ``async def`` handlers
 run on the event loop; both are bounded by ``FUNC_TIMEOUT`` (answer 408).
 Only the standard library is used, and Python 3.9 or newer is enough.
 
+A server that stops serving while ``/healthz`` answers OK is never restarted
+by Knative or Kubernetes, so:
+
+* Hung calls.  Calls run in threads of this process, not in processes of their
+  own, because Kubeless keeps module state between calls (a global counter
+  counts across calls).  A thread cannot be stopped: a ``def`` call that
+  outlives FUNC_TIMEOUT is answered 408 and left running ("stuck"), and a new
+  thread takes its place, so the pool keeps its size and the call costs no
+  capacity; the stuck thread ends when the handler returns.  A call that timed
+  out before a thread took it never runs.  When FUNC_THREADS calls are stuck
+  at once, the server gives up: it logs the stuck calls, answers ``/healthz``
+  and new calls 503, lets the calls in flight finish (for up to 10 s), and
+  exits with status 3, so that the platform restarts it; that also stops the
+  CPU of handlers that loop.  (An ``async def`` call is cancelled at its
+  timeout; one that blocks the event loop blocks ``/healthz`` too, which the
+  platform's probe notices.)  Handlers that loop take the GIL from the event
+  loop, which then answers, counts and stops slowly: a watchdog thread also
+  counts the stuck calls and exits the process if it has not stopped 12 s
+  after giving up.  ``/metrics`` has the gauge ``function_calls_stuck``.
+* Slow clients.  A request head must arrive within FUNC_HEADER_TIMEOUT of its
+  first byte (for a new connection: of connecting), a body must not pause for
+  FUNC_BODY_TIMEOUT, and a keep-alive connection is closed after
+  FUNC_IDLE_TIMEOUT without a request; late heads and bodies get a 408.  At
+  most FUNC_MAX_CONNECTIONS connections are open (lowered to fit the
+  open-file limit, leaving an eighth of it, at least 64, to the handler): a
+  new connection beyond that closes another one, the first of: answered ones
+  still lingering, idle keep-alive ones, ones still sending their head, ones
+  sending a body, oldest first, never one whose call is running; so a health
+  probe gets through however many slow connections are open.  Only when every
+  connection has a call running is the new one answered 503 and closed.
+* Malformed requests get a 4xx with the reason in the body, a JSON body
+  nested too deeply for the parser included; after an error in the HTTP
+  framing the connection is closed.
+
 Environment:
   FNBUILD_CODE_DIR   directory of the user's code and pip prefix (default /kubeless)
   MOD_NAME           module to import: <code dir>/<MOD_NAME>.py or a package dir
@@ -21,8 +55,15 @@ Environment:
   FUNC_TIMEOUT       seconds a call may take (default 180)
   FUNC_RUNTIME, FUNC_MEMORY_LIMIT   passed to the handler in ``context``
   PORT, else FUNC_PORT             port to listen on (default 8080)
-  FUNC_THREADS       worker threads for plain ``def`` handlers (default 32)
+  FUNC_THREADS       worker threads for plain ``def`` handlers (default 32); as
+                     many stuck calls make the server exit with status 3
   REQ_MB_LIMIT       largest accepted request body in MB (default 100)
+  FUNC_HEADER_TIMEOUT  seconds for a request head to arrive (default 10)
+  FUNC_BODY_TIMEOUT    seconds a request body may pause (default 60)
+  FUNC_IDLE_TIMEOUT    seconds a keep-alive connection may wait for a request
+                       (default 120: longer than clients such as Go's 90 s,
+                       so that the client closes first)
+  FUNC_MAX_CONNECTIONS most connections open at once (default 4096)
 """
 
 import asyncio
@@ -372,7 +413,6 @@ class WorkerPool:
     """
 
     def __init__(self, runtime, size, func, label):
-        self._runtime = runtime
         self._loop = runtime.loop
         self._func = func
         self._label = label
@@ -381,8 +421,16 @@ class WorkerPool:
         self._wakeup_pending = False
         self._lock = threading.Lock()
         self._threads = 0
+        self._running = {}  # call -> its deadline (time.monotonic), under the lock
         for _ in range(size):
             self._start_thread()
+
+    def overdue(self, grace):
+        """The calls still running more than grace seconds after their deadline (any thread)."""
+        limit = time.monotonic() - grace
+        with self._lock:
+            return sorted((call for call, deadline in self._running.items() if deadline < limit),
+                          key=lambda call: call.started)
 
     def _start_thread(self):
         self._threads += 1
@@ -410,9 +458,11 @@ class WorkerPool:
         while True:
             call, event, context = jobs.get()
             with lock:
-                if call.state != QUEUED:  # timed out while it waited: already answered
+                # Timed out while it waited (answered, or about to be): not run.
+                if call.state != QUEUED or time.monotonic() >= call.deadline:
                     continue
                 call.state = RUNNING
+                self._running[call] = call.deadline
             try:
                 result = self._func(event, context)
             except BaseException:  # a worker thread must survive anything a handler does
@@ -423,6 +473,7 @@ class WorkerPool:
             with lock:
                 abandoned = call.state == EXPIRED
                 call.state = DONE
+                del self._running[call]
             self._results.append((call, outcome))
             if not self._wakeup_pending:
                 self._wakeup_pending = True
@@ -449,15 +500,17 @@ class WorkerPool:
 class Call:
     """One handler invocation: the result or the timeout, whichever comes first, answers."""
 
-    __slots__ = ('runtime', 'conn', 'method', 'target', 'started', 'timer', 'task', 'answered', 'state')
+    __slots__ = ('runtime', 'conn', 'method', 'target', 'started', 'deadline', 'timer', 'task',
+                 'answered', 'state')
 
     def __init__(self, runtime, conn, method, target):
         self.runtime = runtime
         self.conn = conn
         self.method = method
         self.target = target
-        self.started = runtime.loop.time()
-        self.timer = runtime.loop.call_later(runtime.config.timeout, self.expire)
+        self.started = runtime.loop.time()  # time.monotonic(), asyncio's clock
+        self.deadline = self.started + runtime.config.timeout
+        self.timer = runtime.loop.call_at(self.deadline, self.expire)
         self.task = None
         self.answered = False
         self.state = QUEUED
@@ -961,6 +1014,34 @@ class Runtime:
             f'so that it is restarted')
         self.stop.set()
 
+    def watchdog(self):
+        """A thread that exits the process when stuck calls fill the pool and the loop cannot.
+
+        Handlers that loop in Python take the GIL from the event loop: with
+        many of them it answers, counts and shuts down far too slowly.  This
+        thread needs the GIL only briefly once a second.
+        """
+        limit = self.config.threads
+        gave_up = None
+        while True:
+            time.sleep(1.0)
+            if gave_up is None:
+                stuck = self.pool.overdue(1.0)
+                if len(stuck) >= limit:
+                    gave_up = now = time.monotonic()
+                    reason = (f'{len(stuck)} calls of {self.config.label} are still running after '
+                              f'FUNC_TIMEOUT ({self.config.timeout:g}s): '
+                              + ', '.join(call.describe(now) for call in stuck))
+                    try:
+                        self.loop.call_soon_threadsafe(self.give_up, reason)
+                    except RuntimeError:  # the loop is closed: exiting already
+                        return
+            elif time.monotonic() - gave_up > SHUTDOWN_GRACE_SECONDS + 2:
+                log(f'the server did not stop within {SHUTDOWN_GRACE_SECONDS:g}s '
+                    f'(stuck handlers hold the interpreter); exiting with status {UNHEALTHY_EXIT} now')
+                sys.stderr.flush()
+                os._exit(UNHEALTHY_EXIT)
+
     # --- connections: the cap and the deadlines
 
     def admit(self, conn):
@@ -1014,7 +1095,9 @@ class Runtime:
         self.loop = asyncio.get_running_loop()
         if not self.is_async:
             self.pool = WorkerPool(self, self.config.threads, self.func, self.config.label)
+            threading.Thread(target=self.watchdog, name='fnbuild-watchdog', daemon=True).start()
         self.stop = asyncio.Event()
+        self.now = self.loop.time()
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self.stop.set)
         try:
@@ -1022,7 +1105,6 @@ class Runtime:
                 lambda: HttpConnection(self), '0.0.0.0', self.config.port, backlog=1024)
         except OSError as exc:
             raise StartupError(1, f'cannot listen on port {self.config.port}: {exc.strerror}') from None
-        self.now = self.loop.time()
         self.loop.call_later(SWEEP_SECONDS, self.sweep)
         print(f'fnbuild python runtime: serving {self.config.label} on :{self.config.port} '
               f'(timeout {self.config.timeout:g}s)')
