@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::handler_check;
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{Descriptor, ImageConfig, Manifest, CREATED_ANNOTATION};
+use crate::image::{Descriptor, ImageConfig, CREATED_ANNOTATION};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
@@ -590,7 +590,6 @@ fn assemble(
     code_layer: &BuiltLayer,
     cache: &Cache,
 ) -> Result<BuiltImage> {
-    let family = base.manifest.family()?;
     let created = rfc3339(request.source_date_epoch);
     let mut config: ImageConfig = base.config.clone();
     config.created = Some(created.clone());
@@ -631,38 +630,24 @@ fn assemble(
         format!("fnbuild: function code, handler {}", request.handler),
     );
 
-    let store = cache.blobs();
-    let mut layers = base.manifest.layers.clone();
-    for built in deps_layer.into_iter().chain(std::iter::once(code_layer)) {
-        layers.push(Descriptor::new(
-            family.layer_gzip(),
-            built.digest.clone(),
-            built.size,
-        ));
-    }
     let mut annotations = std::collections::BTreeMap::new();
-    if family == crate::image::MediaFamily::Oci {
-        annotations.insert(CREATED_ANNOTATION.to_string(), created);
-        annotations.insert(
-            "org.opencontainers.image.base.digest".to_string(),
-            base.digest.to_string(),
-        );
-        if let Location::Registry(reference) = base_location {
-            annotations.insert(
-                "org.opencontainers.image.base.name".to_string(),
-                reference.to_string(),
-            );
-        }
-        if let Some(url) = &workspace.origin.url {
-            annotations.insert("org.opencontainers.image.source".to_string(), url.clone());
-        }
-        if let Some(revision) = &workspace.origin.revision {
-            annotations.insert(
-                "org.opencontainers.image.revision".to_string(),
-                revision.clone(),
-            );
-        }
+    annotations.insert(CREATED_ANNOTATION.to_string(), created);
+    if let Some(url) = &workspace.origin.url {
+        annotations.insert("org.opencontainers.image.source".to_string(), url.clone());
     }
-    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
-    Ok(BuiltImage::new(manifest, vec![Inherited::layers_of(base)]))
+    if let Some(revision) = &workspace.origin.revision {
+        annotations.insert(
+            "org.opencontainers.image.revision".to_string(),
+            revision.clone(),
+        );
+    }
+    let layers: Vec<&BuiltLayer> = deps_layer.into_iter().chain([code_layer]).collect();
+    BuiltImage::on_base(
+        base,
+        base_location,
+        &config,
+        &layers,
+        annotations,
+        &cache.blobs(),
+    )
 }

@@ -26,7 +26,7 @@ use crate::image::layer::{self, Content, Entry, FileSource, LayerOptions};
 use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
 use crate::registry::Registries;
 use crate::runtime::Runtime;
-use crate::transport::publish::{publish, BuiltImage, Inherited};
+use crate::transport::publish::{publish, BuiltImage};
 use crate::transport::{Location, SourceImage};
 
 /// Where the binary lives in the image.
@@ -66,7 +66,6 @@ pub async fn make_runtime_builder_image(
     };
     let built = layer::write_layer(entries, &options, &store)?;
 
-    let family = base.manifest.family()?;
     let created = rfc3339(source_date_epoch);
     let mut config = base.config.clone();
     config.created = Some(created.clone());
@@ -88,33 +87,15 @@ pub async fn make_runtime_builder_image(
         &created,
         "fnbuild: the fnbuild binary".to_string(),
     );
-    let mut layers = base.manifest.layers.clone();
-    layers.push(Descriptor::new(
-        family.layer_gzip(),
-        built.digest,
-        built.size,
-    ));
-    let mut annotations = std::collections::BTreeMap::new();
-    if family == MediaFamily::Oci {
-        annotations.insert(
-            "org.opencontainers.image.base.digest".to_string(),
-            base_digest.clone(),
-        );
-        if let Location::Registry(reference) = base_location {
-            annotations.insert(
-                "org.opencontainers.image.base.name".to_string(),
-                reference.to_string(),
-            );
-        }
-    }
-    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
-    publish(
-        &BuiltImage::new(manifest, vec![Inherited::layers_of(&base)]),
-        outputs,
-        registries,
+    let image = BuiltImage::on_base(
+        &base,
+        base_location,
+        &config,
+        &[&built],
+        Default::default(),
         &store,
-    )
-    .await
+    )?;
+    publish(&image, outputs, registries, &store).await
 }
 
 /// Makes and publishes the builder image; returns the published references.

@@ -16,7 +16,7 @@
 //! becomes the command, so the multi-threaded parent never restricts itself; the spec travels
 //! in an environment variable.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::sync::OnceLock;
 
@@ -32,8 +32,6 @@ use crate::error::{Error, IoContext, Result};
 pub const SUBCOMMAND: &str = "__confined";
 /// The environment variable carrying the spec.
 const SPEC_ENV: &str = "FNBUILD_CONFINED_SPEC";
-/// The exit code when the confinement could not be set up (its error is on stderr).
-const SETUP_FAILED: u8 = 125;
 /// The newest Landlock ABI asked for; older kernels enforce what they know.
 const ABI_WANTED: ABI = ABI::V6;
 
@@ -92,17 +90,14 @@ pub fn main() -> ExitCode {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(SETUP_FAILED)
+            ExitCode::from(crate::sandbox::SETUP_FAILED)
         }
     }
 }
 
 fn confine_and_exec() -> Result<std::convert::Infallible> {
     use std::os::unix::process::CommandExt;
-    let json = std::env::var(SPEC_ENV)
-        .map_err(|_| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild")))?;
-    let spec: ConfinedSpec = serde_json::from_str(&json)
-        .map_err(|e| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild: {e}")))?;
+    let spec: ConfinedSpec = crate::sandbox::read_env(SUBCOMMAND, SPEC_ENV)?;
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| Error::Run(format!("cannot follow fnbuild: {e}")))?;
     restrict_self(&spec)?;
@@ -122,16 +117,12 @@ fn confine_and_exec() -> Result<std::convert::Infallible> {
 /// Applies the spec's Landlock rules (and no new privileges) to this process.
 fn restrict_self(spec: &ConfinedSpec) -> Result<()> {
     let fail = |e: landlock::RulesetError| Error::Run(format!("cannot confine the install: {e}"));
-    let existing = |paths: Vec<&Path>| -> Vec<PathBuf> {
-        paths
-            .into_iter()
-            .filter(|p| p.exists())
-            .map(Path::to_path_buf)
-            .collect()
+    let existing = |paths: &[PathBuf]| -> Vec<PathBuf> {
+        paths.iter().filter(|p| p.exists()).cloned().collect()
     };
-    let readable = existing(spec.readable.iter().map(PathBuf::as_path).collect());
-    let writable = existing(spec.writable.iter().map(PathBuf::as_path).collect());
-    let devices = existing(vec![Path::new(DEVICES_DIR)]);
+    let readable = existing(&spec.readable);
+    let writable = existing(&spec.writable);
+    let devices = existing(&[PathBuf::from(DEVICES_DIR)]);
     let status = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED))
         .and_then(|r| r.scope(Scope::from_all(ABI_WANTED)))

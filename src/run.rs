@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::cache::Cache;
@@ -26,8 +27,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::rootfs;
-use nix::sys::signal::Signal;
-
 use crate::sandbox::{wait_stopping_on_signals, Bind, SandboxSpec};
 use crate::transport::{Location, SourceImage};
 
@@ -213,7 +212,8 @@ impl Container<'_> {
                 command
             }
         };
-        let oom_watch = self.watch_oom(&state);
+        // Out-of-memory notices matter only under a memory limit.
+        let oom_watch = self.memory_limit.map(|_| self.watch_oom(&state));
         // Signals go to the container's init process: the runtime server.
         let kill = runc_command.clone();
         let status = stop
@@ -225,7 +225,10 @@ impl Container<'_> {
                 }
             })
             .await?;
-        let out_of_memory = self.oom_seen(oom_watch).await;
+        let out_of_memory = match oom_watch {
+            Some(watch) => oom_seen(watch).await,
+            None => false,
+        };
         let _ = runc_command(&["delete", "--force"]).status().await;
         if let (true, Some(bytes)) = (out_of_memory, self.memory_limit) {
             tracing::error!(
@@ -269,17 +272,17 @@ impl Container<'_> {
             }
         })
     }
+}
 
-    /// Whether the watch saw an out-of-memory kill, once the container has ended (its events
-    /// end with it; the watch gets a moment to read the last).
-    async fn oom_seen(&self, watch: tokio::task::JoinHandle<bool>) -> bool {
-        let abort = watch.abort_handle();
-        match tokio::time::timeout(Duration::from_secs(2), watch).await {
-            Ok(Ok(seen)) => seen,
-            _ => {
-                abort.abort();
-                false
-            }
+/// Whether the watch saw an out-of-memory kill, once the container has ended (its events
+/// end with it; the watch gets a moment to read the last).
+async fn oom_seen(watch: tokio::task::JoinHandle<bool>) -> bool {
+    let abort = watch.abort_handle();
+    match tokio::time::timeout(Duration::from_secs(2), watch).await {
+        Ok(Ok(seen)) => seen,
+        _ => {
+            abort.abort();
+            false
         }
     }
 }

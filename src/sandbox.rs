@@ -347,7 +347,7 @@ pub fn helper_main() -> ExitCode {
 }
 
 fn helper() -> Result<ExitStatus> {
-    let spec: SandboxSpec = read_env(SPEC_ENV)?;
+    let spec: SandboxSpec = read_env(SUBCOMMAND, SPEC_ENV)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| fail("follow fnbuild", e))?;
     let user = if privileged() {
         nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID).map_err(|e| {
@@ -399,7 +399,7 @@ pub fn init_main() -> ExitCode {
 }
 
 fn init() -> Result<ExitStatus> {
-    let InitSpec { spec, user } = read_env(INIT_ENV)?;
+    let InitSpec { spec, user } = read_env(INIT_SUBCOMMAND, INIT_ENV)?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| fail("follow fnbuild", e))?;
     mount_proc(&spec.root.join("proc")).map_err(|e| fail("mount /proc", e))?;
     nix::unistd::chroot(&spec.root).map_err(|e| fail("chroot into the image", e))?;
@@ -554,11 +554,13 @@ where
     }
 }
 
-fn read_env<T: DeserializeOwned>(name: &str) -> Result<T> {
+/// The spec a hidden subcommand of fnbuild (`subcommand`, in errors) was given in the
+/// environment variable `name`.
+pub(crate) fn read_env<T: DeserializeOwned>(subcommand: &str, name: &str) -> Result<T> {
     let json = std::env::var(name)
-        .map_err(|_| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild")))?;
+        .map_err(|_| Error::Usage(format!("{subcommand} is internal to fnbuild")))?;
     serde_json::from_str(&json)
-        .map_err(|e| Error::Usage(format!("{SUBCOMMAND} is internal to fnbuild: {e}")))
+        .map_err(|e| Error::Usage(format!("{subcommand} is internal to fnbuild: {e}")))
 }
 
 fn fail(what: &str, e: nix::Error) -> Error {

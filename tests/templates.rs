@@ -114,6 +114,45 @@ fn push_generic_builder_image(registry: &Registry, runtime: &str) -> String {
     make_builder_image(registry, runtime, &[])
 }
 
+/// The workspaces of a Task run that builds with dependencies in a restricted pod: the
+/// function's source, the push credentials of `registry`, a cache, and the CA certificates the
+/// package indexes need ([`index_ca_workspace`]).
+struct DepsPod {
+    source: TempDir,
+    dockerconfig: TempDir,
+    cache: TempDir,
+    certs: TempDir,
+}
+
+impl DepsPod {
+    fn new(registry: &Registry, files: &[(&str, &str)]) -> Self {
+        let dockerconfig = tempfile::tempdir().unwrap();
+        registry.write_docker_config(dockerconfig.path());
+        Self {
+            source: function_dir(files),
+            dockerconfig,
+            cache: tempfile::tempdir().unwrap(),
+            certs: index_ca_workspace(),
+        }
+    }
+
+    /// The Task run with `params`, under the restricted standard's pod settings.
+    fn task_run(&self, params: &[(&str, &str)]) -> TaskRun {
+        TaskRun {
+            pod_security_context: restricted_pod(),
+            ..TaskRun::new(
+                params,
+                &[
+                    WorkspaceBinding::dir("source", self.source.path()),
+                    WorkspaceBinding::secret("dockerconfig", self.dockerconfig.path()),
+                    WorkspaceBinding::dir("cache", self.cache.path()),
+                    WorkspaceBinding::secret("sslcertdir", self.certs.path()),
+                ],
+            )
+        }
+    }
+}
+
 /// The `sslcertdir` workspace of a build pod whose package indexes are reached through a
 /// TLS-intercepting proxy or hold a private CA's certificates: this machine's CA bundle (which
 /// trusts the proxy the tests reach PyPI and npm through), as a cluster mounts a ConfigMap.
@@ -511,36 +550,24 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     });
     let builder = push_builder_image(&bases, PYTHON);
     let registry = auth_registry();
-    let source = function_dir(&[
-        ("fn.py", MARKUPSAFE_PY),
-        ("requirements.txt", "markupsafe==3.0.2\n"),
-    ]);
-    let dockerconfig = tempfile::tempdir().unwrap();
-    registry.write_docker_config(dockerconfig.path());
-    let cache = tempfile::tempdir().unwrap();
-    let certs = index_ca_workspace();
+    let pod = DepsPod::new(
+        &registry,
+        &[
+            ("fn.py", MARKUPSAFE_PY),
+            ("requirements.txt", "markupsafe==3.0.2\n"),
+        ],
+    );
     let image = format!("{}/functions/markupsafe:v1", registry.host());
     let cache_repo = format!("{}/fnbuild/cache", registry.host());
-    let run = TaskRun {
-        pod_security_context: restricted_pod(),
-        ..TaskRun::new(
-            &[
-                ("IMAGE", &image),
-                ("RUNTIME", PYTHON),
-                ("HANDLER", "fn.handler"),
-                ("SERVICE_FILE", "service.yaml"),
-                ("BASE_REGISTRY", &bases.host()),
-                ("BUILDER_IMAGE", &builder),
-                ("CACHE_REPO", &cache_repo),
-            ],
-            &[
-                WorkspaceBinding::dir("source", source.path()),
-                WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
-                WorkspaceBinding::dir("cache", cache.path()),
-                WorkspaceBinding::secret("sslcertdir", certs.path()),
-            ],
-        )
-    };
+    let run = pod.task_run(&[
+        ("IMAGE", &image),
+        ("RUNTIME", PYTHON),
+        ("HANDLER", "fn.handler"),
+        ("SERVICE_FILE", "service.yaml"),
+        ("BASE_REGISTRY", &bases.host()),
+        ("BUILDER_IMAGE", &builder),
+        ("CACHE_REPO", &cache_repo),
+    ]);
     let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
         &outcome.steps
     });
@@ -553,7 +580,10 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
     );
     // The deps layer was recorded in the cache workspace and the cache repository, for the
     // next build; the image's SBOM is listed at its referrers tag.
-    assert_eq!(fs::read_dir(cache.path().join("deps")).unwrap().count(), 1);
+    assert_eq!(
+        fs::read_dir(pod.cache.path().join("deps")).unwrap().count(),
+        1
+    );
     let cached = registry.tags("fnbuild/cache");
     assert!(
         cached.len() == 1 && cached[0].starts_with("deps-"),
@@ -563,7 +593,7 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
         .tags("functions/markupsafe")
         .contains(&digest.replace(':', "-")));
 
-    let service = source.path().join("service.yaml");
+    let service = pod.source.path().join("service.yaml");
     let out = Command::new("python3")
         .arg(support("validate_crd.py"))
         .arg(common::knative_crd("serving-service.yaml"))
@@ -604,8 +634,6 @@ fn the_task_installs_node_dependencies_in_the_restricted_builder_image() {
     let bases = registry_with_bases(&[NODEJS]);
     let builder = push_builder_image(&bases, NODEJS);
     let registry = auth_registry();
-    let dockerconfig = tempfile::tempdir().unwrap();
-    registry.write_docker_config(dockerconfig.path());
     let targets = [
         "/workspace/dockerconfig/config.json",
         "/workspace/source/fn.js",
@@ -622,30 +650,21 @@ fn the_task_installs_node_dependencies_in_the_restricted_builder_image() {
         "version": "1.0.0",
         "dependencies": {"left-pad": "1.3.0", "evil": evil.url("/evil-1.0.0.tgz")},
     });
-    let source = function_dir(&[
-        ("fn.js", LEFT_PAD_JS),
-        ("package.json", &manifest.to_string()),
-    ]);
-    let (cache, certs) = (tempfile::tempdir().unwrap(), index_ca_workspace());
+    let pod = DepsPod::new(
+        &registry,
+        &[
+            ("fn.js", LEFT_PAD_JS),
+            ("package.json", &manifest.to_string()),
+        ],
+    );
     let image = format!("{}/functions/left-pad:v1", registry.host());
-    let run = TaskRun {
-        pod_security_context: restricted_pod(),
-        ..TaskRun::new(
-            &[
-                ("IMAGE", &image),
-                ("RUNTIME", NODEJS),
-                ("HANDLER", "fn.handler"),
-                ("BASE_REGISTRY", &bases.host()),
-                ("BUILDER_IMAGE", &builder),
-            ],
-            &[
-                WorkspaceBinding::dir("source", source.path()),
-                WorkspaceBinding::secret("dockerconfig", dockerconfig.path()),
-                WorkspaceBinding::dir("cache", cache.path()),
-                WorkspaceBinding::secret("sslcertdir", certs.path()),
-            ],
-        )
-    };
+    let run = pod.task_run(&[
+        ("IMAGE", &image),
+        ("RUNTIME", NODEJS),
+        ("HANDLER", "fn.handler"),
+        ("BASE_REGISTRY", &bases.host()),
+        ("BUILDER_IMAGE", &builder),
+    ]);
     let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
         &outcome.steps
     });
