@@ -116,6 +116,7 @@ METRICS_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 
 REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 INTERNAL_ERROR = (500, TEXT_PLAIN, b'Internal Server Error')
+BARE_LINE_END = 'malformed request head: lines must end with CRLF (found a bare LF or CR)'
 TIMEOUT_ERROR = (408, TEXT_PLAIN, b'Request timeout exceeded')
 HEX_DIGITS = b'0123456789abcdefABCDEF'
 
@@ -613,7 +614,11 @@ def parse_head(head):
 
     Header names are lower-cased; repeated headers are joined with ', '.
     """
-    lines = head.decode('latin-1').split('\r\n')
+    text = head.decode('latin-1')
+    lines = text.split('\r\n')
+    breaks = len(lines) - 1
+    if text.count('\n') != breaks or text.count('\r') != breaks:  # a bare LF or CR
+        raise BadRequest(BARE_LINE_END)
     if len(lines) > MAX_HEADERS + 1:
         raise BadRequest(f'more than {MAX_HEADERS} header fields', 431)
     parts = lines[0].split(' ')
@@ -832,6 +837,8 @@ class HttpConnection(asyncio.Protocol):
         if end < 0:
             if len(buf) >= MAX_HEAD_BYTES + 4:
                 raise BadRequest('request head too large', 431)
+            if b'\n\n' in buf or b'\n\r\n' in buf:  # a head ended by a bare LF
+                raise BadRequest(BARE_LINE_END)
             return False
         self.head = method, _, version, headers = parse_head(bytes(buf[:end]))
         del buf[:end + 4]

@@ -7,6 +7,7 @@ on a free port with a copy of them as the code dir.
 
 import concurrent.futures
 import http.client
+import io
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, 'kubeless.py')
@@ -142,6 +144,16 @@ def raw_exchange(port, payload, timeout=5.0):
         except socket.timeout:
             pass
         return b''.join(chunks)
+
+
+def import_server_module():
+    """The runtime server as a module, for tests of its parts."""
+    sys.path.insert(0, HERE)
+    try:
+        import kubeless
+    finally:
+        sys.path.remove(HERE)
+    return kubeless
 
 
 def wait_until(predicate, bound=20.0):
@@ -586,11 +598,7 @@ class StuckCallsTest(unittest.TestCase):
         self.assertIn('exits with status 3', log)
 
     def test_unhealthy_server_answers_503(self):
-        sys.path.insert(0, HERE)
-        try:
-            import kubeless
-        finally:
-            sys.path.remove(HERE)
+        kubeless = import_server_module()
 
         class Conn:
             keep_alive = True
@@ -604,6 +612,52 @@ class StuckCallsTest(unittest.TestCase):
             conn = Conn()
             runtime.dispatch(conn, 'GET', path, {}, b'')
             self.assertEqual(conn.answer, (503, b'unhealthy: 4 calls stuck\n'))
+
+    def test_watchdog_exits_when_stuck_handlers_starve_the_event_loop(self):
+        # Handlers that loop in Python can hold the interpreter so that the
+        # event loop never gets to stop the server: the watchdog thread then
+        # ends the process itself, with the status that gets it restarted.
+        kubeless = import_server_module()
+        config = kubeless.Config({'MOD_NAME': 'app', 'FUNC_HANDLER': 'handler',
+                                  'FUNC_THREADS': '2', 'FUNC_TIMEOUT': '1'})
+        runtime = kubeless.Runtime(config, lambda event, context: '')
+
+        class StuckCall:
+            def describe(self, now):
+                return 'GET /spin (running 5.0s)'
+
+        class FullPool:
+            def overdue(self, grace):
+                return [StuckCall(), StuckCall()]
+
+        class StarvedLoop:  # takes callbacks and never runs them
+            def __init__(self):
+                self.scheduled = []
+
+            def call_soon_threadsafe(self, callback, *args):
+                self.scheduled.append((callback, args))
+
+        exits = []
+
+        def fake_exit(status):
+            exits.append(status)
+            raise SystemExit(status)  # ends the watchdog thread
+
+        runtime.pool, runtime.loop = FullPool(), StarvedLoop()
+        log = io.StringIO()
+        with mock.patch.object(kubeless, 'SHUTDOWN_GRACE_SECONDS', -1.5), \
+                mock.patch.object(kubeless.os, '_exit', fake_exit), mock.patch('sys.stderr', log):
+            watchdog = threading.Thread(target=runtime.watchdog, daemon=True)
+            watchdog.start()
+            watchdog.join(30)
+        self.assertFalse(watchdog.is_alive())
+        self.assertEqual(exits, [kubeless.UNHEALTHY_EXIT])
+        [(callback, (reason,))] = runtime.loop.scheduled
+        self.assertEqual(callback, runtime.give_up)
+        self.assertEqual(reason, '2 calls of app.handler are still running after FUNC_TIMEOUT (1s): '
+                                 'GET /spin (running 5.0s), GET /spin (running 5.0s)')
+        self.assertIn('the server did not stop within', log.getvalue())
+        self.assertIn('exiting with status 3 now', log.getvalue())
 
 
 class SlowClientTest(ServerTestCase):
@@ -700,6 +754,10 @@ class MalformedRequestTest(ServerTestCase):
         (b'GET  / HTTP/1.1\r\n\r\n', 400, b'malformed request line'),
         (b'GET / HTTP/1.1\r\nBad Header\r\n\r\n', 400, b'malformed header line'),
         (b'GET / HTTP/1.1\r\n folded: x\r\n\r\n', 400, b'malformed header line'),
+        (b'GET / HTTP/1.1\nHost: x\n\n', 400, b'lines must end with CRLF'),
+        (b'GET / HTTP/1.1\r\nHost: x\r\n\n', 400, b'lines must end with CRLF'),
+        (b'GET / HTTP/1.1\r\nHost: x\nX-Y: z\r\n\r\n', 400, b'lines must end with CRLF'),
+        (b'GET / HTTP/1.1\r\nHost: x\rX-Y: z\r\n\r\n', 400, b'lines must end with CRLF'),
         (b'GET http://[::1/x HTTP/1.1\r\n\r\n', 400, b'malformed request target'),
         (b'GET example.com HTTP/1.1\r\n\r\n', 400, b'malformed request target'),
         (b'GET / HTTP/2.0\r\n\r\n', 505, b"unsupported protocol 'HTTP/2.0'"),

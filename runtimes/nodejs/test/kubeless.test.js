@@ -604,6 +604,8 @@ describe('nodejs runtime', () => {
       ['no Host header in HTTP/1.1', 'GET /hello HTTP/1.1\r\n\r\n', 400, /Bad Request: an HTTP\/1\.1 request must have a Host header/],
       ['CONNECT', 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n', 405, /Method Not Allowed: CONNECT is not supported/],
       ['a TLS handshake', Buffer.from('16030100a5010000a10303', 'hex'), 400, /Bad Request: /],
+      ['a head ended by bare LFs', 'GET / HTTP/1.1\nHost: x\n\n', 400, /Bad Request: Expected CRLF after version/],
+      ['a header line ended by a bare LF', 'GET / HTTP/1.1\r\nHost: x\nX-Y: z\r\n\r\n', 400, /Bad Request: Missing expected CR after header value/],
       ['an HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 400, /Bad Request: /],
     ];
     for (const [what, data, status, reason] of malformed) {
