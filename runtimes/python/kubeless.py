@@ -876,9 +876,14 @@ class HttpConnection(asyncio.Protocol):
         """Send FIN after the answer; close fully when the client does, or after a delay."""
         self.closed = True
         self.buf.clear()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.runtime.loop.call_later(LINGER_SECONDS, self.transport.close)
+        transport = self.transport
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (reset): nothing to linger for
+                transport.abort()
+                return
+        self.runtime.loop.call_later(LINGER_SECONDS, transport.close)
 
     def resume(self):
         """Continue with buffered requests after a handler answered."""
@@ -1084,16 +1089,24 @@ class Runtime:
         return False
 
     def sweep(self):
-        """Every SWEEP_SECONDS: close connections that missed a deadline."""
+        """Every SWEEP_SECONDS: close connections that missed a deadline.
+
+        Nothing a connection does may end the sweeps: without them no
+        deadline fires again while /healthz still answers.
+        """
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
         self.now = now = self.loop.time()
         config = self.config
         # ``since`` is up to SWEEP_SECONDS older than the event it marks: no deadline comes early.
         now -= SWEEP_SECONDS
         for conn in list(self.connections):
             if not (conn.busy or conn.closed):
-                conn.overdue(now, config)
+                try:
+                    conn.overdue(now, config)
+                except Exception:
+                    log_failure('cannot close a connection that missed its deadline')
+                    conn.transport.abort()
         self.evictable = []
-        self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
     # --- running
 

@@ -6,6 +6,7 @@ on a free port with a copy of them as the code dir.
 """
 
 import concurrent.futures
+import errno
 import http.client
 import io
 import json
@@ -699,6 +700,63 @@ class SlowClientTest(ServerTestCase):
                                       {'Content-Type': 'application/json'})[0], 200)
         finally:
             conn.close()
+
+
+class SweepTest(unittest.TestCase):
+    """The sweep that enforces the deadlines, driven by hand."""
+
+    def test_a_client_gone_before_its_408_does_not_end_the_deadlines(self):
+        # A client that resets its connection just before its head deadline
+        # made writing the 408 fail; the failure ended the sweeps, and with
+        # them every deadline, while /healthz went on answering OK.
+        kubeless = import_server_module()
+        runtime = kubeless.Runtime(kubeless.Config({'MOD_NAME': 'app', 'FUNC_HANDLER': 'handler',
+                                                    'FUNC_HEADER_TIMEOUT': '1'}), lambda e, c: '')
+
+        class Loop:
+            def __init__(self):
+                self.now, self.timers = 0.0, []
+
+            def time(self):
+                return self.now
+
+            def call_later(self, delay, callback, *args):
+                self.timers.append(callback)
+
+        class Transport:
+            def __init__(self, gone):
+                self.gone, self.written, self.aborted = gone, b'', False
+
+            def write(self, data):
+                self.written += data
+
+            def can_write_eof(self):
+                return True
+
+            def write_eof(self):
+                if self.gone:
+                    raise OSError(errno.ENOTCONN, 'Transport endpoint is not connected')
+
+            def abort(self):
+                self.aborted = True
+
+            close = abort
+
+        runtime.loop = Loop()
+        transports = [Transport(gone=True), Transport(gone=False), Transport(gone=True)]
+        for transport in transports:
+            conn = kubeless.HttpConnection(runtime)
+            conn.connection_made(transport)
+            conn.data_received(b'GET / HTTP/1.1\r\nHost: x\r\n')  # a head that never ends
+        runtime.loop.now = 5.0
+        log = io.StringIO()
+        with mock.patch('sys.stderr', log):
+            runtime.sweep()
+        self.assertEqual(runtime.loop.timers.count(runtime.sweep), 1, 'the next sweep is planned')
+        for transport in transports:
+            self.assertIn(b'HTTP/1.1 408 ', transport.written)
+            self.assertEqual(transport.aborted, transport.gone)
+        self.assertEqual(log.getvalue(), '')
 
 
 class ConnectionCapTest(ServerTestCase):
