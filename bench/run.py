@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """fnbuild's benchmark: one command, run as root on the machine being measured:
 
-    python3 bench/run.py [--runs N] [--wrk-duration S] [--quick] [--json FILE]
+    python3 bench/run.py [--runs N] [--wrk-duration S] [--soak-seconds S] [--quick] [--json FILE]
 
 It installs what it lacks (buildah, wrk, skopeo, docker-registry, runc: Debian packages),
 builds fnbuild (`cargo build --release`), starts its own registries on free 127.0.0.1 ports,
@@ -20,7 +20,11 @@ tests/setup.sh when they are missing), then measures, in this one run:
   3. peak memory of every command (max RSS of its largest process, from wait4 through GNU
      time), and of fnbuild building a function with a 1 GB layer;
   4. requests/s and p50 latency (wrk) of the runtime servers (runtimes/python/kubeless.py,
-     runtimes/nodejs/kubeless.js) against bare asyncio / node:http servers.
+     runtimes/nodejs/kubeless.js) against bare asyncio / node:http servers, and with
+     --runtimes-before REV against the same servers as they were at git revision REV;
+  5. a soak: each runtime server for --soak-seconds under mixed traffic (bench/soak.py: good
+     calls, hung calls, malformed requests, hundreds of slow clients, a /healthz probe), with
+     the answers by kind, the probe's worst latency and the server's RSS over time.
 
 It prints a table of ratios against the baselines measured in the same run (and writes JSON
 with --json). Everything it starts is stopped and its temporary files removed at the end.
@@ -93,6 +97,36 @@ FUNCTIONS = {
         'deps_v2': '{"name": "hello", "version": "1.0.0", "dependencies": {"left-pad": "1.2.0"}}\n',
     },
 }
+
+# The soak's function (bench/soak.py sends the traffic): /hello answers at once; the hung
+# paths outlive FUNC_TIMEOUT. Python: /hang sleeps 30 s, /spin burns CPU for 10 s (both keep
+# their thread after the 408). Node.js: /hang resolves after 30 s, /never never settles.
+SOAK_FUNC_TIMEOUT = 2
+# RSS is compared from here to the end: by then /hang's stuck calls (30 s) have reached their
+# steady number.
+SOAK_WARM_UP_SECONDS = 40
+SOAK_PY_HANDLER = """import time
+
+
+def handler(event, context):
+    path = event['extensions']['request'].path
+    if path == '/hang':
+        time.sleep(30)
+    elif path == '/spin':
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            pass
+    return 'hello world'
+"""
+SOAK_JS_HANDLER = """module.exports = {
+  handler: (event) => {
+    const path = event.extensions.request.url.split('?')[0];
+    if (path === '/hang') return new Promise((resolve) => setTimeout(() => resolve('late'), 30000));
+    if (path === '/never') return new Promise(() => {});
+    return 'hello world';
+  },
+};
+"""
 
 # The Dockerfiles buildah builds: what fnbuild does, as Dockerfile steps. The host's CA bundle
 # is bind-mounted for the install only (as fnbuild passes it in), never copied into a layer.
@@ -218,7 +252,7 @@ class Bench:
         self.seq = 0
         self.procs = []          # long-running children we started (Popen), stopped at the end
         self.results = {'machine': machine_info(), 'settings': {}, 'builds': {},
-                        'push': {}, 'bigmem': None, 'runtimes': {}, 'setup': {}}
+                        'push': {}, 'bigmem': None, 'runtimes': {}, 'soak': {}, 'setup': {}}
         self.fnbuild = None
         self.registry = None     # (port, Popen, dir)
         self.ca_bundle = None
@@ -653,6 +687,42 @@ class Bench:
 
     # --- 4. runtime servers ----------------------------------------------------------------
 
+    def loopback_namespace(self):
+        """A network namespace with only a loopback interface, for the servers and their clients
+        (the runtimes listen on all interfaces, as they must in a container): (the command
+        prefix that enters it, the process holding it). Without one: ([], None) and a warning."""
+        holder = self.spawn('netns-holder', ['unshare', '--net', 'sh', '-c',
+                                             'ip link set lo up && exec sleep 7200'])
+        time.sleep(0.3)
+        if holder.poll() is None:
+            return ['nsenter', '-t', str(holder.pid), '-n', '--'], holder
+        log('WARNING: no network namespace (unshare failed): servers run on the host')
+        self.stop(holder)
+        return [], None
+
+    def start_runtime(self, key, netns, port, script, code_dir, module, extra_env=None):
+        """Starts a runtime server (kubeless.py or kubeless.js) serving MODULE.handler."""
+        lang = 'python' if script.suffix == '.py' else 'nodejs'
+        interpreter = sys.executable if lang == 'python' else shutil.which('node')
+        env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8',
+               'FNBUILD_CODE_DIR': str(code_dir), 'PORT': str(port), 'MOD_NAME': module,
+               'FUNC_HANDLER': 'handler', 'FUNC_RUNTIME': 'python3.13' if lang == 'python' else 'nodejs20',
+               **(extra_env or {})}
+        return self.spawn(key, netns + [interpreter, str(script)], env=env, cwd=code_dir)
+
+    def runtimes_before(self):
+        """The runtime servers as they were at --runtimes-before REV, extracted from git."""
+        rev = self.args.runtimes_before
+        scripts = {}
+        for lang, name in (('python', 'kubeless.py'), ('nodejs', 'kubeless.js')):
+            out = self.tmp / 'before' / lang / name
+            out.parent.mkdir(parents=True)
+            text = self.run(f'git-show-{lang}', ['git', '-C', str(REPO), 'show',
+                                                 f'{rev}:runtimes/{lang}/{name}']).stdout
+            out.write_text(text)
+            scripts[lang] = out
+        return scripts
+
     def bench_runtimes(self):
         os.sync()
         work = self.tmp / 'runtimes'
@@ -660,36 +730,26 @@ class Bench:
         (work / 'hello.py').write_text('def handler(event, context):\n    return "hello world"\n')
         (work / 'hello.js').write_text(
             "module.exports = { handler: (event, context) => 'hello world' };\n")
-        # The servers run in a network namespace of their own with only a loopback interface
-        # (the runtimes listen on all interfaces, as they must in a container).
-        netns = []
-        holder = self.spawn('netns-holder', ['unshare', '--net', 'sh', '-c',
-                                             'ip link set lo up && exec sleep 7200'])
-        time.sleep(0.3)
-        if holder.poll() is None:
-            netns = ['nsenter', '-t', str(holder.pid), '-n', '--']
-            isolated = True
-        else:
-            log('WARNING: no network namespace (unshare failed): servers run on the host')
-            self.stop(holder)
-            holder, isolated = None, False
+        netns, holder = self.loopback_namespace()
         python, node = sys.executable, shutil.which('node')
+        runtimes = {'python': REPO / 'runtimes/python/kubeless.py',
+                    'nodejs': REPO / 'runtimes/nodejs/kubeless.js'}
         servers = {}
         port = 18080
-        for key, lang, argv, env in [
-            ('python-bare', 'python', [python, str(BENCH / 'bare_server.py')], {}),
-            ('python-runtime', 'python', [python, str(REPO / 'runtimes/python/kubeless.py')],
-             {'MOD_NAME': 'hello', 'FUNC_HANDLER': 'handler', 'FUNC_RUNTIME': 'python3.13'}),
-            ('nodejs-bare', 'nodejs', [node, str(BENCH / 'bare_server.js')], {}),
-            ('nodejs-runtime', 'nodejs', [node, str(REPO / 'runtimes/nodejs/kubeless.js')],
-             {'MOD_NAME': 'hello', 'FUNC_HANDLER': 'handler', 'FUNC_RUNTIME': 'nodejs20'}),
-        ]:
-            port = port + 1 if isolated else free_port()
-            full_env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'LANG': 'C.UTF-8',
-                        'FNBUILD_CODE_DIR': str(work), 'PORT': str(port), **env}
-            if key.endswith('bare'):
-                argv = argv + [str(port)]
-            proc = self.spawn(key, netns + argv, env=full_env, cwd=work)
+        plan = []
+        for lang in ('python', 'nodejs'):
+            plan.append((f'{lang}-bare', lang, None))
+            plan.append((f'{lang}-runtime', lang, runtimes[lang]))
+        if self.args.runtimes_before:
+            plan += [(f'{lang}-before', lang, script) for lang, script in self.runtimes_before().items()]
+        for key, lang, script in plan:
+            port = port + 1 if holder else free_port()
+            if script is None:
+                bare = [python, str(BENCH / 'bare_server.py')] if lang == 'python' else \
+                    [node, str(BENCH / 'bare_server.js')]
+                proc = self.spawn(key, netns + bare + [str(port)], cwd=work)
+            else:
+                proc = self.start_runtime(key, netns, port, script, work, 'hello')
             servers[key] = {'lang': lang, 'port': port, 'proc': proc}
         for key, s in servers.items():
             self.wait_server(netns, s['port'], s['proc'], key)
@@ -712,10 +772,43 @@ class Bench:
             self.stop(holder)
         safe_rmtree(work)
         self.results['runtimes'] = {
-            'samples': samples, 'network_namespace': isolated,
+            'samples': samples, 'network_namespace': holder is not None,
+            'before': self.args.runtimes_before,
             'python': self.run('python-version', [python, '--version']).stdout.strip(),
             'node': self.run('node-version', [node, '--version']).stdout.strip(),
             'wrk_duration_s': d}
+
+    def bench_soak(self):
+        """Each runtime server under mixed good and bad traffic (bench/soak.py) for
+        --soak-seconds: what it served, how each kind of client was answered, its RSS."""
+        work = self.tmp / 'soak'
+        work.mkdir()
+        (work / 'soak.py').write_text(SOAK_PY_HANDLER)
+        (work / 'soak.js').write_text(SOAK_JS_HANDLER)
+        netns, holder = self.loopback_namespace()
+        seconds = self.args.soak_seconds
+        self.results['soak'] = {'seconds': seconds, 'func_timeout_s': SOAK_FUNC_TIMEOUT}
+        for lang, script, hung in (('python', 'runtimes/python/kubeless.py', ['/hang', '/spin']),
+                                   ('nodejs', 'runtimes/nodejs/kubeless.js', ['/hang', '/never'])):
+            port = 18200 if holder else free_port()
+            proc = self.start_runtime(f'soak-{lang}', netns, port, REPO / script, work, 'soak',
+                                      {'FUNC_TIMEOUT': str(SOAK_FUNC_TIMEOUT)})
+            self.wait_server(netns, port, proc, f'soak-{lang}')
+            log(f'soak: {lang} runtime under mixed traffic for {seconds}s')
+            argv = netns + [sys.executable, str(BENCH / 'soak.py'), '--port', str(port),
+                            '--pid', str(proc.pid), '--seconds', str(seconds),
+                            '--timeout', str(SOAK_FUNC_TIMEOUT)]
+            for path in hung:
+                argv += ['--hung-path', path]
+            out = self.run(f'soak-client-{lang}', argv, timeout=seconds + 120).stdout
+            result = json.loads(out)
+            result['hung_paths'] = hung
+            result['server_exit'] = proc.poll()
+            self.stop(proc)
+            self.results['soak'][lang] = result
+        if holder is not None:
+            self.stop(holder)
+        safe_rmtree(work)
 
     def wait_server(self, netns, port, proc, name):
         probe = ('import sys, urllib.request\n'
@@ -928,7 +1021,7 @@ def table(headers, rows):
 
 def summarize(results, args):
     """Medians, ratios and targets from the raw samples (also stored in the JSON)."""
-    s = {'builds': {}, 'push': None, 'runtimes': {}, 'targets': []}
+    s = {'builds': {}, 'push': None, 'runtimes': {}, 'soak': {}, 'targets': []}
     for lang, samples in results['builds'].items():
         for case, _ in CASES:
             f = samples['fnbuild'][case]
@@ -972,6 +1065,17 @@ def summarize(results, args):
                 'kyma_over_bare_ref': ref_frac,
                 'x_kyma_normalized': frac / ref_frac,
                 'x_kyma_absolute': r_rps / ref['rps']}
+            before = rs.get(f'{lang}-before')
+            if before:
+                s['runtimes'][lang].update({
+                    'before_rps': median(before['rps']), 'before_p50_ms': median(before['p50_ms']),
+                    'before_rss_mb': before.get('maxrss_mb'),
+                    'runtime_over_before': r_rps / median(before['rps'])})
+                s['runtimes'][lang]['errors'] += sum(before['errors'])
+    for lang in ('python', 'nodejs'):
+        soak = results['soak'].get(lang)
+        if soak:
+            s['soak'][lang] = summarize_soak(soak, results['soak']['seconds'])
 
     t = s['targets']
     b = s['builds'].get('python/code')
@@ -999,6 +1103,29 @@ def summarize(results, args):
                       f'{r["x_kyma_normalized"]:.1f}x normalized, {r["x_kyma_absolute"]:.1f}x absolute',
                       r['x_kyma_normalized'] >= goal))
     return s
+
+
+def summarize_soak(soak, seconds):
+    """Per kind of traffic: calls and the share answered as expected; the unexpected outcomes;
+    the server's RSS (MB), threads and open files at the start, after the warm-up and at the end."""
+    kinds = {}
+    for kind, outcomes in soak['counts'].items():
+        total = sum(outcomes.values())
+        kinds[kind] = {'calls': total, 'expected': outcomes.get('expected', 0),
+                       'unexpected': {k: v for k, v in outcomes.items() if k != 'expected'}}
+    samples = [x for x in soak['samples'] if not x.get('gone')]
+    warm = next((x for x in samples if x['t'] >= SOAK_WARM_UP_SECONDS), samples[-1] if samples else None)
+
+    def at(sample):
+        return None if sample is None else {
+            't': sample['t'], 'rss_mb': sample['rss_kb'] / 1024.0,
+            'threads': sample['threads'], 'files': sample['files']}
+    return {'kinds': kinds, 'good_per_s': kinds.get('good', {}).get('expected', 0) / seconds,
+            'healthz_worst_ms': soak['healthz_worst_ms'],
+            'start': at(samples[0] if samples else None), 'warm': at(warm),
+            'end': at(samples[-1] if samples else None),
+            'max_rss_mb': max((x['rss_kb'] for x in samples), default=0) / 1024.0,
+            'server_exit': soak['server_exit'], 'gone': len(samples) < len(soak['samples'])}
 
 
 def report(results, summary, args):
@@ -1064,7 +1191,16 @@ def report(results, summary, args):
             rows.append([f'{lang} fnbuild runtime', fmt(r['runtime_rps'], 0),
                          fmt(r['runtime_p50_ms'], 3), fmt(r['runtime_over_bare'], 2),
                          fmt(r['runtime_rss_mb'], 0)])
+            if 'before_rps' in r:
+                rows.append([f'{lang} runtime at {rt["before"]}', fmt(r['before_rps'], 0),
+                             fmt(r['before_p50_ms'], 3), fmt(r['before_rps'] / r['bare_rps'], 2),
+                             fmt(r['before_rss_mb'], 0)])
         out.append(table(['server', 'req/s', 'p50 ms', 'req/s vs bare', 'max RSS MB'], rows))
+        for lang in ('python', 'nodejs'):
+            r = summary['runtimes'][lang]
+            if 'runtime_over_before' in r:
+                out.append(f'   {lang}: the runtime now serves {r["runtime_over_before"]:.2f}x the req/s '
+                           f'it served at {rt["before"]}')
         errors = sum(summary['runtimes'][l]['errors'] for l in ('python', 'nodejs'))
         if errors:
             out.append(f'   WARNING: wrk saw {errors} non-2xx responses or socket errors')
@@ -1080,11 +1216,42 @@ def report(results, summary, args):
                           'fnbuild/Kyma normalized', 'fnbuild/Kyma absolute'], rows))
         out.append('   normalized = (fnbuild runtime / bare, here) / (Kyma / bare, in peers.md)')
         out.append('')
+    if summary['soak']:
+        out.extend(report_soak(results['soak'], summary['soak']))
     if summary['targets']:
         out.append('Targets')
         out.append(table(['target', 'measured', 'met'],
                          [[name, value, 'YES' if ok else 'NO'] for name, value, ok in summary['targets']]))
     return '\n'.join(out)
+
+
+def report_soak(soak, summary):
+    out = [f'5. Soak: each runtime server for {soak["seconds"]} s under mixed traffic (bench/soak.py; '
+           f'FUNC_TIMEOUT={soak["func_timeout_s"]}): 4 keep-alive good clients, a hung call every 2 s, '
+           'a malformed request every 0.1 s, 500 slow clients (heads, 1 in 10 bodies, a byte every 2 s), '
+           '/healthz every second with a 1 s limit']
+    rows = []
+    for lang, r in summary.items():
+        for kind in ('good', 'hung', 'malformed', 'slow head', 'slow body', 'healthz'):
+            k = r['kinds'].get(kind)
+            if not k:
+                continue
+            unexpected = ', '.join(f'{what}: {n}' for what, n in sorted(k['unexpected'].items())) or '-'
+            rows.append([lang, kind, str(k['calls']), str(k['expected']), unexpected])
+    out.append(table(['runtime', 'traffic', 'calls', 'answered as expected', 'other outcomes'], rows))
+    out.append('   expected: good 200 "hello world"; hung 408; malformed a 4xx with a reason; slow clients '
+               '408 or closed at their deadline; /healthz 200 within 1 s')
+    rows = []
+    for lang, r in summary.items():
+        def point(p):
+            return '-' if p is None else f'{p["rss_mb"]:.1f} MB, {p["threads"]} thr, {p["files"]} fds'
+        rows.append([lang, fmt(r['good_per_s'], 0), fmt(r['healthz_worst_ms'], 0), point(r['start']),
+                     point(r['warm']), point(r['end']), fmt(r['max_rss_mb'], 1),
+                     'running' if r['server_exit'] is None and not r['gone'] else f'EXITED ({r["server_exit"]})'])
+    out.append(table(['runtime', 'good req/s', 'worst /healthz ms', 'at start',
+                      f'after {SOAK_WARM_UP_SECONDS} s', 'at end', 'max RSS MB', 'server'], rows))
+    out.append('')
+    return out
 
 
 def main():
@@ -1098,8 +1265,13 @@ def main():
                         help='file of the memory test, MB; default 1024, 0 skips it')
     parser.add_argument('--quick', action='store_true',
                         help='a fast smoke run: --runs 1 --wrk-duration 2 --push-mb 50 --big-mb 0')
+    parser.add_argument('--soak-seconds', type=int, default=240,
+                        help='seconds of mixed traffic per runtime server in the soak; default 240')
+    parser.add_argument('--runtimes-before', metavar='REV',
+                        help='also measure the runtime servers as they were at git revision REV')
     parser.add_argument('--skip', action='append', default=[],
-                        choices=['builds', 'push', 'bigmem', 'runtimes'], help='skip a section (repeatable)')
+                        choices=['builds', 'push', 'bigmem', 'runtimes', 'soak'],
+                        help='skip a section (repeatable)')
     parser.add_argument('--skip-buildah', action='store_true', help='builds: fnbuild only')
     parser.add_argument('--command-timeout', type=int, default=1200,
                         help='seconds any one command may take; default 1200')
@@ -1107,11 +1279,13 @@ def main():
     parser.add_argument('--keep-temp', action='store_true', help='keep the temporary directory (logs)')
     args = parser.parse_args()
     if args.quick:
-        args.runs, args.wrk_duration, args.push_mb, args.big_mb = 1, 2, 50, 0
+        args.runs, args.wrk_duration, args.push_mb, args.big_mb, args.soak_seconds = 1, 2, 50, 0, 30
     if args.runs < 1 or args.runs > 50 or args.wrk_duration < 1 or args.wrk_duration > 120:
         parser.error('--runs must be 1..50 and --wrk-duration 1..120')
     if not 1 <= args.push_mb <= 4096 or not 0 <= args.big_mb <= 8192:
         parser.error('--push-mb must be 1..4096 and --big-mb 0..8192')
+    if not 10 <= args.soak_seconds <= 7200:
+        parser.error('--soak-seconds must be 10..7200')
 
     def on_term(signum, _frame):
         raise SystemExit(128 + signum)
@@ -1133,6 +1307,8 @@ def main():
             bench.bench_bigmem()
         if 'runtimes' not in args.skip:
             bench.bench_runtimes()
+        if 'soak' not in args.skip:
+            bench.bench_soak()
     except BenchError as e:
         log(f'FAILED: {e}')
         bench.cleanup()

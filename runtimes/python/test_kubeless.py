@@ -614,6 +614,34 @@ class StuckCallsTest(unittest.TestCase):
             runtime.dispatch(conn, 'GET', path, {}, b'')
             self.assertEqual(conn.answer, (503, b'unhealthy: 4 calls stuck\n'))
 
+    def test_threads_hand_over_the_interpreter_more_often_while_calls_are_stuck(self):
+        kubeless = import_server_module()
+        default = sys.getswitchinterval()
+        self.addCleanup(sys.setswitchinterval, default)
+        runtime = kubeless.Runtime(kubeless.Config({'MOD_NAME': 'app', 'FUNC_HANDLER': 'handler'}),
+                                   lambda event, context: '')
+
+        class Loop:
+            def time(self):
+                return 0.0
+
+        class Call:
+            started = 0.0
+
+            def describe(self, now):
+                return 'GET /spin (running 5.0s)'
+
+        runtime.loop = Loop()
+        first, second = Call(), Call()
+        with mock.patch('sys.stderr', io.StringIO()):
+            runtime.stuck(first)
+            self.assertEqual(sys.getswitchinterval(), kubeless.STUCK_SWITCH_INTERVAL)
+            runtime.stuck(second)
+            runtime.unstuck(first)
+            self.assertEqual(sys.getswitchinterval(), kubeless.STUCK_SWITCH_INTERVAL)
+            runtime.unstuck(second)
+        self.assertEqual(sys.getswitchinterval(), default)
+
     def test_watchdog_exits_when_stuck_handlers_starve_the_event_loop(self):
         # Handlers that loop in Python can hold the interpreter so that the
         # event loop never gets to stop the server: the watchdog thread then
