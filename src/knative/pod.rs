@@ -690,14 +690,10 @@ impl Reader<'_> {
                 return Err(self.refuse(&field, format!("mounts a second volume at {path}")));
             }
             let kind = volume.kind.clone();
-            let carried = volume.carried.clone();
-            let carried = match carried {
-                Ok(_) => true,
-                Err(reason) => {
-                    self.note(format!("volume '{name}' ({kind}) at {path}: {reason}"));
-                    false
-                }
-            };
+            let dropped = volume.carried.as_ref().err().cloned();
+            if let Some(reason) = &dropped {
+                self.note(format!("volume '{name}' ({kind}) at {path}: {reason}"));
+            }
             let mut out = Map::new();
             out.insert("name".into(), json!(name));
             out.insert("mountPath".into(), json!(path));
@@ -734,7 +730,7 @@ impl Reader<'_> {
                 ],
                 &field,
             );
-            if carried {
+            if dropped.is_none() {
                 self.read.additions.volume_mounts.push(Value::Object(out));
             }
         }
