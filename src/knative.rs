@@ -1,8 +1,13 @@
 //! The Knative Service that serves a function image: `serving.knative.dev/v1`, the image by
 //! digest, the function's env, the Kubeless timeout as `timeoutSeconds`, resource limits and
-//! autoscaling annotations when given (what `ko resolve` does for Go, done for a function).
+//! autoscaling annotations when given (what `ko resolve` does for Go, done for a function),
+//! and env from secrets and config maps, volumes and mounts ([`pod`]).
+
+mod pod;
 
 use serde_json::{json, Map, Value};
+
+pub use pod::{add_kubeless_secret, PodAdditions, ReadPod};
 
 use crate::error::{Error, Result};
 
@@ -26,12 +31,23 @@ pub struct ServiceOptions {
     pub max_scale: Option<u32>,
     /// `autoscaling.knative.dev/target`: concurrent requests per instance.
     pub scale_target: Option<u32>,
+    /// Env from secrets and config maps, volumes and their mounts.
+    pub pod: PodAdditions,
 }
 
 /// Checks the options before anything is built, so a bad name never follows a push.
 pub fn validate(options: &ServiceOptions) -> Result<()> {
     for name in options.name.iter().chain(&options.namespace) {
         check_name(name)?;
+    }
+    if let Some(name) = options
+        .pod
+        .env_names()
+        .find(|name| options.env.iter().any(|(k, _)| k == name))
+    {
+        return Err(Error::Usage(format!(
+            "env {name} is given a value and also taken from a secret or config map: give it once"
+        )));
     }
     if let Some(cpu) = &options.cpu {
         let number = cpu.strip_suffix('m').unwrap_or(cpu);
@@ -97,14 +113,15 @@ pub fn service(image_by_digest: &str, options: &ServiceOptions) -> Result<Value>
             options.timeout_seconds
         );
     }
+    let mut spec = Map::new();
+    spec.insert("timeoutSeconds".into(), json!(timeout));
+    options.pod.apply(&mut container, &mut spec);
+    spec.insert("containers".into(), json!([container]));
     let mut template = Map::new();
     if !annotations.is_empty() {
         template.insert("metadata".into(), json!({ "annotations": annotations }));
     }
-    template.insert(
-        "spec".into(),
-        json!({ "timeoutSeconds": timeout, "containers": [container] }),
-    );
+    template.insert("spec".into(), Value::Object(spec));
     Ok(json!({
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
@@ -117,16 +134,20 @@ fn pairs(pairs: &[(String, String)]) -> Map<String, Value> {
     pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
 }
 
-/// A DNS-1123 label: what Kubernetes accepts as a Service name or namespace.
-fn check_name(name: &str) -> Result<String> {
-    let valid = !name.is_empty()
+/// A DNS-1123 label: what Kubernetes accepts as a Service name, namespace or volume name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 63
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-')
-        && !name.ends_with('-');
-    if valid {
+        && !name.ends_with('-')
+}
+
+/// The name if it is a DNS-1123 label, else an error saying what is accepted.
+fn check_name(name: &str) -> Result<String> {
+    if is_dns_label(name) {
         Ok(name.to_string())
     } else {
         Err(Error::Usage(format!(

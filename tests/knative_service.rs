@@ -68,6 +68,8 @@ fn the_service_runs_the_image_by_digest_and_is_valid_against_the_knative_crd() {
             "10",
             "--namespace",
             "functions",
+            "--secrets",
+            "api,db",
             "--knative-service",
             service_file.to_str().unwrap(),
         ],
@@ -115,6 +117,21 @@ fn the_service_runs_the_image_by_digest_and_is_valid_against_the_knative_crd() {
         serde_json::json!({"memory": "128Mi", "cpu": "100m"})
     );
     assert_eq!(container["ports"][0]["containerPort"], 8080);
+    // Kubeless's --secrets: each secret at /NAME, read-only.
+    assert_eq!(
+        container["volumeMounts"],
+        serde_json::json!([
+            {"name": "api-vol", "mountPath": "/api", "readOnly": true},
+            {"name": "db-vol", "mountPath": "/db", "readOnly": true},
+        ])
+    );
+    assert_eq!(
+        template["spec"]["volumes"],
+        serde_json::json!([
+            {"name": "api-vol", "secret": {"secretName": "api"}},
+            {"name": "db-vol", "secret": {"secretName": "db"}},
+        ])
+    );
 }
 
 /// The validator really checks: a Service with a wrong type is refused.
@@ -136,7 +153,7 @@ fn the_validator_refuses_an_invalid_service() {
 }
 
 #[test]
-fn a_service_needs_a_registry_image_and_a_valid_name_before_anything_is_built() {
+fn a_service_needs_a_registry_image_a_valid_name_and_safe_mounts_before_anything_is_built() {
     let src = function_dir(&[(
         "hello.py",
         "def handler(event, context):\n    return 'hi'\n",
@@ -190,6 +207,25 @@ fn a_service_needs_a_registry_image_and_a_valid_name_before_anything_is_built() 
     );
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("not a Kubernetes name"), "{stderr}");
+    let (code, stderr) = failure(
+        common::fnbuild()
+            .args(common_args)
+            .args([
+                "--image",
+                "127.0.0.1:1/functions/x:1",
+                "--knative-service",
+                service.to_str().unwrap(),
+                "--secrets",
+                "kubeless",
+                "--cache-dir",
+            ])
+            .arg(cache.path()),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--secrets: volumeMounts[0] has mountPath '/kubeless', which would cover or sit inside /kubeless"),
+        "{stderr}"
+    );
     assert!(!service.exists() && !out_dir.path().join("layout").exists());
 }
 

@@ -118,7 +118,13 @@ items:
               - {{name: STAGE, value: prod}}
               - name: TOKEN
                 valueFrom: {{secretKeyRef: {{name: api, key: token}}}}
+              - name: POD_IP
+                valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
               resources: {{limits: {{memory: 128Mi, cpu: 200m}}}}
+              volumeMounts:
+              - {{name: api-vol, mountPath: /api}}
+            volumes:
+            - {{name: api-vol, secret: {{secretName: api}}}}
     horizontalPodAutoscaler: {{spec: {{minReplicas: 1, maxReplicas: 3}}}}
 - apiVersion: kubeless.io/v1beta1
   kind: Function
@@ -190,11 +196,13 @@ fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // What cannot be carried over is reported.
+    // What cannot be carried over is reported, with the feature flag that would admit it.
     assert!(
-        stderr.contains("TOKEN") && stderr.contains("valueFrom"),
+        stderr.contains("env POD_IP comes from the pod's fieldRef")
+            && stderr.contains("kubernetes.podspec-fieldref"),
         "{stderr}"
     );
+    assert!(!stderr.contains("TOKEN"), "{stderr}");
     assert!(stderr.contains("host name, path"), "{stderr}");
 
     let images: std::collections::BTreeMap<String, String> = stdout
@@ -238,6 +246,22 @@ fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
         ),
         "3"
     );
+    // Env from a secret, and the secret `kubeless function deploy --secrets api` mounted.
+    assert_eq!(
+        yaml_field(&service, "/spec/template/spec/containers/0/env"),
+        serde_json::json!([
+            {"name": "STAGE", "value": "prod"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}}},
+        ])
+    );
+    assert_eq!(
+        yaml_field(&service, "/spec/template/spec/containers/0/volumeMounts"),
+        serde_json::json!([{"name": "api-vol", "mountPath": "/api", "readOnly": true}])
+    );
+    assert_eq!(
+        yaml_field(&service, "/spec/template/spec/volumes"),
+        serde_json::json!([{"name": "api-vol", "secret": {"secretName": "api"}}])
+    );
     let ping = out_dir.join("withdeps/pingsource.yaml");
     assert_valid("eventing-pingsource.yaml", &ping);
     assert_eq!(yaml_field(&ping, "/spec/schedule"), "*/5 * * * *");
@@ -267,16 +291,50 @@ fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
     }
 }
 
+/// A Function whose pod takes env from secrets and config maps and mounts volumes, some of
+/// which have no place in Knative.
+const HELLO_WITH_POD: &str = r#"apiVersion: kubeless.io/v1beta1
+kind: Function
+metadata: {name: hello}
+spec:
+  runtime: python3.7
+  handler: hello.foo
+  function: "def foo(event, context):\n    return 'hello world'\n"
+  deployment:
+    spec:
+      template:
+        spec:
+          serviceAccountName: reader
+          containers:
+          - env:
+            - {name: STAGE, value: prod}
+            - name: LEVEL
+              valueFrom: {configMapKeyRef: {name: settings, key: level}}
+            envFrom:
+            - secretRef: {name: db}
+            - {configMapRef: {name: common}, prefix: COMMON_}
+            livenessProbe: {httpGet: {path: /healthz}}
+            volumeMounts:
+            - {name: api-vol, mountPath: /api}
+            - {name: settings, mountPath: /etc/settings}
+            - {name: bundle, mountPath: /var/run/bundle}
+            - {name: host, mountPath: /host}
+          - {name: proxy, image: envoy}
+          volumes:
+          - {name: api-vol, secret: {secretName: api}}
+          - name: settings
+            configMap: {name: settings, items: [{key: app.json, path: app.json}]}
+          - name: bundle
+            projected: {sources: [{secret: {name: tls}}, {configMap: {name: ca}}]}
+          - {name: host, hostPath: {path: /var/lib}}
+"#;
+
 #[test]
 fn without_a_registry_the_inputs_and_a_build_script_are_written() {
     let registry = registry_with_bases(&[PYTHON]);
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("functions.yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: hello}\nspec:\n  runtime: python3.7\n  handler: hello.foo\n  function: \"def foo(event, context):\\n    return 'hello world'\\n\"\n",
-    )
-    .unwrap();
+    std::fs::write(&file, HELLO_WITH_POD).unwrap();
     let out_dir = work.path().join("out");
     let out = success(
         common::fnbuild()
@@ -286,6 +344,15 @@ fn without_a_registry_the_inputs_and_a_build_script_are_written() {
             .arg(&out_dir),
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello\t"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "volume 'host' (hostPath) at /host: Knative admits hostPath volumes only with the feature flag kubernetes.podspec-volumes-hostpath enabled",
+        "the function container's livenessProbe",
+        "containers beyond the function's (proxy)",
+        "the pod's serviceAccountName",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
     assert_eq!(
         std::fs::read_to_string(out_dir.join("hello/code/hello.py")).unwrap(),
         "def foo(event, context):\n    return 'hello world'\n"
@@ -309,7 +376,40 @@ fn without_a_registry_the_inputs_and_a_build_script_are_written() {
             .env("FNBUILD_BASE_REGISTRY", registry.host())
             .env("FNBUILD_CACHE_DIR", cache.path()),
     );
-    assert_valid("serving-service.yaml", &out_dir.join("hello/service.yaml"));
+    let service = out_dir.join("hello/service.yaml");
+    assert_valid("serving-service.yaml", &service);
+    let mut spec = yaml_field(&service, "/spec/template/spec");
+    spec["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("image");
+    assert_eq!(
+        spec,
+        serde_json::json!({
+            "timeoutSeconds": 180,
+            "containers": [{
+                "ports": [{"containerPort": 8080}],
+                "env": [
+                    {"name": "STAGE", "value": "prod"},
+                    {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "level"}}},
+                ],
+                "envFrom": [
+                    {"secretRef": {"name": "db"}},
+                    {"configMapRef": {"name": "common"}, "prefix": "COMMON_"},
+                ],
+                "volumeMounts": [
+                    {"name": "api-vol", "mountPath": "/api", "readOnly": true},
+                    {"name": "settings", "mountPath": "/etc/settings", "readOnly": true},
+                    {"name": "bundle", "mountPath": "/var/run/bundle", "readOnly": true},
+                ],
+            }],
+            "volumes": [
+                {"name": "api-vol", "secret": {"secretName": "api"}},
+                {"name": "settings", "configMap": {"name": "settings", "items": [{"key": "app.json", "path": "app.json"}]}},
+                {"name": "bundle", "projected": {"sources": [{"secret": {"name": "tls"}}, {"configMap": {"name": "ca"}}]}},
+            ],
+        })
+    );
 }
 
 #[test]
@@ -324,6 +424,14 @@ fn bad_objects_say_what_is_wrong() {
             "accepted: text, base64, url",
         ),
         ("[unclosed", "not valid YAML"),
+        (
+            "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec:\n  runtime: python3.7\n  handler: f.h\n  deployment: {spec: {template: {spec: {containers: [{volumeMounts: [{name: code, mountPath: /kubeless}]}], volumes: [{name: code, secret: {secretName: code}}]}}}}\n",
+            "Function 'f': volumeMounts[0] has mountPath '/kubeless', which would cover or sit inside /kubeless",
+        ),
+        (
+            "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec:\n  runtime: python3.7\n  handler: f.h\n  deployment: {spec: {template: {spec: {containers: [{volumeMounts: [{name: s, mountPath: ../etc}]}], volumes: [{name: s, secret: {secretName: s}}]}}}}\n",
+            "expected an absolute path",
+        ),
     ] {
         std::fs::write(&file, yaml).unwrap();
         let (code, stderr) = failure(common::fnbuild().args(["convert", "-f"]).arg(&file).arg("--out").arg(work.path().join("out")));

@@ -325,6 +325,18 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", requires = "knative_service")]
     pub scale_target: Option<u32>,
 
+    /// Mount the Kubernetes secret NAME at /NAME, read-only, in the Knative Service, as
+    /// Kubeless's --secrets did (in the volume NAME-vol); repeatable, or comma separated.
+    #[arg(long, value_name = "NAME", requires = "knative_service")]
+    pub secrets: Vec<String>,
+
+    /// A YAML file of what the Knative Service's pod gets, in pod spec fields: env (values, or
+    /// valueFrom a secretKeyRef or configMapKeyRef), envFrom (secretRef, configMapRef),
+    /// volumeMounts and volumes (secret, configMap, projected, emptyDir). `fnbuild convert`
+    /// writes one as pod.yaml. What Knative has no place for is left out with a warning.
+    #[arg(value_parser = path_or_empty, long, value_name = "FILE", requires = "knative_service")]
+    pub knative_pod: Option<PathBuf>,
+
     /// Who installs dependencies: the base image's own interpreter (image) or this machine's
     /// pip/npm (host).
     #[arg(long, value_enum, default_value_t = Installer::Image)]
@@ -631,6 +643,8 @@ impl EmptyMeansAbsent for BuildArgs {
             memory: given(self.memory),
             cpu: given(self.cpu),
             knative_service: given(self.knative_service),
+            secrets: split_list(self.secrets),
+            knative_pod: given(self.knative_pod),
             service_name: given(self.service_name),
             namespace: given(self.namespace),
             fetch_timeout: given(Some(self.fetch_timeout))

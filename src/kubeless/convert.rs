@@ -1,6 +1,6 @@
 //! Turning Kubeless functions into fnbuild builds: per function a directory with its code, its
-//! deps file and `build.sh` (the `fnbuild build` command that builds it and writes its Knative
-//! Service), a PingSource for a schedule, and, when a registry is given, the build itself with
+//! deps file, `pod.yaml` (env from secrets and config maps, volumes) and `build.sh` (the
+//! `fnbuild build` command that builds it and writes its Knative Service), a PingSource for a schedule, and, when a registry is given, the build itself with
 //! the Service pinned to the image's digest.
 
 use std::path::{Path, PathBuf};
@@ -108,6 +108,7 @@ async fn convert_one(
         min_scale: function.min_scale,
         max_scale: function.max_scale,
         scale_target: None,
+        pod: function.pod.clone(),
     };
     knative::validate(&options)?;
     write_build_script(
@@ -238,6 +239,15 @@ fn write_build_script(
     }
     if let Some(checksum) = &function.checksum {
         args.extend(["--checksum".into(), checksum.clone()]);
+    }
+    if !options.pod.is_empty() {
+        let file = dir.join("pod.yaml");
+        std::fs::write(
+            &file,
+            serde_norway::to_string(&options.pod.to_value()).expect("pod fields serialize"),
+        )
+        .io_context("write", &file)?;
+        args.extend(["--knative-pod".into(), file.display().to_string()]);
     }
     for (key, value) in &function.env {
         args.extend(["--env".into(), format!("{key}={value}")]);

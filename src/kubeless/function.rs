@@ -8,6 +8,17 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::knative::PodAdditions;
+
+/// The fields of the function's container that reach the image or the Service.
+const CARRIED_CONTAINER_FIELDS: [&str; 6] = [
+    "name",
+    "image",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "resources",
+];
 
 /// How a function's code is held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +48,8 @@ pub struct Function {
     pub deps: Option<String>,
     pub timeout_seconds: Option<u32>,
     pub env: Vec<(String, String)>,
+    /// Env from secrets and config maps, volumes and mounts (Kubeless's `--secrets` too).
+    pub pod: PodAdditions,
     pub memory: Option<String>,
     pub cpu: Option<String>,
     pub min_scale: Option<u32>,
@@ -125,40 +138,21 @@ fn function(object: &Value, origin: &str) -> Result<Function> {
     let content_type = field("/spec/function-content-type").unwrap_or_else(|| "text".to_string());
     let code = field("/spec/function").unwrap_or_default();
     let mut not_carried = Vec::new();
-    let container = object
-        .pointer("/spec/deployment/spec/template/spec/containers/0")
+    let pod_spec = object
+        .pointer("/spec/deployment/spec/template/spec")
         .cloned()
         .unwrap_or(Value::Null);
-    let mut env = Vec::new();
-    for entry in container
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = entry
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        match entry.get("value").and_then(Value::as_str) {
-            Some(value) => env.push((key, value.to_string())),
-            None if entry.get("valueFrom").is_some() => not_carried.push(format!(
-                "env {key} comes from a secret or config map (valueFrom): add it to the Knative Service's container by hand"
-            )),
-            None => env.push((key, String::new())),
-        }
-    }
-    if container.get("volumeMounts").is_some()
-        || object
-            .pointer("/spec/deployment/spec/template/spec/volumes")
-            .is_some()
-    {
-        not_carried.push(
-            "volumes and volume mounts (e.g. --secrets): add them to the Knative Service by hand"
-                .into(),
-        );
-    }
+    let container = pod_spec
+        .pointer("/containers/0")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let pod = PodAdditions::read(
+        &container,
+        &pod_spec,
+        &format!("{origin}: Function '{name}'"),
+    )?;
+    not_carried.extend(pod.not_carried);
+    not_carried.extend(unplaced_pod_fields(&pod_spec));
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     for source in ["/metadata/labels", "/spec/deployment/metadata/labels"] {
         if let Some(map) = object.pointer(source).and_then(Value::as_object) {
@@ -196,7 +190,8 @@ fn function(object: &Value, origin: &str) -> Result<Function> {
         checksum: field("/spec/checksum"),
         deps: field("/spec/deps"),
         timeout_seconds,
-        env,
+        env: pod.env,
+        pod: pod.additions,
         memory: text_at(&container, "/resources/limits/memory").map(str::to_string),
         cpu: text_at(&container, "/resources/limits/cpu").map(str::to_string),
         min_scale: replicas("minReplicas"),
@@ -211,6 +206,61 @@ fn function(object: &Value, origin: &str) -> Result<Function> {
         not_carried,
         name,
     })
+}
+
+/// What the Deployment's pod template holds that neither the image nor the Service gets:
+/// containers beyond the function's, init containers, and other container and pod fields.
+fn unplaced_pod_fields(pod_spec: &Value) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(pod) = pod_spec.as_object() else {
+        return notes;
+    };
+    let containers = pod
+        .get("containers")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if let Some(container) = containers.first().and_then(Value::as_object) {
+        let other: Vec<&str> = container
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !CARRIED_CONTAINER_FIELDS.contains(k))
+            .collect();
+        if !other.is_empty() {
+            notes.push(format!(
+                "the function container's {}: set them on the Knative Service by hand where Knative admits them",
+                other.join(", ")
+            ));
+        }
+    }
+    if containers.len() > 1 {
+        let names: Vec<&str> = containers[1..]
+            .iter()
+            .map(|c| c.get("name").and_then(Value::as_str).unwrap_or("(unnamed)"))
+            .collect();
+        notes.push(format!(
+            "containers beyond the function's ({}): Knative runs them as sidecars only beside one serving container; add them to the Service by hand",
+            names.join(", ")
+        ));
+    }
+    if pod.get("initContainers").is_some_and(|v| !v.is_null()) {
+        notes.push(
+            "initContainers: Knative admits them only with the feature flag kubernetes.podspec-init-containers enabled (config-features)"
+                .into(),
+        );
+    }
+    let other: Vec<&str> = pod
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["containers", "volumes", "initContainers"].contains(k))
+        .collect();
+    if !other.is_empty() {
+        notes.push(format!(
+            "the pod's {}: set them on the Knative Service by hand where Knative admits them",
+            other.join(", ")
+        ));
+    }
+    notes
 }
 
 /// Decodes the code by its content type: `text`, `base64` or `url`, each optionally
@@ -364,10 +414,9 @@ spec: {function-name: hello, host-name: hello.example.com, tls: true}
             f.schedule,
             Some(("*/5 * * * *".to_string(), Some(r#"{"a":1}"#.to_string())))
         );
-        assert!(
-            f.not_carried.iter().any(|n| n.contains("TOKEN")),
-            "{:?}",
-            f.not_carried
+        assert_eq!(
+            f.pod.to_value(),
+            serde_json::json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]})
         );
         assert!(
             f.not_carried.iter().any(|n| n.contains("host name, TLS")),
