@@ -370,9 +370,10 @@ mod tests {
             let err = Catalog::embedded().resolve(name).unwrap_err().to_string();
             assert!(err.contains(&format!("unknown runtime '{name}'")), "{err}");
             assert!(
-                err.contains("python3.9, python3.10, python3.11, python3.12, python3.13, \
-                              nodejs18, nodejs20, nodejs22")
-                    && err.contains("python3.7"),
+                err.contains(
+                    "python3.9, python3.10, python3.11, python3.12, python3.13, \
+                              nodejs18, nodejs20, nodejs22"
+                ) && err.contains("python3.7"),
                 "{err}"
             );
         }
