@@ -493,8 +493,9 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "REGISTRY[/PREFIX]|oci:DIR|tar:FILE")]
     pub from: Option<String>,
 
-    /// Only this runtime's base image (see `fnbuild runtimes`). Repeatable
-    /// [default: every runtime of the catalog, or every image of a layout or tarball].
+    /// Only this runtime's base image (see `fnbuild runtimes`), which must be there.
+    /// Repeatable [default: every runtime of the catalog the registry holds, or every image
+    /// of a layout or tarball].
     #[arg(long, short = 'r', value_name = "NAME")]
     pub runtime: Vec<String>,
 
