@@ -175,3 +175,66 @@ fn old_kubeless_names_are_built_for_the_nearest_supported_version() {
     );
     assert_eq!(code, 1, "{stderr}");
 }
+
+/// A base image must hold its runtime's interpreter: `fnbuild base` refuses a root filesystem
+/// without it, and a Python build refuses a base image whose python3 is another version (its
+/// dependencies would go where that interpreter never looks).
+#[test]
+fn a_base_image_of_another_version_is_refused() {
+    let python_3_13 = common::rootfs("python");
+    let out_dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = failure(
+        common::fnbuild()
+            .args(["base", "--runtime", PYTHON_3_11, "--from"])
+            .arg(format!("rootfs:{}", python_3_13.display()))
+            .arg("--image")
+            .arg(format!("oci:{}", out_dir.path().join("base").display())),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--from rootfs:{}: no python3.11 in /usr/bin or /usr/local/bin; a base image of \
+             runtime python3.11 must hold Python 3.11",
+            python_3_13.display()
+        )),
+        "{stderr}"
+    );
+
+    // The handler is compiled by this machine's python3 when it is the runtime's version:
+    // build for the version it is not, on the base image of the other one.
+    let host = std::process::Command::new("python3")
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    let (runtime, base, held) = match String::from_utf8_lossy(&host.stdout).trim() {
+        "3.13" => (PYTHON_3_11, PYTHON, "3.13"),
+        _ => (PYTHON, PYTHON_3_11, "3.11"),
+    };
+    let wanted = runtime.trim_start_matches("python");
+    let src = function_dir(&[("fn.py", PYTHON_HANDLER)]);
+    let cache = tempfile::tempdir().unwrap();
+    let output = format!("oci:{}", out_dir.path().join("fn").display());
+    let (code, stderr) = failure(common::fnbuild().args([
+        "build",
+        "--source",
+        src.path().to_str().unwrap(),
+        "--runtime",
+        runtime,
+        "--handler",
+        "fn.handler",
+        "--base-image",
+        &format!("oci:{}", base_layout(base).display()),
+        "--output",
+        &output,
+        "--cache-dir",
+        cache.path().to_str().unwrap(),
+    ]));
+    assert!(
+        stderr.contains(&format!(
+            "the base image's python3 is Python {held}, not the runtime's Python {wanted}: a \
+             base image of runtime {runtime} must hold Python {wanted}"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(code, 1, "{stderr}");
+}
