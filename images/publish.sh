@@ -76,5 +76,5 @@ printf '\n%-16s %-11s %s\n' IMAGE VERSION DIGEST
 printf '%s\n' "${rows[@]}"
 for runtime in "${skipped[@]}"; do
     variable=FROM_${runtime^^}
-    echo "skipped $runtime: no upstream image holds its interpreter here; set ${variable//./_}" >&2
+    echo "skipped $runtime: no upstream for it; set ${variable//./_} to an image holding its interpreter" >&2
 done
