@@ -2,6 +2,8 @@
 //! or a root filesystem directory such as a debootstrap) plus one layer holding the runtime
 //! server, with the config that starts it. Upstream layers are not downloaded when the
 //! upstream is in a registry: they are mounted or copied blob by blob at publish time.
+//! An upstream that shows another interpreter version than the runtime's is refused (see
+//! [`check_interpreter`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +73,7 @@ pub async fn make_base(
                     upstream.digest.to_string(),
                 );
             }
+            check_interpreter(request.runtime, &Shown::Config(&upstream.config), location)?;
             let layers = upstream.manifest.layers.clone();
             (
                 family,
@@ -81,6 +84,11 @@ pub async fn make_base(
             )
         }
         Upstream::Rootfs(dir) => {
+            check_interpreter(
+                request.runtime,
+                &Shown::Rootfs(dir),
+                format!("rootfs:{}", dir.display()),
+            )?;
             let (layer, config) = rootfs_layer(dir, &options, cache, &created)?;
             (
                 MediaFamily::Oci,
@@ -127,6 +135,56 @@ pub async fn make_base(
         &store,
     )
     .await
+}
+
+/// What an upstream shows of its interpreter without running it.
+enum Shown<'a> {
+    /// A root filesystem: Python's versioned `pythonX.Y` binary.
+    Rootfs(&'a Path),
+    /// An image's config: `PYTHON_VERSION` or `NODE_VERSION`, as the official images set them.
+    Config(&'a ImageConfig),
+}
+
+/// Refuses an upstream that shows an interpreter of another version than the runtime's: its
+/// functions' dependencies would be installed for a version it does not run. What cannot be
+/// seen (a Node.js root filesystem, an image without those variables) is not checked here;
+/// a Python build still checks its base image's interpreter when it compiles the handler.
+fn check_interpreter(
+    runtime: &Runtime,
+    shown: &Shown<'_>,
+    upstream: impl std::fmt::Display,
+) -> Result<()> {
+    let version = &runtime.version;
+    let found = match (runtime.language, shown) {
+        (Language::Python, Shown::Rootfs(dir)) => {
+            let binary = format!("python{version}");
+            let held = ["usr/bin", "usr/local/bin"]
+                .iter()
+                .any(|bin| std::fs::symlink_metadata(dir.join(bin).join(&binary)).is_ok());
+            if held {
+                return Ok(());
+            }
+            format!("no {binary} in /usr/bin or /usr/local/bin")
+        }
+        (Language::Nodejs, Shown::Rootfs(_)) => return Ok(()),
+        (language, Shown::Config(config)) => {
+            let variable = match language {
+                Language::Python => "PYTHON_VERSION",
+                Language::Nodejs => "NODE_VERSION",
+            };
+            match config.env_var(variable) {
+                Some(value) if value != version && !value.starts_with(&format!("{version}.")) => {
+                    format!("its {variable} is {value}")
+                }
+                _ => return Ok(()),
+            }
+        }
+    };
+    Err(Error::Usage(format!(
+        "--from {upstream}: {found}; a base image of runtime {} must hold {} {version}",
+        runtime.name,
+        runtime.language.title()
+    )))
 }
 
 /// The runtime server file and the (empty, root-owned) code directory.
@@ -187,4 +245,58 @@ fn rootfs_layer(
         Descriptor::new(MediaFamily::Oci.layer_gzip(), built.digest, built.size),
         config,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Catalog;
+
+    fn check(runtime: &str, shown: &Shown<'_>) -> Result<()> {
+        let catalog = Catalog::embedded();
+        check_interpreter(catalog.resolve(runtime).unwrap().runtime, shown, "UPSTREAM")
+    }
+
+    #[test]
+    fn a_python_root_filesystem_must_hold_the_runtimes_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/bin")).unwrap();
+        std::fs::write(dir.path().join("usr/bin/python3.11"), "").unwrap();
+        check("python3.11", &Shown::Rootfs(dir.path())).unwrap();
+        let err = check("python3.13", &Shown::Rootfs(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--from UPSTREAM: no python3.13 in /usr/bin or /usr/local/bin; a base image of \
+             runtime python3.13 must hold Python 3.13"
+        );
+    }
+
+    #[test]
+    fn an_images_version_variable_must_name_the_runtimes_version() {
+        let config = |variable: &str| {
+            let mut config = ImageConfig::default();
+            config.set_env([(variable, "3.10.4")]);
+            config
+        };
+        let python = config("PYTHON_VERSION");
+        check("python3.10", &Shown::Config(&python)).unwrap();
+        let err = check("python3.9", &Shown::Config(&python))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("its PYTHON_VERSION is 3.10.4") && err.contains("must hold Python 3.9"),
+            "{err}"
+        );
+        // Nothing shown: nothing to refuse.
+        check("nodejs22", &Shown::Config(&python)).unwrap();
+        let mut node = ImageConfig::default();
+        node.set_env([("NODE_VERSION", "18.20.4")]);
+        check("nodejs18", &Shown::Config(&node)).unwrap();
+        let err = check("nodejs20", &Shown::Config(&node))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its NODE_VERSION is 18.20.4"), "{err}");
+    }
 }

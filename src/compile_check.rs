@@ -3,7 +3,9 @@
 //! line it is on, instead of the function when it starts. The module's text is given on
 //! stdin and only compiled, never run; the interpreter is the base image's, inside its root
 //! filesystem (see `sandbox`), or this machine's `python3` when it is the same version (a
-//! build step running in the runtime's own image).
+//! build step running in the runtime's own image). A base image whose `python3` is another
+//! version than the runtime's fails the build: its dependencies would be installed where that
+//! interpreter never looks.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -19,12 +21,19 @@ use crate::sandbox::{SandboxSpec, SETUP_FAILED, UNPRIVILEGED};
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The exit code the script uses for code that does not compile.
 const DOES_NOT_COMPILE: i32 = 3;
+/// The exit code the script uses when the interpreter is not the runtime's version.
+const OTHER_VERSION: i32 = 4;
 /// The most of the interpreter's output kept for a message.
 const MAX_OUTPUT_BYTES: u64 = 16 * 1024;
 
 /// Compiles the text on stdin as the file named by the first argument; on failure prints
-/// where and why, and exits with [`DOES_NOT_COMPILE`].
+/// where and why, and exits with [`DOES_NOT_COMPILE`]. An interpreter that is not the
+/// version of the second argument prints its own and exits with [`OTHER_VERSION`].
 const SCRIPT: &str = r#"import sys
+version = "%d.%d" % sys.version_info[:2]
+if version != sys.argv[2]:
+    print(version)
+    sys.exit(4)
 source = sys.stdin.buffer.read()
 try:
     compile(source, sys.argv[1], "exec", dont_inherit=True)
@@ -83,7 +92,7 @@ pub fn python(
     interpreter: &Interpreter,
     version: &str,
 ) -> Result<Compiled> {
-    let args = ["python3", "-I", "-S", "-c", SCRIPT, &module.path].map(String::from);
+    let args = ["python3", "-I", "-S", "-c", SCRIPT, &module.path, version].map(String::from);
     let command = match interpreter {
         Interpreter::Host => {
             let mut command = Command::new(&args[0]);
@@ -116,6 +125,11 @@ pub fn python(
                 output.trim().trim_start_matches("error: ").to_string(),
             ))
         }
+        Some(OTHER_VERSION) => Err(Error::Image(format!(
+            "the base image's python3 is Python {}, not the runtime's Python {version}: a base \
+             image of runtime python{version} must hold Python {version}",
+            output.trim()
+        ))),
         Some(DOES_NOT_COMPILE) => Err(Error::Function(format!(
             "handler '{handler}': {} does not compile with the runtime's Python {version}: {}",
             module.path,

@@ -146,7 +146,8 @@ pub struct MirrorRequest {
     pub from: Place,
     pub to: Place,
     /// Runtimes (names or Kubeless aliases) whose base images are copied; empty: every
-    /// runtime of the catalog from a registry, every image from a layout or tarball.
+    /// runtime of the catalog that a registry holds (those it lacks are skipped with a
+    /// warning), every image from a layout or tarball.
     pub runtimes: Vec<String>,
     /// Further images to copy from a registry source (the builder image, say).
     pub images: Vec<Reference>,
@@ -167,8 +168,9 @@ struct Planned {
     name: String,
     from: Location,
     what: String,
-    /// Whether it is a runtime's base image (chosen by the catalog, not by name).
-    is_runtime: bool,
+    /// Whether it may be missing from the source: a runtime's base image copied because no
+    /// runtime was named (a registry need not hold every version of the catalog).
+    optional: bool,
 }
 
 /// Copies the images and returns, per image, where it went.
@@ -202,24 +204,28 @@ pub async fn mirror(
         });
     }
     let mut mirrored = Vec::with_capacity(planned.len());
+    let mut skipped = Vec::new();
     for (image, target) in planned.iter().zip(&targets) {
-        let source = SourceImage::load(&image.from, registries, &store)
-            .await
-            .map_err(|e| match e {
-                Error::Registry(inner) => {
-                    let hint = match (&inner, image.is_runtime) {
-                        (RegistryError::NotFound { .. }, true) => {
-                            " (--runtime NAME mirrors only the runtimes named)"
-                        }
-                        _ => "",
-                    };
-                    Error::Image(format!(
-                        "cannot read {} ({}) from {}: {inner}{hint}",
-                        image.from, image.what, request.from
-                    ))
-                }
-                other => other,
-            })?;
+        let source = match SourceImage::load(&image.from, registries, &store).await {
+            Ok(source) => source,
+            Err(Error::Registry(RegistryError::NotFound { .. })) if image.optional => {
+                tracing::warn!(
+                    "not mirrored: {} ({}) is not in {} (a runtime named with --runtime must be)",
+                    image.from,
+                    image.what,
+                    request.from
+                );
+                skipped.push(image.from.to_string());
+                continue;
+            }
+            Err(Error::Registry(inner)) => {
+                return Err(Error::Image(format!(
+                    "cannot read {} ({}) from {}: {inner}",
+                    image.from, image.what, request.from
+                )))
+            }
+            Err(other) => return Err(other),
+        };
         if let Some(pinned) = pinned_digest(&image.name) {
             if pinned != source.digest {
                 return Err(Error::Image(format!(
@@ -242,6 +248,13 @@ pub async fn mirror(
             digest: source.digest.clone(),
             published: published.into_iter().next().unwrap_or_default(),
         });
+    }
+    if mirrored.is_empty() {
+        return Err(Error::Image(format!(
+            "{} holds none of the images to mirror: {}",
+            request.from,
+            skipped.join(", ")
+        )));
     }
     if let (Place::Tarball(file), Some(staging)) = (&request.to, &staging) {
         layout::write_tarball_of_layout(staging.path(), file)?;
@@ -283,7 +296,7 @@ fn plan(
                     name: name_of(&reference, &base),
                     from: Location::Registry(reference),
                     what: format!("the base image of runtime {}", runtime.name),
-                    is_runtime: true,
+                    optional: request.runtimes.is_empty(),
                 });
             }
             for reference in &request.images {
@@ -291,7 +304,7 @@ fn plan(
                     name: name_of(reference, &base),
                     from: Location::Registry(reference.clone()),
                     what: "given with --image".to_string(),
-                    is_runtime: false,
+                    optional: false,
                 });
             }
         }
@@ -357,7 +370,7 @@ fn plan(
                     name,
                     from,
                     what,
-                    is_runtime: false,
+                    optional: false,
                 });
             }
         }

@@ -1,8 +1,10 @@
-//! The runtime catalog: which runtimes fnbuild builds for, the base image of each, where code
-//! and dependencies go, and which old Kubeless runtime names map to them. The catalog is
-//! embedded (`runtimes/catalog.json`) and can be replaced with `--catalog FILE`; base image
-//! references may use `{base_registry}`, filled from `FNBUILD_BASE_REGISTRY` (default
-//! `localhost:5000`) so one catalog serves every cluster registry.
+//! The runtime catalog: which runtimes fnbuild builds for (one per language version, each with
+//! its own base image), where code and dependencies go, and which other names map to them:
+//! old Kubeless versions to the nearest supported version, `python`/`nodejs` to the default
+//! one. The catalog is embedded (`runtimes/catalog.json`) and can be replaced with
+//! `--catalog FILE`; base image references may use `{base_registry}`, filled from
+//! `FNBUILD_BASE_REGISTRY` (default `localhost:5000`) so one catalog serves every cluster
+//! registry.
 
 use std::fmt;
 use std::path::Path;
@@ -48,6 +50,14 @@ impl Language {
         }
     }
 
+    /// The language's name as people write it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Python => "Python",
+            Self::Nodejs => "Node.js",
+        }
+    }
+
     /// The runtime server's file name and source, as installed into base images.
     pub fn server(self) -> (&'static str, &'static str) {
         match self {
@@ -90,7 +100,9 @@ pub struct Runtime {
     pub version: String,
     /// The runtime base image reference, possibly with `{base_registry}`.
     pub base_image: String,
-    /// Other names accepted for this runtime (old Kubeless names), with a warning.
+    /// Other names accepted for this runtime, with a warning: older versions it replaces
+    /// (`python3.7`, `nodejs14`: the same language and as many version parts), or names of
+    /// the language standing for its default version (`python`, `python3`, `node`).
     #[serde(default)]
     pub aliases: Vec<String>,
 }
@@ -104,6 +116,28 @@ impl Runtime {
     /// The base image reference with `{base_registry}` standing for `registry`.
     pub fn base_image_ref_in(&self, registry: &str) -> String {
         self.base_image.replace("{base_registry}", registry)
+    }
+
+    /// The version an alias names (`3.7` of `python3.7`, `14` of `nodejs14`), when it names
+    /// one as precise as this runtime's; `None` for a name of the language (`python3`, `node`).
+    fn version_named_by<'n>(&self, alias: &'n str) -> Option<&'n str> {
+        let version = alias.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+        let parts = |v: &str| v.split('.').count();
+        let numeric = !version.is_empty() && version.split('.').all(|p| p.parse::<u32>().is_ok());
+        (numeric && parts(version) == parts(&self.version)).then_some(version)
+    }
+
+    /// The warning shown when `alias` is built as this runtime, saying why.
+    fn alias_warning(&self, alias: &str) -> String {
+        let language = self.language.title();
+        let why = match self.version_named_by(alias) {
+            Some(old) => format!(
+                ": {language} {old} is not supported, and {} is the nearest supported version",
+                self.version
+            ),
+            None => format!(", the default {language} version"),
+        };
+        format!("runtime '{alias}' is built as '{}'{why}", self.name)
     }
 }
 
@@ -161,13 +195,9 @@ impl Catalog {
             .iter()
             .find(|r| r.aliases.iter().any(|a| a == name))
         {
-            let warning = format!(
-                "runtime '{name}' is built as '{}' ({} {}), the supported runtime for it",
-                runtime.name, runtime.language, runtime.version
-            );
             return Ok(Resolved {
                 runtime,
-                alias_warning: Some(warning),
+                alias_warning: Some(runtime.alias_warning(name)),
             });
         }
         Err(Error::Usage(format!(
@@ -234,30 +264,119 @@ impl fmt::Display for Handler {
 mod tests {
     use super::*;
 
+    /// A version's parts as numbers, for ordering (`3.10` after `3.9`).
+    fn parts(version: &str) -> Vec<u32> {
+        version.split('.').map(|p| p.parse().unwrap()).collect()
+    }
+
     #[test]
-    fn kubeless_names_map_with_a_warning() {
+    fn old_kubeless_versions_map_to_the_nearest_supported_version_with_a_warning() {
         let catalog = Catalog::embedded();
-        let resolved = catalog.resolve("python3.7").unwrap();
-        assert_eq!(resolved.runtime.name, "python3.13");
-        assert!(resolved.alias_warning.unwrap().contains("python3.7"));
-        assert!(catalog.resolve("nodejs20").unwrap().alias_warning.is_none());
-        assert_eq!(
-            catalog.resolve("nodejs14").unwrap().runtime.name,
-            "nodejs20"
-        );
+        for (old, chosen) in [
+            ("python2.7", "python3.9"),
+            ("python3.6", "python3.9"),
+            ("python3.7", "python3.9"),
+            ("python3.8", "python3.9"),
+            ("nodejs6", "nodejs18"),
+            ("nodejs10", "nodejs18"),
+            ("nodejs14", "nodejs18"),
+            ("nodejs16", "nodejs18"),
+        ] {
+            let resolved = catalog.resolve(old).unwrap();
+            assert_eq!(resolved.runtime.name, chosen, "{old}");
+            let warning = resolved.alias_warning.unwrap();
+            let language = resolved.runtime.language.title();
+            let (old_version, version) = (
+                old.trim_start_matches(char::is_alphabetic),
+                &resolved.runtime.version,
+            );
+            assert_eq!(
+                warning,
+                format!(
+                    "runtime '{old}' is built as '{chosen}': {language} {old_version} is not \
+                     supported, and {version} is the nearest supported version"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn every_alias_of_an_older_version_is_built_on_the_oldest_newer_one() {
+        let catalog = Catalog::embedded();
+        for runtime in &catalog.runtimes {
+            for alias in &runtime.aliases {
+                let Some(old) = runtime.version_named_by(alias) else {
+                    continue;
+                };
+                assert!(parts(old) < parts(&runtime.version), "{alias}");
+                let nearer = catalog.runtimes.iter().find(|r| {
+                    r.language == runtime.language
+                        && parts(old) <= parts(&r.version)
+                        && parts(&r.version) < parts(&runtime.version)
+                });
+                assert!(nearer.is_none(), "{alias} is nearer to {nearer:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn language_names_build_the_default_versions() {
+        let catalog = Catalog::embedded();
+        for (name, chosen, language) in [
+            ("python", "python3.13", "Python"),
+            ("python3", "python3.13", "Python"),
+            ("nodejs", "nodejs20", "Node.js"),
+            ("node", "nodejs20", "Node.js"),
+        ] {
+            let resolved = catalog.resolve(name).unwrap();
+            assert_eq!(
+                resolved.alias_warning.unwrap(),
+                format!("runtime '{name}' is built as '{chosen}', the default {language} version")
+            );
+        }
+    }
+
+    #[test]
+    fn each_supported_version_is_a_runtime_with_its_own_base_image() {
+        let catalog = Catalog::embedded();
+        for name in [
+            "python3.9",
+            "python3.10",
+            "python3.11",
+            "python3.12",
+            "python3.13",
+            "nodejs18",
+            "nodejs20",
+            "nodejs22",
+        ] {
+            let resolved = catalog.resolve(name).unwrap();
+            assert!(resolved.alias_warning.is_none(), "{name}");
+            let runtime = resolved.runtime;
+            assert_eq!(format!("{}{}", runtime.language, runtime.version), name);
+            assert_eq!(
+                runtime.base_image_ref_in("registry.local:5000"),
+                format!(
+                    "registry.local:5000/fnbuild/runtime-{}:{}",
+                    runtime.language, runtime.version
+                )
+            );
+        }
+        assert_eq!(catalog.runtimes.len(), 8, "no runtime left unchecked");
     }
 
     #[test]
     fn unknown_runtime_lists_what_is_accepted() {
-        let err = Catalog::embedded()
-            .resolve("ruby2.6")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown runtime 'ruby2.6'"), "{err}");
-        assert!(
-            err.contains("python3.13") && err.contains("nodejs20"),
-            "{err}"
-        );
+        for name in ["ruby2.6", "python3.99", "nodejs24"] {
+            let err = Catalog::embedded().resolve(name).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown runtime '{name}'")), "{err}");
+            assert!(
+                err.contains(
+                    "python3.9, python3.10, python3.11, python3.12, python3.13, \
+                              nodejs18, nodejs20, nodejs22"
+                ) && err.contains("python3.7"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

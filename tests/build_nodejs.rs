@@ -52,7 +52,7 @@ fn npm_dependency_promises_streaming_and_timeouts_work_in_the_image() {
                 "--source",
                 src.path().to_str().unwrap(),
                 "--runtime",
-                "nodejs14",
+                "node",
                 "--handler",
                 handler,
                 "--timeout",

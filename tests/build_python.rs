@@ -63,9 +63,9 @@ fn echo_function_is_built_pushed_and_serves_the_kubeless_interface() {
         &[
             "--source",
             src.path().to_str().unwrap(),
-            // An old Kubeless runtime name: built as python3.13.
+            // The language's name: built as the default version, python3.13.
             "--runtime",
-            "python3.7",
+            "python",
             "--handler",
             "echo.handler",
             "--env",
@@ -86,7 +86,7 @@ fn echo_function_is_built_pushed_and_serves_the_kubeless_interface() {
     ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("runtime 'python3.7' is built as 'python3.13'"),
+        stderr.contains("runtime 'python' is built as 'python3.13', the default Python version"),
         "{stderr}"
     );
     let pinned = printed_ref(&out);

@@ -2,10 +2,12 @@
 # THE test command of fnbuild:  bash tests/run.sh
 #
 # Prepares the machine (tests/setup.sh: Debian packages, runtime root filesystems), then runs
-# the three suites, all of them even when one fails, and fails if any failed:
+# the suites, all of them even when one fails, and fails if any failed:
 #   1. cargo test --all-targets --no-fail-fast         (the Rust unit and integration tests)
 #   2. python3 -m unittest discover -s runtimes/python (the Python runtime server)
 #   3. node --test runtimes/nodejs/test/*.test.js      (the Node.js runtime server)
+#   4. the same two on the oldest interpreters the tests have, Debian bookworm's Python 3.11
+#      and Node.js 18, inside their root filesystems (tests/support/in-rootfs.sh; ~45 s)
 # Extra arguments are passed to cargo test (e.g. `bash tests/run.sh registry`).
 #
 # Environment: FNBUILD_TEST_CACHE (default /var/cache/fnbuild-test): where the integration
@@ -41,12 +43,16 @@ run_suite() {
 run_suite rust cargo test --all-targets --no-fail-fast "$@"
 run_suite python python3 -m unittest discover -s runtimes/python -v
 run_suite nodejs node --test runtimes/nodejs/test/*.test.js
+run_suite python3.11 bash tests/support/in-rootfs.sh "$FNBUILD_TEST_CACHE/rootfs/python3.11" \
+    python3 -m unittest discover -s python -v
+run_suite nodejs18 bash tests/support/in-rootfs.sh "$FNBUILD_TEST_CACHE/rootfs/nodejs18" \
+    sh -c 'node --test nodejs/test/*.test.js'
 
 echo
 echo "==== run.sh: summary"
 status=0
 for i in "${!names[@]}"; do
-    printf '  %-7s %s\n' "${names[$i]}" "${results[$i]}"
+    printf '  %-10s %s\n' "${names[$i]}" "${results[$i]}"
     [[ ${results[$i]} == ok ]] || status=1
 done
 exit "$status"

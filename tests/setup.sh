@@ -4,9 +4,10 @@
 #
 #   1. installs the Debian packages the tests use, when one of their commands or libraries is
 #      missing (apt-get update runs once first, and only then), and moto from PyPI;
-#   2. builds the runtime root filesystems (Debian trixie minbase + python3/pip, + nodejs/npm)
-#      into $FNBUILD_TEST_CACHE/rootfs/{python,nodejs} when they are not complete yet, both
-#      at the same time.
+#   2. builds the runtime root filesystems (Debian minbase + python3/pip, + nodejs/npm) into
+#      $FNBUILD_TEST_CACHE/rootfs/NAME when they are not complete yet, all at the same time:
+#      python and nodejs (trixie: Python 3.13, Node.js 20, the default runtimes), python3.11
+#      and nodejs18 (bookworm: the older versions the runtime-version tests build for).
 #
 # Re-running it when everything is there takes well under a second.
 #
@@ -98,13 +99,24 @@ if ! command -v moto_server >/dev/null 2>&1 || ! command -v pyspdxtools >/dev/nu
 fi
 
 # --- 2. runtime root filesystems -------------------------------------------------------
-langs=()
-for lang in python nodejs; do
-    if [[ ! -e $cache/rootfs/$lang/$marker ]]; then
-        langs+=("$lang")
-    fi
-done
-if [[ ${#langs[@]} -eq 0 ]]; then
+# rootfs name -> "language Debian-suite".
+declare -A rootfs_of=(
+    [python]="python trixie"
+    [nodejs]="nodejs trixie"
+    [python3.11]="python bookworm"
+    [nodejs18]="nodejs bookworm"
+)
+# Stable order for building and reporting.
+names=(python nodejs python3.11 nodejs18)
+
+incomplete() { # prints the rootfs names without a completion marker
+    local name
+    for name in "${names[@]}"; do
+        [[ -e $cache/rootfs/$name/$marker ]] || echo "$name"
+    done
+}
+mapfile -t pending < <(incomplete)
+if [[ ${#pending[@]} -eq 0 ]]; then
     exit 0
 fi
 if [[ $EUID -ne 0 ]]; then
@@ -117,32 +129,30 @@ mkdir -p "$cache/rootfs" "$cache/logs"
 exec 9>"$cache/.setup.lock"
 flock 9
 # Another setup.sh may have built them while we waited for the lock.
-todo=()
-for lang in "${langs[@]}"; do
-    [[ -e $cache/rootfs/$lang/$marker ]] || todo+=("$lang")
-done
+mapfile -t todo < <(incomplete)
 [[ ${#todo[@]} -gt 0 ]] || exit 0
 
 start=$SECONDS
 declare -A pid_of log_of
-for lang in "${todo[@]}"; do
-    log_of[$lang]=$cache/logs/rootfs-$lang.log
-    echo "setup.sh: building the $lang rootfs (log: ${log_of[$lang]})"
-    bash "$here/support/make-rootfs.sh" "$lang" "$cache/rootfs/$lang" >"${log_of[$lang]}" 2>&1 9>&- &
-    pid_of[$lang]=$!
+for name in "${todo[@]}"; do
+    read -r lang suite <<<"${rootfs_of[$name]}"
+    log_of[$name]=$cache/logs/rootfs-$name.log
+    echo "setup.sh: building the $name rootfs ($lang, Debian $suite; log: ${log_of[$name]})"
+    bash "$here/support/make-rootfs.sh" "$lang" "$cache/rootfs/$name" "$suite" >"${log_of[$name]}" 2>&1 9>&- &
+    pid_of[$name]=$!
 done
 
 failed=()
-for lang in "${todo[@]}"; do
-    if wait "${pid_of[$lang]}"; then
-        tail -n 1 "${log_of[$lang]}"
+for name in "${todo[@]}"; do
+    if wait "${pid_of[$name]}"; then
+        tail -n 1 "${log_of[$name]}"
     else
-        failed+=("$lang")
+        failed+=("$name")
     fi
 done
-for lang in "${failed[@]}"; do
-    echo "setup.sh: building the $lang rootfs FAILED; its log (${log_of[$lang]}):" >&2
-    sed 's/^/    /' "${log_of[$lang]}" >&2
+for name in "${failed[@]}"; do
+    echo "setup.sh: building the $name rootfs FAILED; its log (${log_of[$name]}):" >&2
+    sed 's/^/    /' "${log_of[$name]}" >&2
 done
 if [[ ${#failed[@]} -gt 0 ]]; then
     exit 1

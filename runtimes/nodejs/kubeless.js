@@ -59,6 +59,9 @@ const CALL = Symbol('fnbuild.call'); // links a request to its Call while the bo
 const CONNECTION = Symbol('fnbuild.connection'); // links a socket to its Connection
 const MAX_CONNECTIONS_CAP = 4096; // a slow client holds about 10 KB (up to 16 KB of head): bounds memory
 const DEFAULT_FILE_LIMIT = 1024; // assumed when /proc/self/limits cannot be read
+// Node.js 18's HTTP parser (llhttp before 8) takes a header name with a space in it
+// ("Bad Header: 1"), which later ones refuse: onRequest refuses it there, with their answer.
+const PARSER_TAKES_SPACES_IN_HEADER_NAMES = Number(process.versions.llhttp.split('.')[0]) < 8;
 
 // Set once by configureCalls() before the server starts; read on every call.
 let handlerFn;
@@ -322,6 +325,10 @@ function onRequest(req, res) {
   if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
     res.setHeader('Connection', 'close');
     sendPlain(res, 400, 'Bad Request: an HTTP/1.1 request must have a Host header');
+    return;
+  }
+  if (PARSER_TAKES_SPACES_IN_HEADER_NAMES && hasSpaceInHeaderName(req.rawHeaders)) {
+    closeConnection(req.socket, '400 Bad Request: Invalid header token (HPE_INVALID_HEADER_TOKEN)');
     return;
   }
   if (req.method === 'GET') {
@@ -588,6 +595,14 @@ function markRequestDone(socket) {
 }
 
 // Whether the client has sent (part of) a request that has not been answered yet.
+// Whether a name of `rawHeaders` ([name, value, name, value, ...]) holds a space.
+function hasSpaceInHeaderName(rawHeaders) {
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i].includes(' ')) return true;
+  }
+  return false;
+}
+
 function isMidRequest(socket) {
   const connection = socket[CONNECTION];
   const res = socket._httpMessage;

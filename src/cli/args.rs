@@ -218,8 +218,10 @@ pub struct BuildArgs {
     #[arg(long, value_name = "sha256:HEX")]
     pub checksum: Option<String>,
 
-    /// The runtime (see `fnbuild runtimes`); Kubeless names such as python3.7 or nodejs14 are
-    /// accepted.
+    /// The runtime, a language version (see `fnbuild runtimes`): python3.9 to python3.13,
+    /// nodejs18, nodejs20, nodejs22; python and nodejs are the defaults (python3.13, nodejs20),
+    /// and older Kubeless names such as python3.7 or nodejs14 are built for the nearest
+    /// supported version, with a warning.
     #[arg(long, short = 'r')]
     pub runtime: String,
 
@@ -505,8 +507,9 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "REGISTRY[/PREFIX]|oci:DIR|tar:FILE")]
     pub from: Option<String>,
 
-    /// Only this runtime's base image (see `fnbuild runtimes`). Repeatable
-    /// [default: every runtime of the catalog, or every image of a layout or tarball].
+    /// Only this runtime's base image (see `fnbuild runtimes`), which must be there.
+    /// Repeatable [default: every runtime of the catalog the registry holds, or every image
+    /// of a layout or tarball].
     #[arg(long, short = 'r', value_name = "NAME")]
     pub runtime: Vec<String>,
 

@@ -427,6 +427,9 @@ fn source_spec(args: &BuildArgs) -> Result<SourceSpec> {
 async fn run_base(args: BaseArgs) -> Result<ExitCode> {
     let (registries, cache, catalog) = setup(&args.registry)?;
     let resolved = catalog.resolve(&args.runtime)?;
+    if let Some(warning) = &resolved.alias_warning {
+        tracing::warn!("{warning}");
+    }
     let outputs = args
         .image
         .iter()

@@ -12,30 +12,49 @@ use sha2::{Digest as _, Sha256};
 
 use super::{fnbuild, free_port, rootfs, test_cache, wait_http_ok, Registry, RegistryOptions};
 
-/// The catalog names of the runtimes the tests build for.
+/// The catalog names of the runtimes the tests build for: the default versions (Debian
+/// trixie's), and the older ones of Debian bookworm.
 pub const PYTHON: &str = "python3.13";
 pub const NODEJS: &str = "nodejs20";
+pub const PYTHON_3_11: &str = "python3.11";
+pub const NODEJS_18: &str = "nodejs18";
 
-fn lang_of(runtime: &str) -> &'static str {
-    if runtime.starts_with("python") {
-        "python"
-    } else {
-        "nodejs"
-    }
+/// The catalog's entry for `runtime`, a runtime name (not a Kubeless alias).
+fn catalog_entry(runtime: &str) -> fnbuild::runtime::Runtime {
+    let catalog = fnbuild::runtime::Catalog::embedded();
+    let resolved = catalog
+        .resolve(runtime)
+        .unwrap_or_else(|e| panic!("{runtime}: {e}"));
+    assert!(
+        resolved.alias_warning.is_none(),
+        "{runtime} is an alias: name the runtime it maps to"
+    );
+    resolved.runtime.clone()
 }
 
-/// The runtime base image of `runtime` as an OCI layout, made with `fnbuild base --from
-/// rootfs:` the first time and kept in the test cache, keyed by what it is made from (the
-/// runtime server and fnbuild's layering code), so a change to either makes a new one.
+/// The test root filesystem (made by `tests/setup.sh`) holding `runtime`'s interpreter.
+fn rootfs_of(runtime: &str) -> PathBuf {
+    rootfs(match runtime {
+        PYTHON => "python",
+        NODEJS => "nodejs",
+        PYTHON_3_11 | NODEJS_18 => runtime,
+        _ => panic!(
+            "no test root filesystem has {runtime}'s interpreter; tests/setup.sh makes them \
+             for {PYTHON}, {NODEJS}, {PYTHON_3_11} and {NODEJS_18}"
+        ),
+    })
+}
+
+/// The runtime base image of `runtime` (a catalog name) as an OCI layout, made with
+/// `fnbuild base --from rootfs:` from the test root filesystem with its interpreter the first
+/// time and kept in the test cache, keyed by what it is made from (the runtime server and
+/// fnbuild's layering code), so a change to either makes a new one.
 pub fn base_layout(runtime: &str) -> PathBuf {
-    let lang = lang_of(runtime);
+    let language = catalog_entry(runtime).language;
     let root = env!("CARGO_MANIFEST_DIR");
     let mut hasher = Sha256::new();
     for file in [
-        format!(
-            "runtimes/{lang}/kubeless.{}",
-            if lang == "python" { "py" } else { "js" }
-        ),
+        format!("runtimes/{language}/{}", language.server().0),
         "src/base.rs".to_string(),
         "src/image/layer.rs".to_string(),
         "src/image/config.rs".to_string(),
@@ -54,7 +73,7 @@ pub fn base_layout(runtime: &str) -> PathBuf {
     let cache = tempfile::tempdir().unwrap();
     let out = fnbuild()
         .args(["base", "--runtime", runtime, "--from"])
-        .arg(format!("rootfs:{}", rootfs(lang).display()))
+        .arg(format!("rootfs:{}", rootfs_of(runtime).display()))
         .arg("--image")
         .arg(format!("oci:{}", temp.path().join("layout").display()))
         .arg("--cache-dir")
@@ -73,10 +92,7 @@ pub fn base_layout(runtime: &str) -> PathBuf {
 
 /// The reference the catalog gives a runtime's base image in `registry`.
 pub fn base_ref(registry: &Registry, runtime: &str) -> String {
-    match lang_of(runtime) {
-        "python" => format!("{}/fnbuild/runtime-python:3.13", registry.host()),
-        _ => format!("{}/fnbuild/runtime-nodejs:20", registry.host()),
-    }
+    catalog_entry(runtime).base_image_ref_in(&registry.host())
 }
 
 /// A plain registry holding the base images of `runtimes` under their catalog names.

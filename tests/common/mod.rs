@@ -42,16 +42,16 @@ pub fn test_cache() -> PathBuf {
     }
 }
 
-/// The root filesystem of a language runtime (`"python"` or `"nodejs"`) made by
-/// `tests/setup.sh`: `$FNBUILD_TEST_CACHE/rootfs/<lang>`, a Debian trixie minbase with
-/// python3 + pip, or nodejs + npm.
+/// A root filesystem made by `tests/setup.sh`: `$FNBUILD_TEST_CACHE/rootfs/<name>`, a Debian
+/// minbase with python3 + pip, or nodejs + npm: `"python"` and `"nodejs"` (trixie: Python
+/// 3.13, Node.js 20), `"python3.11"` and `"nodejs18"` (bookworm).
 ///
 /// Panics when it is missing or incomplete: tests never skip silently.
-pub fn rootfs(lang: &str) -> PathBuf {
-    let dir = test_cache().join("rootfs").join(lang);
+pub fn rootfs(name: &str) -> PathBuf {
+    let dir = test_cache().join("rootfs").join(name);
     if !dir.join(ROOTFS_MARKER).is_file() {
         panic!(
-            "the {lang} test rootfs is missing or incomplete at {} (no {ROOTFS_MARKER}): \
+            "the {name} test rootfs is missing or incomplete at {} (no {ROOTFS_MARKER}): \
              run `bash tests/setup.sh` (as root) first, or set FNBUILD_TEST_CACHE to where it \
              put them",
             dir.display()

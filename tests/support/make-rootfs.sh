@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Makes a Debian trixie (--variant=minbase) root filesystem for one of the language runtimes
+# Makes a Debian (--variant=minbase) root filesystem for one of the language runtimes
 # used by the integration tests, without Docker: debootstrap, then (nodejs) a second apt step
 # inside a chroot.
 #
-#   usage: make-rootfs.sh python|nodejs OUT_DIR
+#   usage: make-rootfs.sh python|nodejs OUT_DIR [SUITE]
+#
+# SUITE is the Debian release (default $FNBUILD_DEBIAN_SUITE, else trixie): trixie has Python
+# 3.13 and Node.js 20, bookworm Python 3.11 and Node.js 18.
 #
 # The rootfs is built in a temporary directory next to OUT_DIR and renamed into place at the
 # end, with the marker file OUT_DIR/.fnbuild-rootfs-complete already inside it, so a
@@ -12,18 +15,18 @@
 # Environment:
 #   FNBUILD_DEBIAN_MIRROR  Debian mirror (default http://deb.debian.org/debian; keep it plain
 #                          http: the rootfs has no CA for an intercepting proxy).
-#   FNBUILD_DEBIAN_SUITE   suite (default trixie).
+#   FNBUILD_DEBIAN_SUITE   suite when SUITE is not given (default trixie).
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 python|nodejs OUT_DIR" >&2
+    echo "usage: $0 python|nodejs OUT_DIR [SUITE]" >&2
     exit 2
 }
-[[ $# -eq 2 ]] || usage
+[[ $# -eq 2 || $# -eq 3 ]] || usage
 lang=$1
 out=$2
 mirror=${FNBUILD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-suite=${FNBUILD_DEBIAN_SUITE:-trixie}
+suite=${3:-${FNBUILD_DEBIAN_SUITE:-trixie}}
 marker=.fnbuild-rootfs-complete
 
 case "$lang" in
