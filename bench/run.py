@@ -102,9 +102,6 @@ FUNCTIONS = {
 # paths outlive FUNC_TIMEOUT. Python: /hang sleeps 30 s, /spin burns CPU for 10 s (both keep
 # their thread after the 408). Node.js: /hang resolves after 30 s, /never never settles.
 SOAK_FUNC_TIMEOUT = 2
-# RSS is compared from here to the end: by then /hang's stuck calls (30 s) have reached their
-# steady number.
-SOAK_WARM_UP_SECONDS = 40
 SOAK_PY_HANDLER = """import time
 
 
@@ -1107,14 +1104,16 @@ def summarize(results, args):
 
 def summarize_soak(soak, seconds):
     """Per kind of traffic: calls and the share answered as expected; the unexpected outcomes;
-    the server's RSS (MB), threads and open files at the start, after the warm-up and at the end."""
+    the server's RSS (MB), threads and open files at the start, at half time and at the end."""
     kinds = {}
     for kind, outcomes in soak['counts'].items():
         total = sum(outcomes.values())
         kinds[kind] = {'calls': total, 'expected': outcomes.get('expected', 0),
                        'unexpected': {k: v for k, v in outcomes.items() if k != 'expected'}}
     samples = [x for x in soak['samples'] if not x.get('gone')]
-    warm = next((x for x in samples if x['t'] >= SOAK_WARM_UP_SECONDS), samples[-1] if samples else None)
+    # RSS is compared from half time to the end: long after the stuck 30 s calls reached their
+    # steady number and the allocators their working size.
+    warm = next((x for x in samples if x['t'] >= seconds / 2), samples[-1] if samples else None)
 
     def at(sample):
         return None if sample is None else {
@@ -1249,7 +1248,7 @@ def report_soak(soak, summary):
                      point(r['warm']), point(r['end']), fmt(r['max_rss_mb'], 1),
                      'running' if r['server_exit'] is None and not r['gone'] else f'EXITED ({r["server_exit"]})'])
     out.append(table(['runtime', 'good req/s', 'worst /healthz ms', 'at start',
-                      f'after {SOAK_WARM_UP_SECONDS} s', 'at end', 'max RSS MB', 'server'], rows))
+                      f'after {soak["seconds"] // 2} s', 'at end', 'max RSS MB', 'server'], rows))
     out.append('')
     return out
 

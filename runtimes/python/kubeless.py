@@ -35,7 +35,9 @@ by Knative or Kubernetes, so:
   after giving up.  ``/metrics`` has the gauge ``function_calls_stuck``.
 * Slow clients.  A request head must arrive within FUNC_HEADER_TIMEOUT of its
   first byte (for a new connection: of connecting), a body must not pause for
-  FUNC_BODY_TIMEOUT, and a keep-alive connection is closed after
+  FUNC_BODY_TIMEOUT nor come slower than MIN_BODY_RATE on average (a body
+  dribbled a byte at a time is cut off as soon as a silent one), and a
+  keep-alive connection is closed after
   FUNC_IDLE_TIMEOUT without a request; late heads and bodies get a 408.  At
   most FUNC_MAX_CONNECTIONS connections are open (lowered to fit the
   open-file limit, leaving an eighth of it, at least 64, to the handler): a
@@ -59,7 +61,7 @@ Environment:
                      many stuck calls make the server exit with status 3
   REQ_MB_LIMIT       largest accepted request body in MB (default 100)
   FUNC_HEADER_TIMEOUT  seconds for a request head to arrive (default 10)
-  FUNC_BODY_TIMEOUT    seconds a request body may pause (default 60)
+  FUNC_BODY_TIMEOUT    seconds a request body may pause, or fall behind 1 KiB/s (default 60)
   FUNC_IDLE_TIMEOUT    seconds a keep-alive connection may wait for a request
                        (default 120: longer than clients such as Go's 90 s,
                        so that the client closes first)
@@ -103,6 +105,9 @@ UNHEALTHY_EXIT = 3
 # this long before the socket closes, so that the client can read the answer
 # (closing with unread input makes the kernel reset the connection).
 LINGER_SECONDS = 2.0
+# Bytes a second a request body must average (a slow mobile link sends far more); each byte
+# moves the body deadline 1/MIN_BODY_RATE s later, never past FUNC_BODY_TIMEOUT from now.
+MIN_BODY_RATE = 1024
 # sys.setswitchinterval while calls are stuck (the default is 5 ms).  Measured with the
 # benchmark's soak (handlers looping after their 408): /healthz's worst answer went from
 # 615 to 72 ms and the good calls served doubled.  Not the default: it costs the hello
@@ -754,7 +759,8 @@ class HttpConnection(asyncio.Protocol):
     request and are met within 2 * SWEEP_SECONDS): a request head must
     arrive within FUNC_HEADER_TIMEOUT of its first byte (of the connection,
     for the first request), body bytes must keep coming at least every
-    FUNC_BODY_TIMEOUT, and a keep-alive connection may wait FUNC_IDLE_TIMEOUT
+    FUNC_BODY_TIMEOUT and at MIN_BODY_RATE on average, and a keep-alive
+    connection may wait FUNC_IDLE_TIMEOUT
     for its next request.  No deadline runs while a handler has the request.
     """
 
@@ -786,8 +792,8 @@ class HttpConnection(asyncio.Protocol):
         if self.waiting:  # the first bytes of the next request: its head deadline starts
             self.waiting = False
             self.since = self.runtime.now
-        elif self.head is not None:  # body progress
-            self.since = self.runtime.now
+        elif self.head is not None:  # body progress: time credit at MIN_BODY_RATE, up to now
+            self.since = min(self.runtime.now, self.since + len(data) / MIN_BODY_RATE)
         self.buf += data
         if not self.busy:
             self.process()
@@ -905,7 +911,8 @@ class HttpConnection(asyncio.Protocol):
         """Close the connection if it missed a deadline; True if it did."""
         if self.head is not None:
             if now - self.since > config.body_timeout:
-                self.refuse(408, f'no request body data for {config.body_timeout:g}s')
+                self.refuse(408, f'request body too slow: no data for {config.body_timeout:g}s, '
+                                 f'or under {MIN_BODY_RATE} bytes/s on average')
                 return True
         elif self.waiting and not self.buf:
             if now - self.since > config.idle_timeout:

@@ -708,8 +708,31 @@ class SlowClientTest(ServerTestCase):
         head = b'POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\n' + b'x' * 10
         response, seconds = answer_after_dribbling(self.port, head, b'')
         self.assertTrue(response.startswith(b'HTTP/1.1 408 '), response)
-        self.assertTrue(response.endswith(b'no request body data for 1s\n'), response)
+        self.assertTrue(response.endswith(b'request body too slow: no data for 1s, '
+                                          b'or under 1024 bytes/s on average\n'), response)
         self.assertGreater(seconds, 0.9)
+
+    def test_dribbled_body_is_408_and_closed(self):
+        # A byte every 0.1 s never pauses for 1 s, but falls far behind 1 KiB/s.
+        head = b'POST /echo HTTP/1.1\r\nContent-Length: 100000\r\n\r\n'
+        response, seconds = answer_after_dribbling(self.port, head, b'x')
+        self.assertTrue(response.startswith(b'HTTP/1.1 408 '), response)
+        self.assertIn(b'request body too slow', response)
+        self.assertGreater(seconds, 0.9)
+
+    def test_body_at_a_steady_pace_is_served(self):
+        # A body that takes 3 s at about 10 KiB/s, three times FUNC_BODY_TIMEOUT: it keeps
+        # coming fast enough, so it is served.
+        with socket.create_connection(('127.0.0.1', self.port), timeout=10) as sock:
+            sock.sendall(b'POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n'
+                         b'Content-Length: 30000\r\n\r\n')
+            for _ in range(30):
+                time.sleep(0.1)
+                sock.sendall(b'x' * 1000)
+            response = b''
+            while chunk := sock.recv(65536):
+                response += chunk
+        self.assertTrue(response.startswith(b'HTTP/1.1 200 '), response[:200])
 
     def test_idle_keep_alive_connection_is_closed(self):
         with socket.create_connection(('127.0.0.1', self.port), timeout=20) as sock:
