@@ -763,7 +763,7 @@ fn list_runtimes(args: RuntimesArgs) -> Result<ExitCode> {
                 "BASE IMAGE",
                 "CODE",
                 "DEPS",
-                "KUBELESS NAMES",
+                "ALSO NAMED",
             ]
             .map(String::from);
             let widths: Vec<usize> = (0..6)
