@@ -10,11 +10,11 @@
 # A runtime version's upstream must hold that version's interpreter. By default it is a Debian
 # root filesystem made with debootstrap (as the tests make them), standing in for a language
 # image from Docker Hub: trixie's for python3.13 and nodejs20, bookworm's for python3.11 and
-# nodejs18. FROM_<RUNTIME> (the runtime's name in capitals, '.' as '_': FROM_PYTHON3_10,
-# FROM_NODEJS22) names another upstream, an image reference or oci:DIR (e.g.
-# FROM_PYTHON3_10=python:3.10-slim); FROM_PYTHON and FROM_NODEJS stand for FROM_PYTHON3_13 and
-# FROM_NODEJS20. A version of the catalog with no upstream (python3.9, python3.10,
-# python3.12, nodejs22 unless given) is skipped, and said so.
+# nodejs18, bullseye's for python3.9. FROM_<RUNTIME> (the runtime's name in capitals, '.' as
+# '_': FROM_PYTHON3_10, FROM_NODEJS22) names another upstream, an image reference or oci:DIR
+# (e.g. FROM_PYTHON3_10=python:3.10-slim); FROM_PYTHON and FROM_NODEJS stand for
+# FROM_PYTHON3_13 and FROM_NODEJS20. A version of the catalog with no upstream (python3.10, python3.12, nodejs22
+# unless given) is skipped, and said so.
 #
 #   usage: images/publish.sh REGISTRY [VERSION]     (as root; REGISTRY e.g. registry.local:5000)
 # Registry credentials: $DOCKER_CONFIG or ~/.docker/config.json; plain-HTTP registries: set
@@ -31,7 +31,8 @@ cargo build --release --quiet
 fnbuild=$PWD/target/release/fnbuild
 
 # Runtime -> the test root filesystem (tests/setup.sh) holding its interpreter.
-declare -A debian_rootfs=([python3.13]=python [nodejs20]=nodejs [python3.11]=python3.11 [nodejs18]=nodejs18)
+declare -A debian_rootfs=([python3.13]=python [nodejs20]=nodejs [python3.11]=python3.11 [nodejs18]=nodejs18
+    [python3.9]=python3.9)
 FROM_PYTHON3_13=${FROM_PYTHON3_13:-${FROM_PYTHON:-}}
 FROM_NODEJS20=${FROM_NODEJS20:-${FROM_NODEJS:-}}
 

@@ -83,7 +83,8 @@ fn yaml_field(file: &Path, pointer: &str) -> serde_json::Value {
 }
 
 fn functions_yaml(url_code: &str, url_zip: &str, zip_checksum: &str) -> String {
-    let node = "module.exports = { hello: (event) => 'node says ' + event.data };\n";
+    let node =
+        "module.exports = { hello: (event, context) => `node says ${event.data} on ${context.runtime}` };\n";
     let zipped = zip_of(&[(
         "zipped.py",
         "def handler(event, context):\n    return 'from a zip'\n",
@@ -106,7 +107,7 @@ items:
     function: |
       import six
       def handler(event, context):
-          return "six " + six.__version__
+          return "six %s on %s" % (six.__version__, context["runtime"])
     deps: "six==1.16.0"
     timeout: "45"
     deployment:
@@ -163,7 +164,8 @@ items:
 
 #[test]
 fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
-    let registry = registry_with_bases(&[PYTHON, NODEJS]);
+    // The Functions name old Kubeless runtimes, built as the nearest supported versions.
+    let registry = registry_with_bases(&[PYTHON_3_9, NODEJS_18]);
     let code = "def handler(event, context):\n    return 'from a url'\n";
     let url_code = format!("{}/fromurl.py", serve(code.as_bytes().to_vec()));
     let zipped = zip_of(&[(
@@ -204,6 +206,18 @@ fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
     );
     assert!(!stderr.contains("TOKEN"), "{stderr}");
     assert!(stderr.contains("host name, path"), "{stderr}");
+    for (old, new) in [
+        ("python3.7", PYTHON_3_9),
+        ("nodejs14", NODEJS_18),
+        ("python3.8", PYTHON_3_9),
+        ("nodejs12", NODEJS_18),
+    ] {
+        assert!(
+            stderr.contains(&format!("runtime '{old}' is built as '{new}'")),
+            "{old}: {stderr}"
+        );
+    }
+    assert!(!stderr.contains("'python3.9' is built as"), "{stderr}");
 
     let images: std::collections::BTreeMap<String, String> = stdout
         .lines()
@@ -269,8 +283,8 @@ fn every_content_type_converts_builds_and_runs_as_a_knative_service() {
     assert_eq!(yaml_field(&ping, "/spec/data"), r#"{"job":"report"}"#);
 
     for (name, data, expected) in [
-        ("withdeps", "", "six 1.16.0"),
-        ("node64", "hi", "node says hi"),
+        ("withdeps", "", "six 1.16.0 on python3.9"),
+        ("node64", "hi", "node says hi on nodejs18"),
         ("zipped", "", "from a zip"),
         ("tarred", "", "from a tar"),
         ("fromurl", "", "from a url"),
@@ -331,7 +345,8 @@ spec:
 
 #[test]
 fn without_a_registry_the_inputs_and_a_build_script_are_written() {
-    let registry = registry_with_bases(&[PYTHON]);
+    // HELLO_WITH_POD's python3.7 is built as python3.9.
+    let registry = registry_with_bases(&[PYTHON_3_9]);
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("functions.yaml");
     std::fs::write(&file, HELLO_WITH_POD).unwrap();

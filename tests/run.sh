@@ -6,8 +6,9 @@
 #   1. cargo test --all-targets --no-fail-fast         (the Rust unit and integration tests)
 #   2. python3 -m unittest discover -s runtimes/python (the Python runtime server)
 #   3. node --test runtimes/nodejs/test/*.test.js      (the Node.js runtime server)
-#   4. the same two on the oldest interpreters the tests have, Debian bookworm's Python 3.11
-#      and Node.js 18, inside their root filesystems (tests/support/in-rootfs.sh; ~45 s)
+#   4. the same two on the older interpreters the tests have, Debian bookworm's Python 3.11
+#      and Node.js 18 and bullseye's Python 3.9 (the oldest version the catalog has), inside
+#      their root filesystems (tests/support/in-rootfs.sh; ~65 s)
 # Extra arguments are passed to cargo test (e.g. `bash tests/run.sh registry`).
 #
 # Environment: FNBUILD_TEST_CACHE (default /var/cache/fnbuild-test): where the integration
@@ -44,6 +45,8 @@ run_suite rust cargo test --all-targets --no-fail-fast "$@"
 run_suite python python3 -m unittest discover -s runtimes/python -v
 run_suite nodejs node --test runtimes/nodejs/test/*.test.js
 run_suite python3.11 bash tests/support/in-rootfs.sh "$FNBUILD_TEST_CACHE/rootfs/python3.11" \
+    python3 -m unittest discover -s python -v
+run_suite python3.9 bash tests/support/in-rootfs.sh "$FNBUILD_TEST_CACHE/rootfs/python3.9" \
     python3 -m unittest discover -s python -v
 run_suite nodejs18 bash tests/support/in-rootfs.sh "$FNBUILD_TEST_CACHE/rootfs/nodejs18" \
     sh -c 'node --test nodejs/test/*.test.js'

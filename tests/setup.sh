@@ -7,7 +7,8 @@
 #   2. builds the runtime root filesystems (Debian minbase + python3/pip, + nodejs/npm) into
 #      $FNBUILD_TEST_CACHE/rootfs/NAME when they are not complete yet, all at the same time:
 #      python and nodejs (trixie: Python 3.13, Node.js 20, the default runtimes), python3.11
-#      and nodejs18 (bookworm: the older versions the runtime-version tests build for).
+#      and nodejs18 (bookworm), and python3.9 (bullseye): the older versions the
+#      runtime-version tests build for (3.9 is what old Kubeless Python names are built as).
 #
 # Re-running it when everything is there takes well under a second.
 #
@@ -105,9 +106,10 @@ declare -A rootfs_of=(
     [nodejs]="nodejs trixie"
     [python3.11]="python bookworm"
     [nodejs18]="nodejs bookworm"
+    [python3.9]="python bullseye"
 )
 # Stable order for building and reporting.
-names=(python nodejs python3.11 nodejs18)
+names=(python nodejs python3.11 nodejs18 python3.9)
 
 incomplete() { # prints the rootfs names without a completion marker
     local name

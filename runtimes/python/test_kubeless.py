@@ -284,6 +284,13 @@ class SyncHandlerTest(ServerTestCase):
         json_text = self.echo(body=b'{"a": 1}', headers={'Content-Type': 'text/plain'})
         self.assertEqual(json_text['data'], '{"a": 1}')
 
+    def test_json_integers_up_to_the_interpreters_limit_are_data(self):
+        # 4300 digits, the most Python converts; more are refused (MalformedRequestTest).
+        numbers = [int('9' * 4300), -int('8' * 4300)]
+        result = self.echo(body=json.dumps(numbers).encode(),
+                           headers={'Content-Type': 'application/json'})
+        self.assertEqual((result['data'], result['data_type']), (numbers, 'list'))
+
     def test_invalid_json_is_400(self):
         status, _, body = self.call('POST', '/echo', b'{"a":', {'Content-Type': 'application/json'})
         self.assertEqual(status, 400)
@@ -908,7 +915,9 @@ class MalformedRequestTest(ServerTestCase):
         for body, reason in ((b'[' * 100000, b'Invalid JSON body: nested too deeply'),
                              (b'{"a": ' * 100000, b'Invalid JSON body: nested too deeply'),
                              (b'{"a": "\xff"}', b'Invalid JSON body: '),
-                             (b'1' * 5000, b'Invalid JSON body: '),
+                             (b'[1, -' + b'2' * 5000 + b']',
+                              b'Invalid JSON body: Exceeds the limit (4300 digits) for integer '
+                              b'string conversion: value has 5000 digits'),
                              (b'{"a":', b'Invalid JSON body: ')):
             with self.subTest(body=body[:20]):
                 self.check(self.json_request(body), 400, reason)

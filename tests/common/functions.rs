@@ -13,11 +13,13 @@ use sha2::{Digest as _, Sha256};
 use super::{fnbuild, free_port, rootfs, test_cache, wait_http_ok, Registry, RegistryOptions};
 
 /// The catalog names of the runtimes the tests build for: the default versions (Debian
-/// trixie's), and the older ones of Debian bookworm.
+/// trixie's), the older ones of Debian bookworm, and Debian bullseye's Python 3.9, the version
+/// old Kubeless Python names are built as.
 pub const PYTHON: &str = "python3.13";
 pub const NODEJS: &str = "nodejs20";
 pub const PYTHON_3_11: &str = "python3.11";
 pub const NODEJS_18: &str = "nodejs18";
+pub const PYTHON_3_9: &str = "python3.9";
 
 /// The catalog's entry for `runtime`, a runtime name (not a Kubeless alias).
 fn catalog_entry(runtime: &str) -> fnbuild::runtime::Runtime {
@@ -37,10 +39,10 @@ fn rootfs_of(runtime: &str) -> PathBuf {
     rootfs(match runtime {
         PYTHON => "python",
         NODEJS => "nodejs",
-        PYTHON_3_11 | NODEJS_18 => runtime,
+        PYTHON_3_11 | NODEJS_18 | PYTHON_3_9 => runtime,
         _ => panic!(
             "no test root filesystem has {runtime}'s interpreter; tests/setup.sh makes them \
-             for {PYTHON}, {NODEJS}, {PYTHON_3_11} and {NODEJS_18}"
+             for {PYTHON}, {NODEJS}, {PYTHON_3_11}, {NODEJS_18} and {PYTHON_3_9}"
         ),
     })
 }

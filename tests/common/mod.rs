@@ -44,7 +44,7 @@ pub fn test_cache() -> PathBuf {
 
 /// A root filesystem made by `tests/setup.sh`: `$FNBUILD_TEST_CACHE/rootfs/<name>`, a Debian
 /// minbase with python3 + pip, or nodejs + npm: `"python"` and `"nodejs"` (trixie: Python
-/// 3.13, Node.js 20), `"python3.11"` and `"nodejs18"` (bookworm).
+/// 3.13, Node.js 20), `"python3.11"` and `"nodejs18"` (bookworm), `"python3.9"` (bullseye).
 ///
 /// Panics when it is missing or incomplete: tests never skip silently.
 pub fn rootfs(name: &str) -> PathBuf {

@@ -6,7 +6,7 @@
 #   usage: make-rootfs.sh python|nodejs OUT_DIR [SUITE]
 #
 # SUITE is the Debian release (default $FNBUILD_DEBIAN_SUITE, else trixie): trixie has Python
-# 3.13 and Node.js 20, bookworm Python 3.11 and Node.js 18.
+# 3.13 and Node.js 20, bookworm Python 3.11 and Node.js 18, bullseye Python 3.9.
 #
 # The rootfs is built in a temporary directory next to OUT_DIR and renamed into place at the
 # end, with the marker file OUT_DIR/.fnbuild-rootfs-complete already inside it, so a
