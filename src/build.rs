@@ -21,7 +21,7 @@ use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
 use crate::sbom;
-use crate::source::{self, FetchOptions, SourceSpec, Workspace};
+use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
 use crate::transport::publish::{publish, BuiltImage, Inherited};
 use crate::transport::referrers;
 use crate::transport::{BlobSource, Location, SourceImage};
@@ -104,6 +104,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             git: request.git.clone(),
             s3: request.s3.clone(),
             deadlines: request.deadlines,
+            single_file: SingleFileName::new(&request.handler.module, language.module_extensions()),
         },
     )
     .await?;
