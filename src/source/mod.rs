@@ -3,7 +3,8 @@
 //! given, is verified over the bytes fetched before anything is unpacked. Every fetch over
 //! the network runs under the deadlines of [`deadline`]. A source that is one file is named
 //! after the handler's module, as Kubeless names it ([`single_file`]). The workspace is what
-//! the code layer is made from; its origin (URL, revision) goes into the image's annotations.
+//! the code layer is made from; its origin (URL, revision) goes into the image's annotations
+//! and labels.
 
 pub mod archive;
 pub mod deadline;
@@ -87,13 +88,34 @@ impl std::fmt::Display for SourceSpec {
     }
 }
 
-/// Where the fetched source came from, recorded in the image's annotations.
+/// Where the fetched source came from, recorded in the image's annotations and config labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     /// `org.opencontainers.image.source`: a URL without credentials.
     pub url: Option<String>,
     /// `org.opencontainers.image.revision`: a commit, version or checksum.
     pub revision: Option<String>,
+}
+
+impl Origin {
+    /// Each of `self` (given with `--source-url`, `--source-revision`), else of `found` (what
+    /// the fetch recorded); the URL without credentials or query string, whoever gave it.
+    pub fn or(self, found: Origin) -> Origin {
+        Origin {
+            url: self.url.or(found.url).map(|url| http::redact(&url)),
+            revision: self.revision.or(found.revision),
+        }
+    }
+
+    /// The OCI keys and values an image records of its source.
+    pub fn oci_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        [
+            (crate::image::SOURCE_KEY, &self.url),
+            (crate::image::REVISION_KEY, &self.revision),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.as_deref()?)))
+    }
 }
 
 /// How to fetch.
@@ -390,6 +412,30 @@ fn single_top_dir(dir: PathBuf) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_origin_wins_and_no_url_keeps_credentials() {
+        let found = Origin {
+            url: Some("https://fetched.example/f.tgz".into()),
+            revision: Some("sha256:abc".into()),
+        };
+        let given = Origin {
+            url: Some("https://user:pw@git.example/team/fn.git?token=t".into()),
+            revision: None,
+        };
+        let recorded = given.or(found);
+        assert_eq!(
+            recorded.oci_keys().collect::<Vec<_>>(),
+            [
+                (
+                    "org.opencontainers.image.source",
+                    "https://git.example/team/fn.git"
+                ),
+                ("org.opencontainers.image.revision", "sha256:abc"),
+            ]
+        );
+        assert_eq!(Origin::default().oci_keys().count(), 0);
+    }
 
     #[test]
     fn specs_are_recognised() {
