@@ -297,8 +297,10 @@ fn a_single_object_is_built_and_its_etag_recorded() {
     assert_eq!(s3_specific.image().digest, image.digest);
 }
 
+/// A single object is stored under the handler's module name, as Kubeless stores
+/// `--from-file`, whatever it is called: even `src`, the name of the workspace's directory.
 #[test]
-fn an_object_named_like_the_workspace_directory_builds() {
+fn a_single_object_is_stored_under_the_handler_module_whatever_its_name() {
     let s3 = S3Server::start();
     s3.setup(&S3Setup::new().bucket("functions").object(
         "functions",
@@ -306,16 +308,18 @@ fn an_object_named_like_the_workspace_directory_builds() {
         HELLO_PY.as_bytes(),
     ));
     let job = Job::new();
-    // A single file keeps its name: the handler's module is the file name without extension.
-    let out = job
-        .s3(&s3, "s3://functions/team/src", &any_keys(), &[])
-        .output()
-        .unwrap();
+    let out = success(&mut job.s3(&s3, "s3://functions/team/src", &any_keys(), &[]));
     let stderr = stderr_of(&out);
-    assert!(!stderr.contains("File exists"), "{stderr}");
-    assert!(
-        stderr.contains("no module 'hello'") && stderr.contains("src"),
-        "{stderr}"
+    assert_mentions(
+        &stderr,
+        &[
+            "stored under the handler's module name",
+            "stored_as=hello.py",
+        ],
+    );
+    assert_eq!(
+        job.image().code_files(),
+        under_kubeless(&[("hello.py", HELLO_PY)])
     );
 }
 
