@@ -16,12 +16,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::handler_check;
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{Descriptor, ImageConfig, CREATED_ANNOTATION};
+use crate::image::{Descriptor, ImageConfig, CREATED_ANNOTATION, REVISION_KEY, SOURCE_KEY};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
 use crate::sbom;
-use crate::source::{self, FetchOptions, SourceSpec, Workspace};
+use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
 use crate::transport::publish::{publish, BuiltImage, Inherited};
 use crate::transport::referrers;
 use crate::transport::{BlobSource, Location, SourceImage};
@@ -104,15 +104,13 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             git: request.git.clone(),
             s3: request.s3.clone(),
             deadlines: request.deadlines,
+            single_file: SingleFileName::new(&request.handler.module, language.module_extensions()),
         },
     )
     .await?;
     tracing::info!(source = %request.source, "fetched the function's source");
     let found = std::mem::take(&mut workspace.origin);
-    workspace.origin = source::Origin {
-        url: request.origin.url.clone().or(found.url),
-        revision: request.origin.revision.clone().or(found.revision),
-    };
+    workspace.origin = request.origin.clone().or(found);
     let module = handler_check::check(&workspace, &request.handler, language)?;
     let deps_files = find_deps_files(request, &workspace, language)?;
 
@@ -606,6 +604,11 @@ fn assemble(
         config.set_env([("FUNC_MEMORY_LIMIT", bytes.to_string().as_str())]);
     }
     config.set_env(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // The source labels the base may carry name the base's source, not the function's.
+    if let Some(labels) = config.config.labels.as_mut() {
+        labels.retain(|key, _| key != SOURCE_KEY && key != REVISION_KEY);
+    }
+    config.set_labels(workspace.origin.oci_keys());
     config.set_labels(request.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     config.expose_tcp_port(request.port);
     config.config.working_dir = Some(CODE_DIR.to_string());
@@ -632,15 +635,12 @@ fn assemble(
 
     let mut annotations = std::collections::BTreeMap::new();
     annotations.insert(CREATED_ANNOTATION.to_string(), created);
-    if let Some(url) = &workspace.origin.url {
-        annotations.insert("org.opencontainers.image.source".to_string(), url.clone());
-    }
-    if let Some(revision) = &workspace.origin.revision {
-        annotations.insert(
-            "org.opencontainers.image.revision".to_string(),
-            revision.clone(),
-        );
-    }
+    annotations.extend(
+        workspace
+            .origin
+            .oci_keys()
+            .map(|(key, value)| (key.to_string(), value.to_string())),
+    );
     let layers: Vec<&BuiltLayer> = deps_layer.into_iter().chain([code_layer]).collect();
     BuiltImage::on_base(
         base,

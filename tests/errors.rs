@@ -571,9 +571,10 @@ fn malformed_flag_values_are_usage_errors() {
     let oci_output = format!("oci:{}", layout.path().join("out").display());
     let registry_as_output = image_ref(&registry);
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        // A bare KEY is an empty variable, as in Kubeless; a value without a key is wrong.
         (
-            vec!["--env", "NOVALUE"],
-            vec!["--env", "NOVALUE", "KEY=VALUE"],
+            vec!["--env", "=VALUE"],
+            vec!["--env", "=VALUE", "non-empty"],
         ),
         (vec!["--timeout", "0"], vec!["--timeout", "at least 1"]),
         (

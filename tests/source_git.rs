@@ -2,8 +2,8 @@
 //! (smart HTTP with basic auth, `git http-backend`) and `git+ssh://` (OpenSSH's sshd), at a
 //! branch, a tag or a commit, from a sub-directory, with submodules, with credentials from
 //! where clusters mount them. Every build writes an OCI layout (the python base image read
-//! from a layout too), which is then read back: the manifest's annotations name the source
-//! and the commit, and the code layer (the last one) holds exactly the files taken.
+//! from a layout too), which is then read back: the manifest's annotations and the config's
+//! labels name the source and the commit, and the code layer (the last one) holds exactly the files taken.
 //!
 //! Servers and the fixture repository: `tests/common/git_server.rs`.
 
@@ -14,10 +14,9 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use common::free_port;
-use common::functions::{base_layout, files_holding, function_dir, PYTHON};
+use common::functions::{base_layout, files_holding, function_dir, success, PYTHON};
 use common::git_server::{hello_py, GitDaemon, GitFixture, GitHttpServer, SshServer, LIB_UTIL_PY};
 use tempfile::TempDir;
 
@@ -36,7 +35,6 @@ struct Build {
     code: i32,
     stdout: String,
     stderr: String,
-    elapsed: Duration,
     out: TempDir,
     cache: TempDir,
     _home: TempDir,
@@ -123,13 +121,11 @@ fn build(args: &[&str], env: &[(&str, &str)]) -> Build {
     for (key, value) in env {
         cmd.env(key, value);
     }
-    let start = Instant::now();
     let output = cmd.stdin(Stdio::null()).output().unwrap();
     Build {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: start.elapsed(),
         out,
         cache,
         _home: home,
@@ -140,6 +136,7 @@ fn build(args: &[&str], env: &[(&str, &str)]) -> Build {
 struct Image {
     layout: PathBuf,
     manifest: serde_json::Value,
+    config: serde_json::Value,
 }
 
 impl Image {
@@ -149,16 +146,30 @@ impl Image {
         let manifests = index["manifests"].as_array().unwrap();
         assert_eq!(manifests.len(), 1, "{index}");
         let digest = manifests[0]["digest"].as_str().unwrap();
-        let manifest = serde_json::from_slice(&fs::read(blob_path(layout, digest)).unwrap())
-            .unwrap_or_else(|e| panic!("the manifest {digest} is not JSON: {e}"));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(blob_path(layout, digest)).unwrap())
+                .unwrap_or_else(|e| panic!("the manifest {digest} is not JSON: {e}"));
+        let config_digest = manifest["config"]["digest"].as_str().unwrap();
+        let config = serde_json::from_slice(&fs::read(blob_path(layout, config_digest)).unwrap())
+            .unwrap_or_else(|e| panic!("the config {config_digest} is not JSON: {e}"));
         Image {
             layout: layout.to_path_buf(),
             manifest,
+            config,
         }
     }
 
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.manifest["annotations"][key].as_str()
+    /// What the image records of its source under `key`: the manifest's annotation, which
+    /// must equal the config's label of the same name (what `skopeo inspect`, `docker
+    /// inspect`, GHCR and Harbor show).
+    fn recorded(&self, key: &str) -> Option<&str> {
+        let annotation = self.manifest["annotations"][key].as_str();
+        assert_eq!(
+            self.config["config"]["Labels"][key].as_str(),
+            annotation,
+            "the config label {key} differs from the annotation"
+        );
+        annotation
     }
 
     /// The code layer's digest: the last layer.
@@ -265,9 +276,9 @@ fn every_kind_of_revision_builds_the_commit_it_names_from_the_sub_directory() {
     let source = format!("git+{}", repo.file_url());
     let check = |build: &Build, commit: &str, label: &str, what: &str| {
         let image = build.image();
-        assert_eq!(image.annotation(REVISION), Some(commit), "{what}");
+        assert_eq!(image.recorded(REVISION), Some(commit), "{what}");
         assert_eq!(
-            image.annotation(SOURCE),
+            image.recorded(SOURCE),
             Some(repo.file_url().as_str()),
             "{what}"
         );
@@ -381,7 +392,7 @@ fn without_a_sub_directory_the_whole_tree_is_taken_without_git_metadata() {
         &[],
     );
     let image = b.image();
-    assert_eq!(image.annotation(REVISION), Some(repo.develop.as_str()));
+    assert_eq!(image.recorded(REVISION), Some(repo.develop.as_str()));
     image.assert_code(
         &[
             ("kubeless/README.md", "# The fixture function\n"),
@@ -398,15 +409,18 @@ fn without_a_sub_directory_the_whole_tree_is_taken_without_git_metadata() {
 
 /// `--source-url` and `--source-revision` record where a checkout another step made came from
 /// (git-clone's `url` and `commit` in a Tekton Pipeline): for a directory, which records
-/// nothing by itself, and in place of what a Git fetch found; an empty one is not given.
+/// nothing by itself, and in place of what a Git fetch found; an empty one is not given. A
+/// given URL is recorded without its credentials and query string, and `skopeo inspect`
+/// shows both as labels.
 #[test]
 fn source_url_and_revision_flags_replace_what_the_fetch_recorded() {
     let repo = GitFixture::new();
     let url = "https://git.example.com/team/fn.git";
+    let url_with_secrets = format!("https://{USER}:{PASSWORD}@git.example.com/team/fn.git?t=1");
     let dir = function_dir(&[("hello.py", &hello_py("dir"))]);
     let plain = build(&["--source", path_str(dir.path())], &[]).image();
     assert_eq!(
-        (plain.annotation(SOURCE), plain.annotation(REVISION)),
+        (plain.recorded(SOURCE), plain.recorded(REVISION)),
         (None, None)
     );
     let told = build(
@@ -414,17 +428,31 @@ fn source_url_and_revision_flags_replace_what_the_fetch_recorded() {
             "--source",
             path_str(dir.path()),
             "--source-url",
-            url,
+            &url_with_secrets,
             "--source-revision",
             &repo.main,
         ],
         &[],
-    )
-    .image();
+    );
     assert_eq!(
-        (told.annotation(SOURCE), told.annotation(REVISION)),
+        (
+            told.image().recorded(SOURCE),
+            told.image().recorded(REVISION)
+        ),
         (Some(url), Some(repo.main.as_str()))
     );
+    let inspected = success(
+        std::process::Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci:{}:fn", told.layout().display())),
+    );
+    let labels = &serde_json::from_slice::<serde_json::Value>(&inspected.stdout).unwrap()["Labels"];
+    assert_eq!(
+        (labels[SOURCE].as_str(), labels[REVISION].as_str()),
+        (Some(url), Some(repo.main.as_str())),
+        "skopeo inspect: {labels}"
+    );
+    assert_secret_absent(&[&told], PASSWORD);
     let git = build(
         &[
             "--source",
@@ -440,7 +468,7 @@ fn source_url_and_revision_flags_replace_what_the_fetch_recorded() {
     )
     .image();
     assert_eq!(
-        (git.annotation(SOURCE), git.annotation(REVISION)),
+        (git.recorded(SOURCE), git.recorded(REVISION)),
         (Some(url), Some(repo.develop.as_str()))
     );
 }
@@ -508,12 +536,8 @@ fn smart_http_builds_with_credentials_from_git_credentials_gitconfig_or_a_token(
     for (what, b) in &builds {
         assert_eq!(b.code, 0, "{what}: {}\nserver:\n{}", b.stderr, server.log());
         let image = b.image();
-        assert_eq!(
-            image.annotation(REVISION),
-            Some(repo.main.as_str()),
-            "{what}"
-        );
-        assert_eq!(image.annotation(SOURCE), Some(url.as_str()), "{what}");
+        assert_eq!(image.recorded(REVISION), Some(repo.main.as_str()), "{what}");
+        assert_eq!(image.recorded(SOURCE), Some(url.as_str()), "{what}");
         image.assert_code(&[("kubeless/hello.py", &hello_py("main"))], what);
     }
     let requests = server.requests();
@@ -623,7 +647,7 @@ fn smart_http_fetches_only_the_commit_it_builds() {
             &token,
         );
         assert_eq!(
-            b.image().annotation(REVISION),
+            b.image().recorded(REVISION),
             Some(commit.as_str()),
             "{revision}"
         );
@@ -671,7 +695,7 @@ fn smart_http_builds_a_full_sha_that_no_branch_or_tag_names() {
         ],
     );
     let image = b.image();
-    assert_eq!(image.annotation(REVISION), Some(repo.middle.as_str()));
+    assert_eq!(image.recorded(REVISION), Some(repo.middle.as_str()));
     image.assert_code(&[("kubeless/hello.py", &hello_py("middle"))], "middle");
 }
 
@@ -690,11 +714,8 @@ fn the_code_layer_depends_on_the_files_only_whatever_brought_them() {
 
     let over_git = build(&["--source", &daemon.url("fn.git"), "--sub-dir", "fn"], &[]);
     let image = over_git.image();
-    assert_eq!(image.annotation(REVISION), Some(repo.main.as_str()));
-    assert_eq!(
-        image.annotation(SOURCE),
-        Some(daemon.url("fn.git").as_str())
-    );
+    assert_eq!(image.recorded(REVISION), Some(repo.main.as_str()));
+    assert_eq!(image.recorded(SOURCE), Some(daemon.url("fn.git").as_str()));
     image.assert_code(&[("kubeless/hello.py", &main_hello)], "git://");
 
     let over_file = build(
@@ -826,21 +847,37 @@ fn a_missing_sub_directory_lists_the_top_level_directories() {
     b.failed(2, &["--sub-dir"]);
 }
 
+/// A refused connection ends the build after a few retries, not when a deadline passes:
+/// with deadlines of an hour, the build fails naming the server and the refusal, having
+/// retried at most twice.
 #[test]
-fn an_unreachable_server_fails_within_seconds_naming_it() {
+fn an_unreachable_server_fails_on_the_refused_connection_naming_it() {
     // Ports nothing listens on (free a moment ago).
     for source in [
         format!("git+http://127.0.0.1:{}/fn.git", free_port()),
         format!("git://127.0.0.1:{}/fn.git", free_port()),
     ] {
-        let b = build(&["--source", &source, "--sub-dir", "fn"], &[]);
-        let shown = source.trim_start_matches("git+");
-        b.failed(1, &[shown, "connect"]);
-        assert!(
-            b.elapsed < Duration::from_secs(10),
-            "{source}: took {:?}",
-            b.elapsed
+        let b = build(
+            &[
+                "--source",
+                &source,
+                "--sub-dir",
+                "fn",
+                "--fetch-timeout",
+                "1h",
+                "--fetch-idle-timeout",
+                "1h",
+            ],
+            &[],
         );
+        let shown = source.trim_start_matches("git+");
+        let stderr = b.failed(1, &[shown, "connect"]);
+        assert!(
+            !stderr.contains("--fetch-timeout") && !stderr.contains("--fetch-idle-timeout"),
+            "{source}: the build should fail on the refusal, not on a deadline:\n{stderr}"
+        );
+        let retries = stderr.matches("retrying in").count();
+        assert!(retries <= 2, "{source}: retried {retries} times:\n{stderr}");
     }
 }
 
@@ -922,7 +959,7 @@ fn submodules_are_taken_only_when_asked() {
         &[],
     );
     let image = with.image();
-    assert_eq!(image.annotation(REVISION), Some(repo.main.as_str()));
+    assert_eq!(image.recorded(REVISION), Some(repo.main.as_str()));
     image.assert_code(
         &[
             ("kubeless/hello.py", &hello_py("main")),
@@ -933,7 +970,7 @@ fn submodules_are_taken_only_when_asked() {
 
     let without = build(&["--source", &source, "--sub-dir", "fn"], &[]);
     let image = without.image();
-    assert_eq!(image.annotation(REVISION), Some(repo.main.as_str()));
+    assert_eq!(image.recorded(REVISION), Some(repo.main.as_str()));
     image.assert_code(
         &[("kubeless/hello.py", &hello_py("main"))],
         "without --git-submodules",
@@ -950,13 +987,9 @@ fn ssh_builds_with_a_key_and_known_hosts_from_flags_or_from_home() {
     let check = |b: &Build, what: &str| {
         assert_eq!(b.code, 0, "{what}: {}\nsshd:\n{}", b.stderr, sshd.log());
         let image = b.image();
+        assert_eq!(image.recorded(REVISION), Some(repo.main.as_str()), "{what}");
         assert_eq!(
-            image.annotation(REVISION),
-            Some(repo.main.as_str()),
-            "{what}"
-        );
-        assert_eq!(
-            image.annotation(SOURCE),
+            image.recorded(SOURCE),
             Some(format!("ssh://127.0.0.1:{}{}", sshd.port(), repo.repo.display()).as_str()),
             "{what}: recorded without the user"
         );
@@ -1041,7 +1074,7 @@ fn ssh_host_keys_are_checked_unless_told_not_to() {
         "no warning about the skipped check:\n{}",
         b.stderr
     );
-    assert_eq!(b.image().annotation(REVISION), Some(repo.main.as_str()));
+    assert_eq!(b.image().recorded(REVISION), Some(repo.main.as_str()));
 }
 
 #[test]

@@ -15,7 +15,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use common::functions::*;
 use common::s3_server::{isolate_aws_env, read_policy, Keys, S3Server, S3Setup};
@@ -298,8 +297,10 @@ fn a_single_object_is_built_and_its_etag_recorded() {
     assert_eq!(s3_specific.image().digest, image.digest);
 }
 
+/// A single object is stored under the handler's module name, as Kubeless stores
+/// `--from-file`, whatever it is called: even `src`, the name of the workspace's directory.
 #[test]
-fn an_object_named_like_the_workspace_directory_builds() {
+fn a_single_object_is_stored_under_the_handler_module_whatever_its_name() {
     let s3 = S3Server::start();
     s3.setup(&S3Setup::new().bucket("functions").object(
         "functions",
@@ -307,16 +308,18 @@ fn an_object_named_like_the_workspace_directory_builds() {
         HELLO_PY.as_bytes(),
     ));
     let job = Job::new();
-    // A single file keeps its name: the handler's module is the file name without extension.
-    let out = job
-        .s3(&s3, "s3://functions/team/src", &any_keys(), &[])
-        .output()
-        .unwrap();
+    let out = success(&mut job.s3(&s3, "s3://functions/team/src", &any_keys(), &[]));
     let stderr = stderr_of(&out);
-    assert!(!stderr.contains("File exists"), "{stderr}");
-    assert!(
-        stderr.contains("no module 'hello'") && stderr.contains("src"),
-        "{stderr}"
+    assert_mentions(
+        &stderr,
+        &[
+            "stored under the handler's module name",
+            "stored_as=hello.py",
+        ],
+    );
+    assert_eq!(
+        job.image().code_files(),
+        under_kubeless(&[("hello.py", HELLO_PY)])
     );
 }
 
@@ -632,25 +635,45 @@ fn bad_locations_and_missing_credentials_say_what_is_wrong() {
     job.assert_no_output("no credentials");
 }
 
+/// An endpoint nothing answers on ends the build after the SDK's few retries, not when a
+/// deadline passes: with deadlines of an hour, a refused connection fails naming the
+/// endpoint, and an endpoint that hangs up on every connection is tried three times.
 #[test]
-fn an_unreachable_endpoint_fails_quickly_after_retries() {
-    let port = free_port(); // nothing listens there
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let job = Job::new();
-    let mut cmd = job.cmd("s3://functions/hello.py", &[]);
-    cmd.args(["--s3-endpoint", &endpoint])
-        .env("AWS_ACCESS_KEY_ID", any_keys().access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", any_keys().secret_access_key);
-    let started = Instant::now();
-    let (code, stderr) = failure(&mut cmd);
-    let elapsed = started.elapsed();
-    assert_eq!(code, 1, "{stderr}");
-    assert_mentions(&stderr, &["cannot reach the S3 endpoint", &endpoint]);
-    assert!(
-        elapsed < Duration::from_secs(15),
-        "took {elapsed:?} to give up"
+fn an_unreachable_endpoint_fails_after_its_retries_not_a_deadline() {
+    let refused = format!("http://127.0.0.1:{}", free_port()); // nothing listens there
+    let hangs_up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hangs_up_endpoint = format!("http://{}", hangs_up.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in hangs_up.incoming() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    for endpoint in [&refused, &hangs_up_endpoint] {
+        let job = Job::new();
+        let mut cmd = job.cmd(
+            "s3://functions/hello.py",
+            &["--fetch-timeout", "1h", "--fetch-idle-timeout", "1h"],
+        );
+        cmd.args(["--s3-endpoint", endpoint])
+            .env("AWS_ACCESS_KEY_ID", any_keys().access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", any_keys().secret_access_key);
+        let (code, stderr) = failure(&mut cmd);
+        assert_eq!(code, 1, "{stderr}");
+        assert_mentions(&stderr, &["cannot reach the S3 endpoint", endpoint]);
+        assert!(
+            !stderr.contains("--fetch-timeout") && !stderr.contains("--fetch-idle-timeout"),
+            "{endpoint}: the build should fail on the connection, not on a deadline:\n{stderr}"
+        );
+        job.assert_no_output("unreachable endpoint");
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the endpoint that hangs up should be tried three times (the SDK's attempts)"
     );
-    job.assert_no_output("unreachable endpoint");
 }
 
 #[test]

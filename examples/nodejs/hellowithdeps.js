@@ -1,8 +1,9 @@
 const _ = require('lodash');
 
 module.exports = {
-  handler: async (event, context) => {
-    const words = String(event.data).split(' ');
-    return { words: _.uniq(words).sort(), runtime: context.runtime };
+  // The posted object, with the time it was handled added (in UTC).
+  handler: (event, context) => {
+    const date = new Date().toISOString().replace('T', ' ').replace(/\.\d+Z$/, ' UTC');
+    return _.assign({}, event.data, { date });
   },
 };

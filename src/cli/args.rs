@@ -233,8 +233,8 @@ pub struct BuildArgs {
     #[arg(value_parser = path_or_empty, long, short = 'd', value_name = "FILE")]
     pub dependencies: Option<PathBuf>,
 
-    /// Environment variables for the function, K=V (or K:V); repeatable, or comma separated
-    /// as Kubeless took them.
+    /// Environment variables for the function, K=V, K:V or a bare K (empty); repeatable, or
+    /// comma separated as Kubeless took them.
     #[arg(long, short = 'e', value_name = "K=V")]
     pub env: Vec<String>,
 

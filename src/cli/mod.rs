@@ -32,6 +32,11 @@ use args::{
     EmptyMeansAbsent, GcArgs, ListFormat, LogFormat, PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
 };
 
+/// The command line's definition, for tools that walk it (the generated CLI reference).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -272,7 +277,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         env: args
             .env
             .iter()
-            .map(|e| parse_key_value("--env", e, false))
+            .map(|e| parse_key_value("--env", e, true))
             .collect::<Result<_>>()?,
         labels: args
             .label
@@ -1030,10 +1035,12 @@ mod tests {
             parse_key_value("--env", "A:b", false).unwrap(),
             ("A".into(), "b".into())
         );
-        assert_eq!(
-            parse_key_value("--label", "tier", true).unwrap(),
-            ("tier".into(), String::new())
-        );
+        for flag in ["--label", "--env"] {
+            assert_eq!(
+                parse_key_value(flag, "tier", true).unwrap(),
+                ("tier".into(), String::new())
+            );
+        }
         assert!(parse_key_value("--env", "A", false)
             .unwrap_err()
             .to_string()

@@ -28,6 +28,10 @@ pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json"
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// The annotation saying when an image or artifact was made (RFC 3339).
 pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
+/// The URL of the source an image was built from (an annotation and a config label).
+pub const SOURCE_KEY: &str = "org.opencontainers.image.source";
+/// The source's revision: a commit, an object version or a checksum (likewise).
+pub const REVISION_KEY: &str = "org.opencontainers.image.revision";
 
 /// The `Accept` header value for fetching any manifest or index fnbuild understands.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \

@@ -1,8 +1,10 @@
 //! Fetching a function's source into a workspace: a local directory, file or archive, an
 //! http(s) URL of a file or archive, or a tar stream on stdin. A `sha256:` checksum, when
 //! given, is verified over the bytes fetched before anything is unpacked. Every fetch over
-//! the network runs under the deadlines of [`deadline`]. The workspace is what the code layer
-//! is made from; its origin (URL, revision) goes into image annotations.
+//! the network runs under the deadlines of [`deadline`]. A source that is one file is named
+//! after the handler's module, as Kubeless names it ([`single_file`]). The workspace is what
+//! the code layer is made from; its origin (URL, revision) goes into the image's annotations
+//! and labels.
 
 pub mod archive;
 pub mod deadline;
@@ -10,6 +12,7 @@ pub mod git;
 pub mod git_credentials;
 mod http;
 pub mod s3;
+mod single_file;
 mod workspace;
 
 use std::fs;
@@ -21,6 +24,7 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 pub use archive::{ArchiveKind, Limits};
 pub use deadline::Deadlines;
+pub use single_file::SingleFileName;
 pub use workspace::Workspace;
 
 /// Where a function's source comes from, as given to `--source`.
@@ -84,13 +88,34 @@ impl std::fmt::Display for SourceSpec {
     }
 }
 
-/// Where the fetched source came from, recorded in the image's annotations.
+/// Where the fetched source came from, recorded in the image's annotations and config labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     /// `org.opencontainers.image.source`: a URL without credentials.
     pub url: Option<String>,
     /// `org.opencontainers.image.revision`: a commit, version or checksum.
     pub revision: Option<String>,
+}
+
+impl Origin {
+    /// Each of `self` (given with `--source-url`, `--source-revision`), else of `found` (what
+    /// the fetch recorded); the URL without credentials or query string, whoever gave it.
+    pub fn or(self, found: Origin) -> Origin {
+        Origin {
+            url: self.url.or(found.url).map(|url| http::redact(&url)),
+            revision: self.revision.or(found.revision),
+        }
+    }
+
+    /// The OCI keys and values an image records of its source.
+    pub fn oci_keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        [
+            (crate::image::SOURCE_KEY, &self.url),
+            (crate::image::REVISION_KEY, &self.revision),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.as_deref()?)))
+    }
 }
 
 /// How to fetch.
@@ -107,6 +132,8 @@ pub struct FetchOptions {
     pub s3: s3::S3Options,
     /// How long fetching over the network may take, and wait for data.
     pub deadlines: Deadlines,
+    /// What a source that is one file (not an archive) is called in the workspace.
+    pub single_file: SingleFileName,
 }
 
 /// Fetches a source into a workspace.
@@ -308,7 +335,8 @@ fn fetch_path(path: &Path, options: &FetchOptions) -> Result<Fetched> {
     )
 }
 
-/// A downloaded or local file: verified, then unpacked if it is an archive, else placed alone.
+/// A downloaded or local file: verified, then unpacked if it is an archive, else placed alone
+/// under the handler's module name.
 /// `shown` names it in messages as the user gave it (a path, a URL, an `s3://` object).
 fn from_file(
     file: &Path,
@@ -336,9 +364,14 @@ fn from_file(
             single_top_dir(dest)
         }
         None => {
-            let name = file
+            let original = file
                 .file_name()
-                .ok_or_else(|| Error::Source(format!("{} has no file name", file.display())))?;
+                .ok_or_else(|| Error::Source(format!("{} has no file name", file.display())))?
+                .to_string_lossy();
+            let name = options.single_file.for_file(&original)?;
+            if name != original {
+                tracing::info!(file = %original.escape_debug(), stored_as = %name, "a single-file source is stored under the handler's module name, as Kubeless does");
+            }
             let size = fs::metadata(file).io_context("read", file)?.len();
             if size > options.limits.max_bytes {
                 return Err(Error::Source(format!(
@@ -346,7 +379,7 @@ fn from_file(
                     options.limits.max_bytes
                 )));
             }
-            fs::copy(file, dest.join(name)).io_context("copy", file)?;
+            fs::copy(file, dest.join(&name)).io_context("copy", file)?;
             dest
         }
     };
@@ -379,6 +412,30 @@ fn single_top_dir(dir: PathBuf) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_given_origin_wins_and_no_url_keeps_credentials() {
+        let found = Origin {
+            url: Some("https://fetched.example/f.tgz".into()),
+            revision: Some("sha256:abc".into()),
+        };
+        let given = Origin {
+            url: Some("https://user:pw@git.example/team/fn.git?token=t".into()),
+            revision: None,
+        };
+        let recorded = given.or(found);
+        assert_eq!(
+            recorded.oci_keys().collect::<Vec<_>>(),
+            [
+                (
+                    "org.opencontainers.image.source",
+                    "https://git.example/team/fn.git"
+                ),
+                ("org.opencontainers.image.revision", "sha256:abc"),
+            ]
+        );
+        assert_eq!(Origin::default().oci_keys().count(), 0);
+    }
 
     #[test]
     fn specs_are_recognised() {
