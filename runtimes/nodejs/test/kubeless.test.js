@@ -765,7 +765,7 @@ describe('nodejs runtime', () => {
           // Gone soon after the message (a process that stays repeats it every 250 ms).
           const exited = await Promise.race([
             proc.exited,
-            new Promise((resolve) => setTimeout(resolve, 30 * 1000, 'still running')),
+            new Promise((resolve) => setTimeout(resolve, 30 * 1000, 'still running').unref()),
           ]);
           const said = proc.stderr.split(blocked).length - 1;
           assert.deepEqual(exited, { code: 137, signal: null }, `said ${said} times that it exits`);
