@@ -1,12 +1,14 @@
 //! `fnbuild run` stops and bounds a function whatever it does: a Node.js handler that blocks
 //! its event loop ignores SIGTERM, so after the grace period (`--stop-timeout`) the function
-//! is killed and `fnbuild run` exits; a Python handler that allocates past `--memory` is
+//! is killed and `fnbuild run` exits; left alone, it ends itself after `FUNC_BLOCKED_TIMEOUT`
+//! (as process 1 of the container under runc, where it cannot kill itself with SIGKILL), and
+//! `fnbuild run` exits with its status, 137; a Python handler that allocates past `--memory` is
 //! killed by the kernel inside the container's memory cgroup, and `fnbuild run` says it ran
 //! out of memory. Waits follow the process and its log, not a clock.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -58,18 +60,23 @@ fn build(registry: &common::Registry, runtime: &str, file: (&str, &str), handler
     )))
 }
 
-#[test]
-fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
-    let registry = registry_with_bases(&[NODEJS]);
-    let image = build(
-        &registry,
+/// A Node.js function whose handler loops synchronously.
+fn build_spin(registry: &common::Registry) -> String {
+    build(
+        registry,
         NODEJS,
         (
             "spin.js",
             "module.exports = { handler() { for (;;) {} } };\n",
         ),
         "spin.handler",
-    );
+    )
+}
+
+#[test]
+fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
+    let registry = registry_with_bases(&[NODEJS]);
+    let image = build_spin(&registry);
     let cache = tempfile::tempdir().unwrap();
     let mut function = RunningFunction::start_with_flags(
         fnbuild(),
@@ -98,6 +105,44 @@ fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
         std::net::TcpStream::connect(("127.0.0.1", function.port)).is_err(),
         "the function still listens"
     );
+}
+
+#[test]
+fn a_function_blocking_its_event_loop_ends_itself_after_func_blocked_timeout() {
+    let registry = registry_with_bases(&[NODEJS]);
+    let image = build_spin(&registry);
+    let cache = tempfile::tempdir().unwrap();
+    let mut function = RunningFunction::start_with_flags(
+        fnbuild(),
+        &image,
+        cache.path(),
+        &["--env", "FUNC_BLOCKED_TIMEOUT=2"],
+    );
+    let url = function.url("/");
+    std::thread::spawn(move || call_tolerating_failure(&url, Duration::from_secs(600)));
+    // The runtime says once that it exits, and does: a runtime that cannot end itself says it
+    // again at every tick of its watchdog.
+    let said = "exiting so that the function is restarted";
+    let (mut length, mut changed) = (0, Instant::now());
+    let status = loop {
+        if let Some(status) = function.exited() {
+            break status;
+        }
+        let log = function.log();
+        let times = log.matches(said).count();
+        assert!(times <= 1, "said {times} times that it exits, still running:\n{log}");
+        if log.len() != length {
+            (length, changed) = (log.len(), Instant::now());
+        }
+        assert!(
+            changed.elapsed() < QUIET,
+            "fnbuild run neither exited nor logged for {QUIET:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = function.log();
+    assert_eq!(status.code(), Some(137), "{log}");
+    assert_eq!(log.matches(said).count(), 1, "{log}");
 }
 
 #[test]

@@ -23,15 +23,17 @@
  *                         4096); past it the least recently active connection not in a call is
  *                         closed to admit the new one, so /healthz still gets through
  *   FUNC_BLOCKED_TIMEOUT  seconds the event loop may stay blocked (a call running synchronous
- *                         code that does not return) before the process kills itself with
- *                         SIGKILL so that the platform restarts it (default FUNC_TIMEOUT + 2; 0: never)
+ *                         code that does not return) before the process ends itself so that the
+ *                         platform restarts it (default FUNC_TIMEOUT + 2; 0: never)
  *
  * A call that does not settle costs no capacity: after FUNC_TIMEOUT it is answered with 408
  * and forgotten. Requests the HTTP parser refuses get a 4xx with the reason as text.
  *
  * Exit status: 0 after SIGTERM/SIGINT, 1 when the handler cannot be loaded or the port
- * cannot be bound, 2 when the configuration is invalid; killed by SIGKILL (status 137 in a
- * container) when the event loop stays blocked past FUNC_BLOCKED_TIMEOUT.
+ * cannot be bound, 2 when the configuration is invalid. When the event loop stays blocked past
+ * FUNC_BLOCKED_TIMEOUT: killed by SIGKILL (status 137 in a container), or, as process 1 of a
+ * PID namespace (a container without an init process), where the kernel ignores the SIGKILL a
+ * process sends itself, status 137 as well (see the watchdog).
  *
  * Standard library only (no npm packages); runs on Node.js 18, 20 and 22.
  */
@@ -655,16 +657,37 @@ function onConnect(req, socket) {
 // ---------------------------------------------------------------------------
 // Watchdog: a call running synchronous code blocks the event loop, so no timer, no other
 // call and no /healthz can run. A worker thread sees the main thread's heartbeat stop and
-// kills the process (SIGKILL: a blocked main thread cannot run a signal handler).
+// ends the process, once:
+// - As an ordinary process, with SIGKILL: a blocked main thread cannot run a signal handler,
+//   and SIGKILL needs none, whatever the main thread is doing.
+// - As process 1 of a PID namespace (a container without an init process; process.pid is 1
+//   there and only there), the kernel drops the signals the process sends itself that it has
+//   no handler for, SIGKILL included. No worker thread can end the whole process on its own
+//   (process.exit() there ends only the worker; process.abort() does not exist there), so the
+//   main thread is made to exit: an inspector session on it (connectToMainThread: no
+//   --inspect, no port) evaluates process.reallyExit(), the native exit that process.exit()
+//   ends with, without the 'exit' listeners of the function's code. The inspector dispatches
+//   it on a V8 interrupt, which running JavaScript takes at its next loop iteration or call
+//   (a backtracking regular expression and Atomics.wait as well), so a loop that never
+//   returns ends there. (Runtime.terminateExecution would instead unwind the call and let
+//   the event loop go on, in whatever state the call left.) The session is opened only once
+//   the loop is blocked, so it costs nothing before; Node prints "Waiting for the debugger to
+//   disconnect..." as it exits with it open. A main thread blocked outside JavaScript (a
+//   synchronous system call, a child process waited for) takes the interrupt only when that
+//   returns: the watchdog says so, and the platform's liveness probe (/healthz) is left to
+//   restart the function.
+
+const BLOCKED_EXIT_STATUS = 137; // what a container killed by SIGKILL reports: the same either way
+const EXIT_SILENCE_MS = 10 * 1000; // how long the main thread may take to exit before it is said
 
 const WATCHDOG_SOURCE = `
 const { workerData } = require('node:worker_threads');
 const fs = require('node:fs');
-const { beat, limitMs, tickMs, message } = workerData;
+const { beat, limitMs, tickMs, message, stuckMessage, exitStatus, exitSilenceMs } = workerData;
 let last = Atomics.load(beat, 0);
 let previousTick = performance.now();
 let staleSince = previousTick;
-setInterval(() => {
+const watch = setInterval(() => {
   const now = performance.now();
   const paused = now - previousTick > tickMs + 1000; // this thread did not run either
   previousTick = now;
@@ -673,8 +696,17 @@ setInterval(() => {
     last = current;
     staleSince = now;
   } else if (now - staleSince >= limitMs) {
+    clearInterval(watch);
     fs.writeSync(2, message);
-    process.kill(process.pid, 'SIGKILL');
+    if (process.pid !== 1) {
+      process.kill(process.pid, 'SIGKILL');
+      return;
+    }
+    const { Session } = require('node:inspector');
+    const session = new Session();
+    session.connectToMainThread();
+    session.post('Runtime.evaluate', { expression: 'process.reallyExit(' + exitStatus + ')' });
+    setTimeout(() => fs.writeSync(2, stuckMessage), exitSilenceMs);
   }
 }, tickMs);
 `;
@@ -688,7 +720,16 @@ function startWatchdog(cfg) {
   const message = `${LOG_PREFIX} the event loop has been blocked for ${cfg.blockedTimeoutSeconds}s ` +
     '(FUNC_BLOCKED_TIMEOUT): a call runs synchronous code that does not return; ' +
     'exiting so that the function is restarted\n';
-  const worker = new Worker(WATCHDOG_SOURCE, { eval: true, workerData: { beat, limitMs, tickMs, message } });
+  const stuckMessage = `${LOG_PREFIX} the main thread has not exited in ${EXIT_SILENCE_MS / 1000}s: it is ` +
+    'blocked outside JavaScript (a synchronous system call or child process), and as process 1 of its ' +
+    'PID namespace the runtime cannot kill itself; the liveness probe (/healthz) has to restart it, ' +
+    'or run the container with an init process\n';
+  const worker = new Worker(WATCHDOG_SOURCE, {
+    eval: true,
+    workerData: {
+      beat, limitMs, tickMs, message, stuckMessage, exitStatus: BLOCKED_EXIT_STATUS, exitSilenceMs: EXIT_SILENCE_MS,
+    },
+  });
   worker.unref();
   worker.on('error', (err) => console.error(`${LOG_PREFIX} watchdog failed: ${formatError(err)}`));
 }

@@ -348,6 +348,11 @@ impl RunningFunction {
         }
     }
 
+    /// `fnbuild run`'s exit status once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Stops the function and waits for `fnbuild run` to exit; returns its log.
     pub fn stop(mut self) -> String {
         self.terminate();

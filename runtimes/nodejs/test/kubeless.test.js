@@ -96,6 +96,21 @@ const FIXTURES = {
 
 let codeDir;
 
+// A command running its arguments as process 1 of a new PID namespace (util-linux's unshare;
+// --kill-child ends that process with unshare; the runtime needs no /proc of its own, which
+// cannot be mounted in the chroot of tests/support/in-rootfs.sh), or why it cannot be run
+// here: it needs root.
+const PROCESS_ONE = { command: 'unshare', args: ['--pid', '--fork', '--kill-child'] };
+PROCESS_ONE.unavailable = (() => {
+  if (process.getuid() !== 0) return 'a PID namespace needs root';
+  try {
+    execFileSync(PROCESS_ONE.command, [...PROCESS_ONE.args, 'true'], { stdio: 'ignore' });
+    return false;
+  } catch (err) {
+    return `cannot run ${PROCESS_ONE.command} ${PROCESS_ONE.args.join(' ')}: ${err.message}`;
+  }
+})();
+
 function writeFixtures() {
   codeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fnbuild-nodejs-test-'));
   for (const [name, source] of Object.entries(FIXTURES)) {
@@ -119,11 +134,14 @@ async function waitFor(check, what, timeoutMs = 5000) {
 }
 
 // Runs the runtime with only the given environment (plus PATH); `fileLimit` sets its
-// open-file limit (ulimit -n) through a shell.
-function spawnRuntime(env, { fileLimit } = {}) {
-  const [command, args] = fileLimit === undefined
-    ? [process.execPath, [RUNTIME]]
-    : ['/bin/sh', ['-c', `ulimit -n ${fileLimit} && exec "$0" "$1"`, process.execPath, RUNTIME]];
+// open-file limit (ulimit -n) through a shell; `processOne` runs it as process 1 of a PID
+// namespace of its own, as in a container (see PROCESS_ONE).
+function spawnRuntime(env, { fileLimit, processOne } = {}) {
+  const [command, args] = processOne
+    ? [PROCESS_ONE.command, [...PROCESS_ONE.args, process.execPath, RUNTIME]]
+    : fileLimit === undefined
+      ? [process.execPath, [RUNTIME]]
+      : ['/bin/sh', ['-c', `ulimit -n ${fileLimit} && exec "$0" "$1"`, process.execPath, RUNTIME]];
   const child = spawn(command, args, {
     env: { PATH: process.env.PATH, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -732,6 +750,31 @@ describe('nodejs runtime', () => {
         await stopServer(proc);
       }
     });
+
+    // In a container the runtime is process 1 of its PID namespace, and the kernel drops the
+    // SIGKILL it sends itself: the process must end all the same, and only once.
+    it('as process 1 of a PID namespace exits with status 137 after FUNC_BLOCKED_TIMEOUT',
+      { skip: PROCESS_ONE.unavailable }, async () => {
+        const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '0.3', FUNC_BLOCKED_TIMEOUT: '1' },
+          { processOne: true });
+        try {
+          const spinning = request(proc.port, { path: '/spin' }).then(() => 'answered', (err) => err.code);
+          const blocked = 'the event loop has been blocked for 1s (FUNC_BLOCKED_TIMEOUT): a call runs ' +
+            'synchronous code that does not return; exiting so that the function is restarted\n';
+          await waitFor(() => proc.stderr.includes(blocked), 'the watchdog message', 60 * 1000);
+          // Gone soon after the message (a process that stays repeats it every 250 ms).
+          const exited = await Promise.race([
+            proc.exited,
+            new Promise((resolve) => setTimeout(resolve, 30 * 1000, 'still running').unref()),
+          ]);
+          const said = proc.stderr.split(blocked).length - 1;
+          assert.deepEqual(exited, { code: 137, signal: null }, `said ${said} times that it exits`);
+          assert.equal(said, 1);
+          assert.equal(await spinning, 'ECONNRESET');
+        } finally {
+          await stopServer(proc);
+        }
+      });
 
     it('lets a synchronous call shorter than FUNC_BLOCKED_TIMEOUT finish', async () => {
       const proc = await startServer({ MOD_NAME: 'app', FUNC_HANDLER: 'route', FUNC_TIMEOUT: '0.1', FUNC_BLOCKED_TIMEOUT: '2' });
