@@ -11,12 +11,7 @@
 //! `scheduled-get-python` (a cron trigger calling get-python's function, which is here),
 //! `get-python-secrets` (a secret mounted at deploy time, not part of the image),
 //! `custom-get-python` (an image built elsewhere: nothing to build), `pubsub-nodejs-update`
-//! and the `*-func2-*` targets (the same functions under other trigger topics or names), and
-//! `timeout-nodejs`: it expects `Request timeout exceeded` from a handler that loops in
-//! synchronous code (`examples/nodejs/hello-loop.js`), which Kubeless's Node.js runtime
-//! interrupted by running calls in a `vm` context with a timeout; fnbuild's runtime calls the
-//! handler on its event loop, which such a loop blocks, so no answer can be sent (README:
-//! the Node.js server, `FUNC_BLOCKED_TIMEOUT`).
+//! and the `*-func2-*` targets (the same functions under other trigger topics or names).
 
 mod common;
 
@@ -455,6 +450,20 @@ fn nodejs_targets(dir: &Path) -> Vec<Target> {
             deploy("nodejs6", "helloget.foo", &helloget, &["--port", "8083"]),
             Call::Get,
             vec![Check::TargetPort(8083), answer("hello.world")],
+        ),
+        target(
+            "timeout-nodejs",
+            deploy(
+                "nodejs6",
+                "helloget.foo",
+                &example("nodejs/hello-loop.js"),
+                &["--timeout", "4"],
+            ),
+            Call::Get,
+            vec![
+                Check::Status(408, "Request.timeout.exceeded"),
+                Check::Log("stopped JavaScript that blocked the event loop for 4s".to_string()),
+            ],
         ),
         target(
             "get-nodejs-deps",
