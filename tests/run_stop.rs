@@ -130,7 +130,10 @@ fn a_function_blocking_its_event_loop_ends_itself_after_func_blocked_timeout() {
         }
         let log = function.log();
         let times = log.matches(said).count();
-        assert!(times <= 1, "said {times} times that it exits, still running:\n{log}");
+        assert!(
+            times <= 1,
+            "said {times} times that it exits, still running:\n{log}"
+        );
         if log.len() != length {
             (length, changed) = (log.len(), Instant::now());
         }
