@@ -1,15 +1,14 @@
 //! Every Python and Node.js target of Kubeless's examples Makefile, built by fnbuild with the
 //! flags its `kubeless function deploy` line gives (`--runtime`, `--handler`, `--from-file`,
-//! `--dependencies`, `--env`, `--label`, `--memory`, `--port`, `--timeout`) and checked as its
-//! `-verify` target checks it: the answer of `kubeless function call` (GET without data, POST
-//! with it, and the headers the CLI sends), the function's log, the service's port, the
-//! installed packages. The functions are those of `examples/`, written for Python 3.
+//! `--dependencies`, `--env`, `--label`, `--memory`, `--port`, `--timeout`, `--secrets`) and
+//! checked as its `-verify` target checks it: the answer of `kubeless function call` (GET
+//! without data, POST with it, and the headers the CLI sends), the function's log, the
+//! service's port and secret mounts, the installed packages. The functions are those of `examples/`, written for Python 3.
 //!
 //! Functions that Kafka or NATS triggers call are called here as the trigger calls them (a
 //! POST of the message with the trigger's `event-namespace`): the triggers are the
 //! platform's, the function's answer and log are fnbuild's. Left out, with why:
 //! `scheduled-get-python` (a cron trigger calling get-python's function, which is here),
-//! `get-python-secrets` (a secret mounted at deploy time, not part of the image),
 //! `custom-get-python` (an image built elsewhere: nothing to build), `pubsub-nodejs-update`
 //! and the `*-func2-*` targets (the same functions under other trigger topics or names).
 
@@ -55,6 +54,9 @@ enum Check {
     TargetPort(u16),
     /// The image holds this installed package (`pip freeze | grep NAME==`): in its SBOM.
     Package(&'static str),
+    /// The secret is mounted read-only at `/NAME` (`kubectl exec ... cat /NAME/key`): in the
+    /// Knative Service's pod, as Kubeless mounted it.
+    SecretMounted(&'static str),
 }
 
 /// One Makefile target: its deploy flags and its checks.
@@ -284,6 +286,17 @@ fn python_targets(dir: &Path, page: &str) -> Vec<Target> {
             ),
             Call::Get,
             vec![Check::Status(408, "Request.timeout.exceeded")],
+        ),
+        target(
+            "get-python-secrets",
+            deploy(
+                "python2.7",
+                "helloget.foo",
+                &helloget,
+                &["--secrets", "test-secret"],
+            ),
+            Call::Get,
+            vec![Check::SecretMounted("test-secret"), answer("hello.world")],
         ),
         target(
             "get-python-metadata",
@@ -529,6 +542,7 @@ fn build_and_verify(target: &Target, registry: &Registry, cache: &Path) {
                 .all(|(s, b)| s == status && egrep(b, pattern)),
             Check::Log(pattern) => egrep(&log, pattern),
             Check::TargetPort(port) => read(&service).contains(&format!("containerPort: {port}\n")),
+            Check::SecretMounted(secret) => secret_mounted(&read(&service), secret),
             Check::Package(package) => {
                 let sbom: serde_json::Value = serde_json::from_str(&read(&sbom)).unwrap();
                 sbom["packages"]
@@ -553,7 +567,30 @@ fn describe(check: &Check) -> String {
         Check::Log(p) => format!("the log should match {p:?}"),
         Check::TargetPort(p) => format!("the service should target port {p}"),
         Check::Package(p) => format!("the image should hold the package {p}"),
+        Check::SecretMounted(s) => format!("the service should mount the secret {s} at /{s}"),
     }
+}
+
+/// Whether the Knative Service mounts the secret read-only at `/NAME`, from a volume of it.
+fn secret_mounted(service: &str, secret: &str) -> bool {
+    let service: serde_json::Value = serde_norway::from_str(service).unwrap();
+    let pod = &service["spec"]["template"]["spec"];
+    let Some(mount) = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .and_then(|mounts| {
+            mounts
+                .iter()
+                .find(|m| m["mountPath"] == format!("/{secret}"))
+        })
+    else {
+        return false;
+    };
+    mount["readOnly"] == true
+        && pod["volumes"].as_array().is_some_and(|volumes| {
+            volumes
+                .iter()
+                .any(|v| v["name"] == mount["name"] && v["secret"]["secretName"] == secret)
+        })
 }
 
 #[test]
