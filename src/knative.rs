@@ -7,6 +7,7 @@ mod pod;
 
 use serde_json::{json, Map, Value};
 
+pub(crate) use pod::other_keys;
 pub use pod::{add_kubeless_secret, PodAdditions, ReadPod};
 
 use crate::error::{Error, Result};

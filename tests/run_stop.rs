@@ -14,8 +14,8 @@ use nix::sys::signal::Signal;
 
 use common::fnbuild;
 use common::functions::{
-    build_cmd, function_dir, printed_ref, registry_with_bases, success, RunningFunction, NODEJS,
-    PYTHON,
+    function_dir, printed_ref, registry_with_bases, source_build_cmd, success, RunningFunction,
+    NODEJS, PYTHON,
 };
 
 /// How long `fnbuild run`'s log may stay unchanged before a test stops waiting for it.
@@ -44,19 +44,13 @@ fn build(registry: &common::Registry, runtime: &str, file: (&str, &str), handler
         registry.host(),
         handler.replace('.', "-")
     );
-    printed_ref(&success(&mut build_cmd(
+    printed_ref(&success(&mut source_build_cmd(
         registry,
         cache.path(),
-        &[
-            "--source",
-            src.path().to_str().unwrap(),
-            "--runtime",
-            runtime,
-            "--handler",
-            handler,
-            "--image",
-            &image,
-        ],
+        src.path(),
+        runtime,
+        handler,
+        &image,
     )))
 }
 
@@ -73,19 +67,32 @@ fn build_spin(registry: &common::Registry) -> String {
     )
 }
 
-#[test]
-fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
+/// A Node.js function looping in its handler, under `fnbuild run`, with what it runs from.
+struct Spinning {
+    function: RunningFunction,
+    _registry: common::Registry,
+    _cache: tempfile::TempDir,
+}
+
+/// Runs the looping function with `flags` and starts a call to it, which sets it looping.
+fn run_spinning(flags: &[&str]) -> Spinning {
     let registry = registry_with_bases(&[NODEJS]);
     let image = build_spin(&registry);
     let cache = tempfile::tempdir().unwrap();
-    let mut function = RunningFunction::start_with_flags(
-        fnbuild(),
-        &image,
-        cache.path(),
-        &["--stop-timeout", "2s"],
-    );
+    let function = RunningFunction::start_with_flags(fnbuild(), &image, cache.path(), flags);
     let url = function.url("/");
     std::thread::spawn(move || call_tolerating_failure(&url, Duration::from_secs(600)));
+    Spinning {
+        function,
+        _registry: registry,
+        _cache: cache,
+    }
+}
+
+#[test]
+fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
+    let mut spinning = run_spinning(&["--stop-timeout", "2s"]);
+    let function = &mut spinning.function;
     // The event loop is blocked once /healthz stops answering.
     while common::wait_http_ok(&function.url("/healthz"), Duration::from_secs(2)) {
         std::thread::sleep(Duration::from_millis(100));
@@ -109,17 +116,8 @@ fn a_function_blocking_its_event_loop_is_killed_after_the_grace_period() {
 
 #[test]
 fn a_function_blocking_its_event_loop_ends_itself_after_func_blocked_timeout() {
-    let registry = registry_with_bases(&[NODEJS]);
-    let image = build_spin(&registry);
-    let cache = tempfile::tempdir().unwrap();
-    let mut function = RunningFunction::start_with_flags(
-        fnbuild(),
-        &image,
-        cache.path(),
-        &["--env", "FUNC_BLOCKED_TIMEOUT=2"],
-    );
-    let url = function.url("/");
-    std::thread::spawn(move || call_tolerating_failure(&url, Duration::from_secs(600)));
+    let mut spinning = run_spinning(&["--env", "FUNC_BLOCKED_TIMEOUT=2"]);
+    let function = &mut spinning.function;
     // The runtime says once that it exits, and does: a runtime that cannot end itself says it
     // again at every tick of its watchdog.
     let said = "exiting so that the function is restarted";

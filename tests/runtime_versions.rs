@@ -38,19 +38,13 @@ fn build_and_call(
     let cache = tempfile::tempdir().unwrap();
     let image = format!("{}/functions/versions:{runtime}", registry.host());
     let out = success(
-        build_cmd(
+        source_build_cmd(
             registry,
             cache.path(),
-            &[
-                "--source",
-                src.path().to_str().unwrap(),
-                "--runtime",
-                runtime,
-                "--handler",
-                "fn.handler",
-                "--image",
-                &image,
-            ],
+            src.path(),
+            runtime,
+            "fn.handler",
+            &image,
         )
         .env("PIP_INDEX_URL", packages.index_url())
         .env("NPM_CONFIG_REGISTRY", packages.npm_registry()),

@@ -709,6 +709,7 @@ let last = Atomics.load(beat, 0);
 let previousTick = performance.now();
 let staleSince = previousTick;
 let stopped = false; // this block was stopped already
+let exiting = null; // the session the exit was sent on, kept until the process is gone
 function onMainThread(method, params, then) {
   const session = new Session();
   session.connectToMainThread();
@@ -734,7 +735,7 @@ const watch = setInterval(() => {
       process.kill(process.pid, 'SIGKILL');
       return;
     }
-    onMainThread('Runtime.evaluate', { expression: 'process.reallyExit(' + exitStatus + ')' });
+    exiting = onMainThread('Runtime.evaluate', { expression: 'process.reallyExit(' + exitStatus + ')' });
     setTimeout(() => fs.writeSync(2, stuckMessage), exitSilenceMs);
   } else if (blocked >= stopMs && !stopped) {
     stopped = true;

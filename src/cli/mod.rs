@@ -556,52 +556,7 @@ async fn push_image(args: PushArgs) -> Result<ExitCode> {
 /// The Service's pod fields from `--knative-pod FILE` and `--secrets`; what Knative has no
 /// place for is logged as a warning.
 fn service_pod(args: &BuildArgs) -> Result<knative::ReadPod> {
-    let mut fields = match &args.knative_pod {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                Error::Usage(format!(
-                    "--knative-pod {}: cannot read it: {e}",
-                    path.display()
-                ))
-            })?;
-            serde_norway::from_str(&text).map_err(|e| {
-                Error::Usage(format!(
-                    "--knative-pod {}: not valid YAML: {e}",
-                    path.display()
-                ))
-            })?
-        }
-        None => serde_json::Value::Null,
-    };
-    if let Some(path) = &args.knative_pod {
-        let known = ["env", "envFrom", "volumeMounts", "volumes"];
-        let unknown: Vec<&str> = match &fields {
-            serde_json::Value::Object(map) => map
-                .keys()
-                .map(String::as_str)
-                .filter(|k| !known.contains(k))
-                .collect(),
-            serde_json::Value::Null => Vec::new(),
-            _ => vec!["(not a mapping)"],
-        };
-        if !unknown.is_empty() {
-            return Err(Error::Usage(format!(
-                "--knative-pod {}: {} is not a field it takes (accepted: {})",
-                path.display(),
-                unknown.join(", "),
-                known.join(", ")
-            )));
-        }
-    }
-    for secret in &args.secrets {
-        knative::add_kubeless_secret(&mut fields, secret);
-    }
-    let what = match (&args.knative_pod, args.secrets.is_empty()) {
-        (Some(path), true) => format!("--knative-pod {}", path.display()),
-        (Some(path), false) => format!("--knative-pod {} with --secrets", path.display()),
-        (None, _) => "--secrets".to_string(),
-    };
-    let pod = knative::PodAdditions::read(&fields, &fields, &what)?;
+    let pod = knative::ReadPod::from_file_and_secrets(args.knative_pod.as_deref(), &args.secrets)?;
     for note in &pod.not_carried {
         tracing::warn!("not in the Knative Service: {note}");
     }

@@ -8,6 +8,7 @@
 //! that does not exist) is refused. Nothing Knative would reject is ever written.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
@@ -75,6 +76,52 @@ pub fn add_kubeless_secret(fields: &mut Value, secret: &str) {
             None => fields[key] = json!([item]),
         }
     }
+}
+
+/// The fields a `--knative-pod` file may hold: those [`PodAdditions::read`] reads.
+const POD_FILE_FIELDS: [&str; 4] = ["env", "envFrom", "volumeMounts", "volumes"];
+
+impl ReadPod {
+    /// What `fnbuild build` gives the Service's pod: the fields of the YAML file `file`
+    /// (`--knative-pod`, as `fnbuild convert` writes it), plus each of `secrets` as Kubeless's
+    /// `--secrets` mounted it.
+    pub fn from_file_and_secrets(file: Option<&Path>, secrets: &[String]) -> Result<ReadPod> {
+        let mut fields = match file {
+            Some(path) => read_pod_file(path)?,
+            None => Value::Null,
+        };
+        for secret in secrets {
+            add_kubeless_secret(&mut fields, secret);
+        }
+        let what = match (file, secrets.is_empty()) {
+            (Some(path), true) => format!("--knative-pod {}", path.display()),
+            (Some(path), false) => format!("--knative-pod {} with --secrets", path.display()),
+            (None, _) => "--secrets".to_string(),
+        };
+        PodAdditions::read(&fields, &fields, &what)
+    }
+}
+
+/// A `--knative-pod` file's fields, refused when it holds anything else.
+fn read_pod_file(path: &Path) -> Result<Value> {
+    let refuse =
+        |problem: String| Error::Usage(format!("--knative-pod {}: {problem}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    let fields: Value =
+        serde_norway::from_str(&text).map_err(|e| refuse(format!("not valid YAML: {e}")))?;
+    let unknown = match &fields {
+        Value::Object(map) => other_keys(map, &POD_FILE_FIELDS),
+        Value::Null => Vec::new(),
+        _ => vec!["(not a mapping)"],
+    };
+    if !unknown.is_empty() {
+        return Err(refuse(format!(
+            "{} is not a field it takes (accepted: {})",
+            unknown.join(", "),
+            POD_FILE_FIELDS.join(", ")
+        )));
+    }
+    Ok(fields)
 }
 
 impl PodAdditions {
@@ -167,11 +214,7 @@ impl Reader<'_> {
 
     /// Notes the fields of `object` other than `known`, which the Service does not get.
     fn note_unknown(&mut self, object: &Map<String, Value>, known: &[&str], field: &str) {
-        let unknown: Vec<&str> = object
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !known.contains(k))
-            .collect();
+        let unknown = other_keys(object, known);
         if !unknown.is_empty() {
             self.note(format!(
                 "{field}: {} left out: Knative Serving takes only {} there",
@@ -792,6 +835,15 @@ fn mount_path(path: &str) -> std::result::Result<String, String> {
 }
 
 /// A DNS-1123 subdomain: what Kubernetes accepts as a secret or config map name.
+/// The keys of `object` that are not in `known`, in their order.
+pub(crate) fn other_keys<'o>(object: &'o Map<String, Value>, known: &[&str]) -> Vec<&'o str> {
+    object
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect()
+}
+
 fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(super::is_dns_label)
 }

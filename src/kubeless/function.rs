@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::knative::PodAdditions;
+use crate::knative::{other_keys, PodAdditions};
 
 /// The fields of the function's container that reach the image or the Service.
 const CARRIED_CONTAINER_FIELDS: [&str; 6] = [
@@ -221,11 +221,7 @@ fn unplaced_pod_fields(pod_spec: &Value) -> Vec<String> {
         .map(Vec::as_slice)
         .unwrap_or_default();
     if let Some(container) = containers.first().and_then(Value::as_object) {
-        let other: Vec<&str> = container
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !CARRIED_CONTAINER_FIELDS.contains(k))
-            .collect();
+        let other = other_keys(container, &CARRIED_CONTAINER_FIELDS);
         if !other.is_empty() {
             notes.push(format!(
                 "the function container's {}: set them on the Knative Service by hand where Knative admits them",
@@ -249,11 +245,7 @@ fn unplaced_pod_fields(pod_spec: &Value) -> Vec<String> {
                 .into(),
         );
     }
-    let other: Vec<&str> = pod
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !["containers", "volumes", "initContainers"].contains(k))
-        .collect();
+    let other = other_keys(pod, &["containers", "volumes", "initContainers"]);
     if !other.is_empty() {
         notes.push(format!(
             "the pod's {}: set them on the Knative Service by hand where Knative admits them",

@@ -132,6 +132,32 @@ pub fn build_cmd(registry: &Registry, cache_dir: &Path, args: &[&str]) -> Comman
     cmd
 }
 
+/// `fnbuild build` of the directory `source` for `runtime` with `handler`, pushed as `image`
+/// (see [`build_cmd`]). Further arguments may be added to the command.
+pub fn source_build_cmd(
+    registry: &Registry,
+    cache_dir: &Path,
+    source: &Path,
+    runtime: &str,
+    handler: &str,
+    image: &str,
+) -> Command {
+    build_cmd(
+        registry,
+        cache_dir,
+        &[
+            "--source",
+            source.to_str().unwrap(),
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+            "--image",
+            image,
+        ],
+    )
+}
+
 /// `fnbuild build` of `source` with `handler` onto `runtime`'s base image layout (no registry
 /// needed), written to `output` (`oci:DIR[:TAG]` or `tar:FILE`), with the given cache
 /// directory. Further arguments may be added to the command.
