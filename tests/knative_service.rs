@@ -191,41 +191,29 @@ fn a_service_needs_a_registry_image_a_valid_name_and_safe_mounts_before_anything
         stderr.contains("--knative-service needs an --image"),
         "{stderr}"
     );
-    let (code, stderr) = failure(
-        common::fnbuild()
-            .args(common_args)
-            .args([
-                "--image",
-                "127.0.0.1:1/functions/x:1",
-                "--knative-service",
-                service.to_str().unwrap(),
-                "--service-name",
-                "Not_Valid",
-                "--cache-dir",
-            ])
-            .arg(cache.path()),
-    );
-    assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("not a Kubernetes name"), "{stderr}");
-    let (code, stderr) = failure(
-        common::fnbuild()
-            .args(common_args)
-            .args([
-                "--image",
-                "127.0.0.1:1/functions/x:1",
-                "--knative-service",
-                service.to_str().unwrap(),
-                "--secrets",
-                "kubeless",
-                "--cache-dir",
-            ])
-            .arg(cache.path()),
-    );
-    assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains("--secrets: volumeMounts[0] has mountPath '/kubeless', which would cover or sit inside /kubeless"),
-        "{stderr}"
-    );
+    for (flags, expected) in [
+        (["--service-name", "Not_Valid"], "not a Kubernetes name"),
+        (
+            ["--secrets", "kubeless"],
+            "--secrets: volumeMounts[0] has mountPath '/kubeless', which would cover or sit inside /kubeless",
+        ),
+    ] {
+        let (code, stderr) = failure(
+            common::fnbuild()
+                .args(common_args)
+                .args([
+                    "--image",
+                    "127.0.0.1:1/functions/x:1",
+                    "--knative-service",
+                    service.to_str().unwrap(),
+                ])
+                .args(flags)
+                .arg("--cache-dir")
+                .arg(cache.path()),
+        );
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
     assert!(!service.exists() && !out_dir.path().join("layout").exists());
 }
 
