@@ -92,11 +92,12 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 # From PyPI: the S3-compatible server the source tests run against (moto), what the CRD
-# schema checks use (jsonschema, PyYAML), and the SPDX project's validator (spdx-tools).
+# schema checks use (jsonschema, PyYAML), the SPDX project's validator (spdx-tools), and the
+# CloudEvents SDK the event tests send and parse events with (its 2.x `cloudevents.core` API).
 if ! command -v moto_server >/dev/null 2>&1 || ! command -v pyspdxtools >/dev/null 2>&1 \
-    || ! python3 -c 'import jsonschema, yaml' 2>/dev/null; then
-    echo "setup.sh: installing moto[server], jsonschema, PyYAML and spdx-tools from PyPI"
-    python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml spdx-tools
+    || ! python3 -c 'import jsonschema, yaml, cloudevents.core.bindings.http' 2>/dev/null; then
+    echo "setup.sh: installing moto[server], jsonschema, PyYAML, spdx-tools and cloudevents from PyPI"
+    python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml spdx-tools 'cloudevents==2.2.0'
 fi
 
 # --- 2. runtime root filesystems -------------------------------------------------------

@@ -8,7 +8,12 @@ once, then answers HTTP requests on one asyncio event loop:
 * ``GET /metrics`` answers Prometheus text (calls, failures and a duration
   histogram per HTTP method, the metric names Kubeless used);
 * every other path and method calls ``handler(event, context)`` with the
-  ``event`` and ``context`` dicts of the Kubeless Python interface.
+  ``event`` and ``context`` dicts of the Kubeless Python interface.  A
+  CloudEvent (binary or structured mode, specversion 1.0 or 0.3, as Knative
+  Eventing delivers them) fills the Kubeless keys from its attributes and adds
+  every attribute under its ``ce-`` name; ``event.cloud_event(...)`` makes an
+  event (returned, it is the reply) and ``event.emit_cloud_event(...)``
+  publishes one to K_SINK (see "CloudEvents" below).
 
 Plain ``def`` handlers run in a pool of worker threads, ``async def`` handlers
 run on the event loop; both are bounded by ``FUNC_TIMEOUT`` (answer 408).
@@ -66,9 +71,14 @@ Environment:
                        (default 120: longer than clients such as Go's 90 s,
                        so that the client closes first)
   FUNC_MAX_CONNECTIONS most connections open at once (default 4096)
+  K_SINK             where emit_cloud_event publishes (set by a SinkBinding or a source)
+  K_CE_OVERRIDES     JSON {"extensions": {...}} set on every published event
+  K_SERVICE          the Knative Service's name: the default source of events made
 """
 
 import asyncio
+import base64
+import binascii
 import collections
 import collections.abc
 import email.utils
@@ -81,6 +91,7 @@ import json
 import os
 import queue
 import random
+import re
 import signal
 import site
 import sys
@@ -88,7 +99,7 @@ import threading
 import time
 import traceback
 import uuid
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, unquote_to_bytes, urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
@@ -164,6 +175,7 @@ class Config:
         self.body_timeout = number(env, 'FUNC_BODY_TIMEOUT', 60.0)
         self.idle_timeout = number(env, 'FUNC_IDLE_TIMEOUT', 120.0)
         self.max_connections = connection_cap(int(number(env, 'FUNC_MAX_CONNECTIONS', 4096)))
+        self.cloud_events = CloudEventSettings(env, self.label, self.timeout)
         self.context = {
             'function-name': self.function,
             'timeout': self.timeout,
@@ -342,36 +354,70 @@ else:
 
 
 def make_event(method, raw_path, query_string, headers, body, clock):
-    """The Kubeless event dict; raises BadRequest for an invalid JSON body.
+    """The Kubeless event; raises BadRequest for an invalid JSON body or CloudEvent.
 
     data is the parsed JSON for an application/json body, else the body as
-    str when it is UTF-8, else bytes; an empty body is always ''.
+    str when it is UTF-8, else bytes; an empty body is always ''.  A CloudEvent's
+    data is decoded by its datacontenttype (see CloudEvents below).
     """
     content_type = headers.get('content-type')
+    mime = media_type(content_type)
+    attributes = None
     parsed_json = None
-    if not body:
-        data = ''
-    elif content_type and content_type.partition(';')[0].strip().lower() == JSON_TYPE:
-        try:
-            data = parsed_json = parse_json(body)
-        except ValueError as exc:  # also UnicodeDecodeError: not UTF-8 (or -16, -32)
-            raise BadRequest(f'Invalid JSON body: {exc}') from None
-        except RecursionError:
-            raise BadRequest('Invalid JSON body: nested too deeply') from None
+    if 'ce-specversion' in headers:
+        attributes = binary_attributes(headers)
+        parses_json = is_json_media(mime)
+    elif mime == CE_STRUCTURED:
+        attributes, data = structured_cloud_event(body)
+    elif mime == CE_BATCH:
+        raise BadRequest(CE_BATCH_REFUSED, 415)
     else:
-        try:
-            data = body.decode('utf-8')
-        except UnicodeDecodeError:
-            data = body
+        parses_json = mime == JSON_TYPE
+    if mime != CE_STRUCTURED:
+        if not body:
+            data = ''
+        elif parses_json:
+            data = parsed_json = decode_json_body(body)
+        else:
+            data = decode_text(body)
     request = Request(method, raw_path, query_string, Headers(headers), body, parsed_json)
-    return {
+    if attributes is None:
+        return Event({
+            'data': data,
+            'event-id': headers.get('event-id') or new_event_id(),
+            'event-type': headers.get('event-type') or content_type,
+            'event-time': headers.get('event-time') or clock.event_time(),
+            'event-namespace': headers.get('event-namespace'),
+            'extensions': {'request': request},
+        })
+    event = Event({
         'data': data,
-        'event-id': headers.get('event-id') or new_event_id(),
-        'event-type': headers.get('event-type') or content_type,
-        'event-time': headers.get('event-time') or clock.event_time(),
-        'event-namespace': headers.get('event-namespace'),
+        'event-id': attributes['id'],
+        'event-type': attributes['type'],
+        'event-time': attributes.get('time') or clock.event_time(),
+        'event-namespace': attributes['source'],
         'extensions': {'request': request},
-    }
+    })
+    for name, value in attributes.items():
+        event['ce-' + name] = value
+    return event
+
+
+def decode_json_body(body, what='Invalid JSON body'):
+    try:
+        return parse_json(body)
+    except ValueError as exc:  # also UnicodeDecodeError: not UTF-8 (or -16, -32)
+        raise BadRequest(f'{what}: {exc}') from None
+    except RecursionError:
+        raise BadRequest(f'{what}: nested too deeply') from None
+
+
+def decode_text(body):
+    """body as str when it is UTF-8, else as bytes."""
+    try:
+        return body.decode('utf-8')
+    except UnicodeDecodeError:
+        return body
 
 
 def new_event_id():
@@ -407,6 +453,304 @@ class Clock:
         return f'{self._rfc3339_second}.{micros:06d}Z'
 
 
+# --- CloudEvents ---------------------------------------------------------------
+#
+# Knative Eventing delivers events as CloudEvents over HTTP (the CloudEvents HTTP
+# binding and JSON format, specversion 1.0 and 0.3).  A handler sees such an event
+# through the Kubeless keys (event-id, event-type, event-time, event-namespace,
+# data) and every attribute under its 'ce-' name, as Kyma's runtimes showed them.
+# Through the event's methods it makes CloudEvents, publishes them to K_SINK and
+# replies with one (a Knative Trigger sends the reply back to its Broker).
+
+CE_STRUCTURED = 'application/cloudevents+json'
+CE_BATCH = 'application/cloudevents-batch+json'
+CE_SPEC_VERSIONS = ('1.0', '0.3')
+CE_REQUIRED = ('id', 'source', 'type')
+CE_BATCH_REFUSED = (
+    'CloudEvents batch mode (application/cloudevents-batch+json) is not supported: '
+    'send one event per request, in binary or structured mode')
+CE_NAME = re.compile(r'[a-z0-9]+\Z')
+# A binary-mode header value is percent-encoded where it is not printable ASCII, and
+# for '"', '%' and ' ' (the HTTP binding's rule).
+CE_HEADER_SAFE = ''.join(chr(c) for c in range(0x21, 0x7f) if chr(c) not in '"%')
+# A datacontenttype a handler gives is sent as the Content-Type header as it is.
+CE_MEDIA_TYPE = re.compile(r'[!#$%&\'*+.^_`|~0-9A-Za-z-]+/[!#$%&\'*+.^_`|~0-9A-Za-z-]+(;[ -~]*)?\Z')
+CE_BAD_ESCAPE = re.compile(r'%(?![0-9A-Fa-f]{2})')
+# Trace context of the request a handler runs for, carried onto what it publishes.
+TRACING_HEADERS = ('traceparent', 'tracestate', 'b3', 'x-b3-traceid', 'x-b3-spanid',
+                   'x-b3-parentspanid', 'x-b3-sampled', 'x-b3-flags')
+NO_SINK = ('cannot publish the CloudEvent: no sink: K_SINK is not set (a SinkBinding or '
+           "an event source's sink sets it) and no sink was given")
+
+
+def media_type(content_type):
+    """'application/json' from 'Application/JSON; charset=utf-8'; '' for None."""
+    return content_type.partition(';')[0].strip().lower() if content_type else ''
+
+
+def is_json_media(mime):
+    return mime == JSON_TYPE or mime == 'text/json' or mime.endswith('+json')
+
+
+def check_attribute_name(name):
+    if not CE_NAME.match(name):
+        raise BadRequest(f'invalid CloudEvent attribute name {name!r}: '
+                         'names are lower-case letters a-z and digits')
+
+
+def check_required(attributes):
+    """BadRequest unless the context attributes every CloudEvent has are there."""
+    version = attributes.get('specversion')
+    if version is not None and version not in CE_SPEC_VERSIONS:
+        raise BadRequest(f'unsupported CloudEvents specversion {version!r}: '
+                         'accepted are 1.0 and 0.3')
+    for name in ('specversion',) + CE_REQUIRED:
+        value = attributes.get(name)
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f'CloudEvent without {name!r}: '
+                             'id, source, specversion and type are required')
+
+
+def percent_decoded(name, value):
+    """A binary-mode header value as the attribute's text."""
+    if '%' not in value and value.isascii():
+        return value
+    if CE_BAD_ESCAPE.search(value):
+        raise BadRequest(f'CloudEvent attribute {name!r}: malformed percent-encoding in {value!r}')
+    try:
+        return unquote_to_bytes(value.encode('latin-1')).decode('utf-8')
+    except UnicodeDecodeError:
+        raise BadRequest(f'CloudEvent attribute {name!r} is not UTF-8 text') from None
+
+
+def binary_attributes(headers):
+    """The attributes of a binary-mode CloudEvent: ce-* headers, and Content-Type."""
+    attributes = {}
+    for header, value in headers.items():
+        if header.startswith('ce-'):
+            name = header[3:]
+            check_attribute_name(name)
+            attributes[name] = percent_decoded(name, value)
+    content_type = headers.get('content-type')
+    if content_type:
+        attributes['datacontenttype'] = content_type
+    check_required(attributes)
+    return attributes
+
+
+def structured_cloud_event(body):
+    """(attributes, data) of a structured-mode CloudEvent: the whole event is a JSON object."""
+    envelope = decode_json_body(body, 'structured CloudEvent: the body is not valid JSON')
+    if not isinstance(envelope, dict):
+        raise BadRequest('structured CloudEvent: the body must be a JSON object')
+    if envelope.get('data') is not None and envelope.get('data_base64') is not None:
+        raise BadRequest("structured CloudEvent with both 'data' and 'data_base64': "
+                         'binary data goes in data_base64 alone')
+    attributes = {}
+    for name, value in envelope.items():
+        if name == 'data' or name == 'data_base64' or value is None:
+            continue
+        check_attribute_name(name)
+        if isinstance(value, (dict, list)):
+            raise BadRequest(f'CloudEvent attribute {name!r} must be a string, number or boolean')
+        attributes[name] = value
+    check_required(attributes)
+    encoded = envelope.get('data_base64')
+    if encoded is None and attributes.get('datacontentencoding') == 'base64':  # specversion 0.3
+        encoded = envelope.get('data')
+    if encoded is None:
+        return attributes, envelope.get('data')
+    if not isinstance(encoded, str):
+        raise BadRequest('structured CloudEvent: base64 data must be a JSON string')
+    try:
+        return attributes, base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise BadRequest(f'structured CloudEvent: data_base64 is not valid base64 ({exc})') from None
+
+
+def percent_encoded(value):
+    """An attribute value as a header value (booleans as true/false)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    return quote(str(value), safe=CE_HEADER_SAFE)
+
+
+def utc_now_rfc3339():
+    now = time.time()
+    micros = int((now % 1) * 1e6)
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now)) + f'.{micros:06d}Z'
+
+
+def redacted_url(url):
+    """url with the password of its user info replaced by ***."""
+    scheme, separator, rest = url.partition('://')
+    user_info, at, host = rest.partition('@')
+    if not separator or not at or any(c in user_info for c in '/?#'):
+        return url
+    return f'{scheme}://{user_info.partition(":")[0]}:***@{host}'
+
+
+class CloudEventError(Exception):
+    """A CloudEvent could not be published (no sink, a bad sink URL, the sink refused it)."""
+
+
+class CloudEventSettings:
+    """What publishing needs from the environment: K_SINK, K_CE_OVERRIDES, K_SERVICE."""
+
+    def __init__(self, env, fallback_source, timeout):
+        self.sink = env.get('K_SINK') or None
+        self.default_source = env.get('K_SERVICE') or fallback_source
+        self.timeout = timeout
+        self.overrides = self._overrides(env.get('K_CE_OVERRIDES'))
+
+    @staticmethod
+    def _overrides(text):
+        if not text:
+            return {}
+        expected = 'expected JSON such as {"extensions": {"name": "value"}}'
+        try:
+            extensions = json.loads(text).get('extensions', {})
+        except (ValueError, AttributeError):
+            raise StartupError(2, f'K_CE_OVERRIDES is not valid ({expected})') from None
+        if not isinstance(extensions, dict) or not all(
+                CE_NAME.match(name) and isinstance(value, (str, int, float, bool))
+                for name, value in extensions.items()):
+            raise StartupError(2, f'K_CE_OVERRIDES has an invalid extension ({expected}, '
+                                  'names of a-z and digits, values strings, numbers or booleans)')
+        return extensions
+
+
+class CloudEvent:
+    """An event a handler made with event.cloud_event(); returned, it is the reply."""
+
+    __slots__ = ('attributes', 'data', 'body')
+
+    def __init__(self, type, source, data, attributes, settings):
+        if not isinstance(type, str) or not type:
+            raise ValueError("a CloudEvent's 'type' must be a non-empty string, "
+                             'e.g. com.example.order.created')
+        self.attributes = {'specversion': '1.0', 'id': new_event_id(),
+                           'source': source or settings.default_source, 'type': type,
+                           'time': utc_now_rfc3339()}
+        for name, value in (attributes or {}).items():
+            self._set(name, value)
+        self.data = data
+        self.body = self._encode(data)
+
+    def _set(self, name, value):
+        if not isinstance(name, str) or not CE_NAME.match(name) or name == 'data':
+            raise ValueError(f'invalid CloudEvent attribute name {name!r}: '
+                             'names are lower-case letters a-z and digits')
+        if value is None:
+            return
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f'CloudEvent attribute {name!r} must be a string, number or '
+                             f'boolean, not {type(value).__name__}')
+        if name == 'datacontenttype' and not (isinstance(value, str) and CE_MEDIA_TYPE.match(value)):
+            raise ValueError(f'CloudEvent datacontenttype {value!r} is not a media type such as '
+                             "'application/json' or 'text/plain; charset=utf-8'")
+        if name == 'specversion' and value != '1.0':
+            raise ValueError(f'CloudEvents specversion {value!r}: events are made in 1.0')
+        self.attributes[name] = value
+
+    def _encode(self, data):
+        """The data as the HTTP body; infers datacontenttype when it was not given."""
+        given = self.attributes.get('datacontenttype')
+        if data is None:
+            return b''
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            inferred, body = OCTET_STREAM, bytes(data)
+        elif isinstance(data, str):
+            inferred, body = 'text/plain; charset=utf-8', data.encode('utf-8')
+        else:
+            inferred, body = JSON_TYPE, json.dumps(data).encode('utf-8')
+        if given is None:
+            self.attributes['datacontenttype'] = inferred
+        return body
+
+    def __repr__(self):
+        return f'CloudEvent({self.attributes!r}, data={self.data!r})'
+
+
+def binary_mode_headers(attributes):
+    """The HTTP headers carrying a CloudEvent's attributes in binary mode, as (name, value) pairs."""
+    return [('Content-Type', value) if name == 'datacontenttype'
+            else (f'ce-{name}', percent_encoded(value)) for name, value in attributes.items()]
+
+
+def reply(cloud_event):
+    """The outcome that answers a request with cloud_event in binary mode."""
+    pairs = binary_mode_headers(cloud_event.attributes)
+    content_type = next((value for name, value in pairs if name == 'Content-Type'), None)
+    fields = ''.join(f'{name}: {value}\r\n' for name, value in pairs if name != 'Content-Type')
+    return 200, content_type, cloud_event.body, fields
+
+
+def publish(cloud_event, sink, request_headers, settings):
+    """POSTs cloud_event in binary mode to sink (else K_SINK); raises CloudEventError."""
+    url = sink or settings.sink
+    if not url:
+        raise CloudEventError(NO_SINK)
+    shown = redacted_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ('http', 'https') or not parts.hostname:
+        raise CloudEventError(f'cannot publish the CloudEvent: the sink {shown!r} is not an '
+                              'http:// or https:// URL')
+    attributes = dict(cloud_event.attributes)
+    attributes.update(settings.overrides)
+    headers = dict(binary_mode_headers(attributes))
+    for name in TRACING_HEADERS:
+        value = request_headers.get(name)
+        if value is not None:
+            headers[name] = value
+    if parts.username is not None:
+        credentials = f'{unquote(parts.username)}:{unquote(parts.password or "")}'
+        headers['Authorization'] = 'Basic ' + base64.b64encode(credentials.encode()).decode()
+    path = (parts.path or '/') + ('?' + parts.query if parts.query else '')
+    import http.client  # here, not at the top: most functions never publish, and cold start counts
+    import ssl
+    if parts.scheme == 'https':
+        connection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=settings.timeout,
+            context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=settings.timeout)
+    try:
+        connection.request('POST', path, body=cloud_event.body, headers=headers)
+        response = connection.getresponse()
+        excerpt = response.read(200).decode('utf-8', 'replace').strip()
+    except (OSError, http.client.HTTPException) as exc:
+        raise CloudEventError(f'cannot publish the CloudEvent to {shown}: {exc}') from None
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300:
+        raise CloudEventError(f'the sink {shown} answered {response.status} {response.reason}: '
+                              f'{excerpt}')
+    return attributes['id']
+
+
+class Event(dict):
+    """The Kubeless event: a dict, plus methods that make and publish CloudEvents.
+
+    event.cloud_event(type, source, data, attributes) makes one (returned from the
+    handler it is the reply); event.emit_cloud_event(...) publishes one to K_SINK or
+    the sink given and returns its id (emitCloudEvent: Kyma's name for it).
+    """
+
+    __slots__ = ()
+    settings = CloudEventSettings({}, 'function', 30.0)  # the server's, set by Runtime
+
+    def cloud_event(self, type, source=None, data=None, attributes=None):
+        return CloudEvent(type, source, data, attributes, self.settings)
+
+    def emit_cloud_event(self, type, source=None, data=None, attributes=None, *, sink=None):
+        made = self.cloud_event(type, source, data, attributes)
+        request = self.get('extensions', {}).get('request')
+        return publish(made, sink, request.headers if request else {}, self.settings)
+
+    emitCloudEvent = emit_cloud_event
+
+
 def encode_result(result, label):
     """(status, content type, body) for a handler's return value."""
     try:
@@ -416,6 +760,8 @@ def encode_result(result, label):
             return 200, OCTET_STREAM, bytes(result)
         if result is None:
             return 200, TEXT_HTML, b''
+        if isinstance(result, CloudEvent):
+            return reply(result)
         return 200, JSON_TYPE, json.dumps(result).encode('utf-8')
     except Exception:
         log_failure(f'cannot encode the value returned by {label}')
@@ -575,9 +921,8 @@ class Call:
         return f'{self.method} {self.target} (running {now - self.started:.1f}s)'
 
     def _answer(self, outcome, seconds):
-        status, content_type, body = outcome
-        self.runtime.metrics.finished(self.method, seconds, failed=status != 200)
-        self.conn.respond(status, content_type, body)
+        self.runtime.metrics.finished(self.method, seconds, failed=outcome[0] != 200)
+        self.conn.respond(*outcome)
         self.conn.resume()
 
 
@@ -885,12 +1230,14 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(b'HTTP/1.1 100 Continue\r\n\r\n')
         return True
 
-    def respond(self, status, content_type, body):
+    def respond(self, status, content_type, body, fields=''):
+        """Answers; fields: more header lines, each ending in CRLF; no Content-Type when None."""
         if self.closed:
             return
         connection = 'keep-alive' if self.keep_alive else 'close'
-        head = (f'HTTP/1.1 {status} {REASONS[status]}\r\n'
-                f'Content-Type: {content_type}\r\n'
+        if content_type is not None:
+            fields += f'Content-Type: {content_type}\r\n'
+        head = (f'HTTP/1.1 {status} {REASONS[status]}\r\n{fields}'
                 f'Content-Length: {len(body)}\r\n'
                 f'Date: {self.runtime.clock.http_date()}\r\n'
                 f'Connection: {connection}\r\n\r\n').encode('latin-1')
@@ -979,6 +1326,7 @@ class Runtime:
     def __init__(self, config, func):
         self.config = config
         self.func = func
+        Event.settings = config.cloud_events
         self.is_async = inspect.iscoroutinefunction(func)
         self.metrics = Metrics()
         self.clock = Clock()
