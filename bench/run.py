@@ -21,7 +21,8 @@ tests/setup.sh when they are missing), then measures, in this one run:
      time), and of fnbuild building a function with a 1 GB layer;
   4. requests/s and p50 latency (wrk) of the runtime servers (runtimes/python/kubeless.py,
      runtimes/nodejs/kubeless.js) against bare asyncio / node:http servers, and with
-     --runtimes-before REV against the same servers as they were at git revision REV;
+     --runtimes-before REV against the same servers as they were at git revision REV; and
+     beside a plain JSON POST, the same data as a CloudEvent in binary and structured mode;
   5. a soak: each runtime server for --soak-seconds under mixed traffic (bench/soak.py: good
      calls, hung calls, malformed requests, hundreds of slow clients, a /healthz probe), with
      the answers by kind, the probe's worst latency and the server's RSS over time.
@@ -55,6 +56,23 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 ROOTFS_MARKER = '.fnbuild-rootfs-complete'
 GNU_TIME = '/usr/bin/time'
+
+# The requests of the event-throughput rows (wrk Lua scripts): a plain JSON POST, and the same
+# JSON as a CloudEvent in binary mode (ce-* headers) and in structured mode (one JSON envelope),
+# with the attributes and extensions a Knative Broker's Trigger delivers.
+EVENT_DATA = '{"order": 7, "items": ["a", "b"], "total": 12.5}'
+EVENT_HEADERS = {'ce-specversion': '1.0', 'ce-id': '5b0a3c3e-6a57-4b43-9d3c-1d5b0e1f2a3b',
+                 'ce-type': 'com.example.order.created', 'ce-source': '/orders/eu',
+                 'ce-time': '2026-11-30T12:00:00Z', 'ce-subject': 'order/7',
+                 'ce-knativearrivaltime': '2026-11-30T12:00:00.1Z',
+                 'traceparent': '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'}
+EVENT_REQUESTS = {
+    'post-json': ({'Content-Type': 'application/json'}, EVENT_DATA),
+    'ce-binary': ({'Content-Type': 'application/json', **EVENT_HEADERS}, EVENT_DATA),
+    'ce-structured': ({'Content-Type': 'application/cloudevents+json'}, json.dumps({
+        **{k[3:]: v for k, v in EVENT_HEADERS.items() if k.startswith('ce-')},
+        'datacontenttype': 'application/json', 'data': json.loads(EVENT_DATA)})),
+}
 
 # Figures from shared/reference/peers.md: measured on another day, NOT in this run.
 KYMA_REFERENCE = {
@@ -762,6 +780,15 @@ class Bench:
                 samples[key]['rps'].append(rps)
                 samples[key]['p50_ms'].append(p50)
                 samples[key]['errors'].append(errors + errors2)
+        scripts = self.event_scripts(work)
+        for i in range(self.args.runs):
+            for lang in ('python', 'nodejs'):
+                key = f'{lang}-runtime'
+                log(f'event rounds {i + 1}/{self.args.runs}: {key} ({len(scripts)} kinds, wrk {d}s)')
+                for kind, script in scripts.items():
+                    rps, _, errors = self.wrk(netns, servers[key]['port'], 2, 10, d, script=script)
+                    samples[key].setdefault('events', {}).setdefault(kind, []).append(rps)
+                    samples[key]['errors'].append(errors)
         for key, s in servers.items():
             rss = self.stop(s['proc'])
             samples[key]['maxrss_mb'] = rss / 1024.0 if rss else None
@@ -774,6 +801,17 @@ class Bench:
             'python': self.run('python-version', [python, '--version']).stdout.strip(),
             'node': self.run('node-version', [node, '--version']).stdout.strip(),
             'wrk_duration_s': d}
+
+    @staticmethod
+    def event_scripts(work):
+        """A wrk Lua script per EVENT_REQUESTS kind, written into work."""
+        scripts = {}
+        for kind, (headers, body) in EVENT_REQUESTS.items():
+            lines = ['wrk.method = "POST"', f'wrk.body = {json.dumps(body)}']
+            lines += [f'wrk.headers[{json.dumps(k)}] = {json.dumps(v)}' for k, v in headers.items()]
+            scripts[kind] = work / f'{kind}.lua'
+            scripts[kind].write_text('\n'.join(lines) + '\n')
+        return scripts
 
     def bench_soak(self):
         """Each runtime server under mixed good and bad traffic (bench/soak.py) for
@@ -823,10 +861,12 @@ class Bench:
             time.sleep(0.1)
         raise BenchError(f'{name} did not answer on port {port}; its log:\n{tail(proc.bench_log)}')
 
-    def wrk(self, netns, port, threads, connections, seconds, latency=False):
+    def wrk(self, netns, port, threads, connections, seconds, latency=False, script=None):
         argv = netns + ['wrk', f'-t{threads}', f'-c{connections}', f'-d{seconds}s']
         if latency:
             argv.append('--latency')
+        if script:
+            argv += ['-s', str(script)]
         argv.append(f'http://127.0.0.1:{port}/')
         r = self.run(f'wrk-{port}', argv, timeout=seconds + 60)
         out = r.stdout
@@ -1062,6 +1102,9 @@ def summarize(results, args):
                 'kyma_over_bare_ref': ref_frac,
                 'x_kyma_normalized': frac / ref_frac,
                 'x_kyma_absolute': r_rps / ref['rps']}
+            events = {kind: median(values) for kind, values in rt.get('events', {}).items()}
+            if events:
+                s['runtimes'][lang]['events_rps'] = events
             before = rs.get(f'{lang}-before')
             if before:
                 s['runtimes'][lang].update({
@@ -1200,6 +1243,15 @@ def report(results, summary, args):
             if 'runtime_over_before' in r:
                 out.append(f'   {lang}: the runtime now serves {r["runtime_over_before"]:.2f}x the req/s '
                            f'it served at {rt["before"]}')
+        rows = [[f'{lang} fnbuild runtime', *(fmt(r['events_rps'][kind], 0) for kind in EVENT_REQUESTS),
+                 fmt(r['events_rps']['ce-binary'] / r['events_rps']['post-json'], 2),
+                 fmt(r['events_rps']['ce-structured'] / r['events_rps']['post-json'], 2)]
+                for lang, r in ((l, summary['runtimes'][l]) for l in ('python', 'nodejs'))
+                if 'events_rps' in r]
+        if rows:
+            out.append('   CloudEvents beside plain HTTP: req/s of the same JSON data POSTed plain, as a '
+                       'binary-mode and as a structured-mode CloudEvent (wrk -t2 -c10)')
+            out.append(table(['server', *EVENT_REQUESTS, 'binary/plain', 'structured/plain'], rows))
         errors = sum(summary['runtimes'][l]['errors'] for l in ('python', 'nodejs'))
         if errors:
             out.append(f'   WARNING: wrk saw {errors} non-2xx responses or socket errors')
