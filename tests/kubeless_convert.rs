@@ -1,6 +1,7 @@
 //! `fnbuild convert -f FUNCTIONS.yaml`: Kubeless Function objects of every content type become
-//! builds, Knative Services pinned to the images' digests (valid against Knative's CRDs), and
-//! PingSources for schedules; what Knative has no place for is reported.
+//! builds, Knative Services pinned to the images' digests (valid against Knative's CRDs),
+//! PingSources for schedules, KafkaSources for Kafka triggers and Broker Triggers for NATS
+//! triggers; what Knative has no place for, and what the cluster needs, is reported.
 
 mod common;
 
@@ -427,12 +428,252 @@ fn without_a_registry_the_inputs_and_a_build_script_are_written() {
     );
 }
 
+/// Two functions as `kubeless function deploy` labels them, a third no trigger selects, and the
+/// triggers `kubeless trigger kafka create NAME --function-selector
+/// created-by=kubeless,function=FUNCTION --trigger-topic TOPIC` (and `trigger nats create`) make.
+const PUBSUB: &str = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata:
+    name: pubsub-python
+    namespace: default
+    labels: {created-by: kubeless, function: pubsub-python}
+  spec: {runtime: python3.7, handler: pubsub.handler, function: "def handler(event, context):\n    return event['data']\n"}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata:
+    name: pubsub-nodejs
+    namespace: default
+    labels: {created-by: kubeless, function: pubsub-nodejs}
+  spec: {runtime: nodejs14, handler: pubsub.handler, function: "module.exports = { handler: (event) => event.data };\n"}
+- apiVersion: kubeless.io/v1beta1
+  kind: Function
+  metadata:
+    name: hello
+    namespace: default
+    labels: {created-by: kubeless, function: hello}
+  spec: {runtime: python3.7, handler: hello.handler, function: "def handler(event, context):\n    return 'hello'\n"}
+- apiVersion: kubeless.io/v1beta1
+  kind: KafkaTrigger
+  metadata: {name: s3-python, namespace: default, labels: {created-by: kubeless}}
+  spec:
+    functionSelector:
+      matchLabels: {created-by: kubeless, function: pubsub-python}
+    topic: s3-python
+- apiVersion: kubeless.io/v1beta1
+  kind: KafkaTrigger
+  metadata: {name: s3-nodejs, namespace: default, labels: {created-by: kubeless}}
+  spec:
+    functionSelector:
+      matchLabels: {created-by: kubeless, function: pubsub-nodejs}
+    topic: s3-nodejs
+- apiVersion: kubeless.io/v1beta1
+  kind: NATSTrigger
+  metadata: {name: pubsub-python-nats, namespace: default, labels: {created-by: kubeless}}
+  spec:
+    functionSelector:
+      matchLabels: {created-by: kubeless, function: pubsub-python}
+    topic: test
+"#;
+
+fn read_yaml(file: &Path) -> serde_json::Value {
+    serde_norway::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+#[test]
+fn kafka_and_nats_triggers_become_kafka_sources_and_broker_triggers() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("functions.yaml");
+    std::fs::write(&file, PUBSUB).unwrap();
+    let out_dir = work.path().join("out");
+    let out = success(
+        common::fnbuild()
+            .args(["convert", "-f"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&out_dir)
+            .args([
+                "--kafka-bootstrap-servers",
+                "my-cluster-kafka-bootstrap.kafka:9092,kafka-1.kafka:9093",
+            ]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+
+    for (function, trigger, topic) in [
+        ("pubsub-python", "s3-python", "s3-python"),
+        ("pubsub-nodejs", "s3-nodejs", "s3-nodejs"),
+    ] {
+        let source_file = out_dir
+            .join(function)
+            .join(format!("kafkasource-{trigger}.yaml"));
+        assert_valid("kafka-source.yaml", &source_file);
+        let source = read_yaml(&source_file);
+        assert_eq!(source["apiVersion"], "sources.knative.dev/v1beta1");
+        assert_eq!(source["kind"], "KafkaSource");
+        assert_eq!(
+            source["metadata"],
+            serde_json::json!({"name": format!("{function}-{trigger}"), "namespace": "default"})
+        );
+        // The schema types only spec.ordering: what the KafkaSource webhook requires is
+        // checked here.
+        assert_eq!(
+            source["spec"]["bootstrapServers"],
+            serde_json::json!([
+                "my-cluster-kafka-bootstrap.kafka:9092",
+                "kafka-1.kafka:9093"
+            ])
+        );
+        assert_eq!(source["spec"]["topics"], serde_json::json!([topic]));
+        // The group Kubeless's Kafka controller consumed in: the offsets it committed carry over.
+        assert_eq!(
+            source["spec"]["consumerGroup"],
+            format!("default_{trigger}_{function}_{topic}")
+        );
+        assert_eq!(
+            source["spec"]["sink"],
+            serde_json::json!({"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": function}})
+        );
+        assert_eq!(source["spec"].as_object().unwrap().len(), 4, "{source}");
+    }
+
+    let trigger_file = out_dir.join("pubsub-python/trigger-pubsub-python-nats.yaml");
+    assert_valid("eventing-trigger.yaml", &trigger_file);
+    assert_eq!(
+        read_yaml(&trigger_file),
+        serde_json::json!({
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {"name": "pubsub-python-pubsub-python-nats", "namespace": "default"},
+            "spec": {
+                "broker": "default",
+                "filter": {"attributes": {"type": "test"}},
+                "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "pubsub-python"}},
+            },
+        })
+    );
+    let written = |function: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(out_dir.join(function))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("kafkasource-") || n.starts_with("trigger-"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        written("pubsub-python"),
+        [
+            "kafkasource-s3-python.yaml",
+            "trigger-pubsub-python-nats.yaml"
+        ]
+    );
+    assert_eq!(written("pubsub-nodejs"), ["kafkasource-s3-nodejs.yaml"]);
+    assert!(written("hello").is_empty());
+
+    // What the cluster needs is said once, however many sources there are.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("KafkaTriggers became KafkaSources").count(),
+        1,
+        "{stderr}"
+    );
+    for expected in [
+        "the cluster needs Knative Eventing and the KafkaSource of knative-extensions/eventing-kafka-broker",
+        "reaching Kafka at my-cluster-kafka-bootstrap.kafka:9092,kafka-1.kafka:9093",
+        "stop Kubeless's Kafka trigger controller first",
+        "CloudEvents (type dev.knative.kafka.event, the Kafka message value as data), which fnbuild's runtimes map to the Kubeless event keys",
+        "needs Knative Eventing and a Broker named default in namespace default",
+        "NATS is not a Knative source: what published to the NATS topics (test) must now send CloudEvents whose type is the topic to that Broker",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert_eq!(
+        stderr
+            .matches("NATSTriggers became Knative Triggers")
+            .count(),
+        1,
+        "{stderr}"
+    );
+
+    // Without the flag, the KafkaSources read from where Kubeless's controller did.
+    let default_out = work.path().join("default");
+    let out = success(
+        common::fnbuild()
+            .args(["convert", "-f"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&default_out),
+    );
+    assert_eq!(
+        yaml_field(
+            &default_out.join("pubsub-python/kafkasource-s3-python.yaml"),
+            "/spec/bootstrapServers"
+        ),
+        serde_json::json!(["kafka.kubeless:9092"])
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reaching Kafka at kafka.kubeless:9092"));
+
+    // Without Kafka or NATS triggers, nothing is said about them.
+    std::fs::write(&file, HELLO_WITH_POD).unwrap();
+    let out = success(
+        common::fnbuild()
+            .args(["convert", "-f"])
+            .arg(&file)
+            .arg("--out")
+            .arg(work.path().join("plain")),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("KafkaSource") && !stderr.contains("Broker"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kafka_bootstrap_servers_must_be_host_port_pairs() {
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("functions.yaml");
+    std::fs::write(&file, PUBSUB).unwrap();
+    for (value, expected) in [
+        ("kafka.kubeless", "'kafka.kubeless' is not HOST:PORT"),
+        (
+            "kafka:9092,kafka://b:9092",
+            "'kafka://b:9092' is not HOST:PORT",
+        ),
+        (",", "no HOST:PORT given"),
+    ] {
+        let (code, stderr) = failure(
+            common::fnbuild()
+                .args(["convert", "-f"])
+                .arg(&file)
+                .arg("--out")
+                .arg(work.path().join("out"))
+                .args(["--kafka-bootstrap-servers", value]),
+        );
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(&format!("--kafka-bootstrap-servers: {expected}")),
+            "{expected}: {stderr}"
+        );
+    }
+    assert!(!work.path().join("out").exists(), "nothing is written");
+}
+
+/// A Function as `kubeless function deploy f` labels it.
+const FUNCTION_F: &str = "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f, namespace: default, labels: {created-by: kubeless, function: f}}\nspec: {runtime: python3.7, handler: f.h, function: \"def h(event, context):\\n    return 1\\n\"}\n";
+
 #[test]
 fn bad_objects_say_what_is_wrong() {
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("functions.yaml");
     for (yaml, expected) in [
-        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "kind 'ConfigMap'"),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "object of kind 'ConfigMap' (x) is not a Kubeless Function, CronJobTrigger, HTTPTrigger, KafkaTrigger or NATSTrigger",
+        ),
         ("apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec: {handler: f.h}\n", "has no runtime"),
         (
             "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec: {runtime: python3.7, handler: f.h, function-content-type: gzip}\n",
@@ -446,6 +687,18 @@ fn bad_objects_say_what_is_wrong() {
         (
             "apiVersion: kubeless.io/v1beta1\nkind: Function\nmetadata: {name: f}\nspec:\n  runtime: python3.7\n  handler: f.h\n  deployment: {spec: {template: {spec: {containers: [{volumeMounts: [{name: s, mountPath: ../etc}]}], volumes: [{name: s, secret: {secretName: s}}]}}}}\n",
             "expected an absolute path",
+        ),
+        (
+            &format!("{FUNCTION_F}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t, namespace: default}}\nspec: {{functionSelector: {{matchLabels: {{created-by: kubeless, function: g}}}}, topic: orders}}\n"),
+            "KafkaTrigger 't' selects functions by 'created-by=kubeless,function=g' (spec.functionSelector), which matches no Function of namespace 'default' in the file",
+        ),
+        (
+            &format!("{FUNCTION_F}---\napiVersion: kubeless.io/v1beta1\nkind: NATSTrigger\nmetadata: {{name: t}}\nspec: {{functionSelector: {{matchLabels: {{function: f}}}}}}\n"),
+            "NATSTrigger 't' has no topic",
+        ),
+        (
+            &format!("{FUNCTION_F}---\napiVersion: kubeless.io/v1beta1\nkind: KafkaTrigger\nmetadata: {{name: t}}\nspec: {{topic: orders}}\n"),
+            "KafkaTrigger 't' has no spec.functionSelector",
         ),
     ] {
         std::fs::write(&file, yaml).unwrap();

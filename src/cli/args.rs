@@ -527,13 +527,14 @@ const CONVERT_OUT: &str = "kubeless-functions";
 
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The Kubeless objects: Functions (kubeless.io/v1beta1), and their CronJobTrigger and
-    /// HTTPTrigger objects, e.g. from `kubectl get functions,cronjobtriggers -o yaml`.
+    /// The Kubeless objects: Functions (kubeless.io/v1beta1), and their CronJobTrigger,
+    /// HTTPTrigger, KafkaTrigger and NATSTrigger objects, e.g. from `kubectl get
+    /// functions,cronjobtriggers,httptriggers,kafkatriggers,natstriggers -o yaml`.
     #[arg(value_parser = path_or_empty, long = "file", short = 'f', value_name = "FILE")]
     pub file: PathBuf,
 
     /// Where each function's directory is written (code, deps, build.sh, service.yaml,
-    /// pingsource.yaml).
+    /// pingsource.yaml, kafkasource-TRIGGER.yaml, trigger-TRIGGER.yaml).
     #[arg(value_parser = path_or_empty, long, value_name = "DIR", default_value = CONVERT_OUT)]
     pub out: PathBuf,
 
@@ -549,6 +550,12 @@ pub struct ConvertArgs {
     /// Who installs dependencies (see `fnbuild build --help`).
     #[arg(long, value_enum, default_value_t = Installer::Image)]
     pub deps_installer: Installer,
+
+    /// The Kafka brokers the KafkaSources of KafkaTriggers read from, comma separated; the
+    /// default is where Kubeless's Kafka trigger controller found them.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]",
+        default_value = crate::kubeless::DEFAULT_KAFKA_BOOTSTRAP_SERVERS)]
+    pub kafka_bootstrap_servers: String,
 
     #[command(flatten)]
     pub cache: CacheRepoArgs,
@@ -677,6 +684,8 @@ impl EmptyMeansAbsent for ConvertArgs {
             out: given(Some(self.out)).unwrap_or_else(|| PathBuf::from(CONVERT_OUT)),
             image_prefix: given(self.image_prefix),
             base_image: given(self.base_image),
+            kafka_bootstrap_servers: given(Some(self.kafka_bootstrap_servers))
+                .unwrap_or_else(|| crate::kubeless::DEFAULT_KAFKA_BOOTSTRAP_SERVERS.to_string()),
             cache: self.cache.without_empty_values(),
             registry: self.registry.without_empty_values(),
             ..self

@@ -573,6 +573,7 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
         installer: args.deps_installer,
         base_image: args.base_image.as_deref().map(str::parse).transpose()?,
         source_date_epoch: source_date_epoch()?,
+        kafka_bootstrap_servers: crate::kubeless::bootstrap_servers(&args.kafka_bootstrap_servers)?,
     };
     let context = BuildContext {
         catalog: &catalog,
@@ -581,7 +582,11 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
         cache_repo: cache_repo.as_ref(),
     };
     let mut out = std::io::stdout().lock();
-    for function in crate::kubeless::convert(&request, &context).await? {
+    let conversion = crate::kubeless::convert(&request, &context).await?;
+    for need in &conversion.cluster_needs {
+        tracing::warn!("{need}");
+    }
+    for function in conversion.functions {
         for note in &function.not_carried {
             tracing::warn!(function = %function.name, "not carried over: {note}");
         }
@@ -880,6 +885,7 @@ mod tests {
             "--out=",
             "--image-prefix=",
             "--base-image=",
+            "--kafka-bootstrap-servers=",
             "--cache-repo=",
             "--cache-ttl=",
             "--docker-config=",
@@ -893,6 +899,10 @@ mod tests {
         assert_eq!(args.file, Path::new("functions.yaml"));
         assert_eq!(args.out, Path::new("kubeless-functions"));
         assert!(args.image_prefix.is_none() && args.base_image.is_none());
+        assert_eq!(
+            args.kafka_bootstrap_servers,
+            crate::kubeless::DEFAULT_KAFKA_BOOTSTRAP_SERVERS
+        );
         assert!(args.cache.cache_repo.is_none());
         assert_eq!(args.cache.cache_ttl, crate::cache_repo::DEFAULT_TTL);
         assert!(args.registry.docker_config.is_none());

@@ -1,12 +1,12 @@
 //! Turning Kubeless functions into fnbuild builds: per function a directory with its code, its
-//! deps file, `pod.yaml` (env from secrets and config maps, volumes) and `build.sh` (the
-//! `fnbuild build` command that builds it and writes its Knative Service), a PingSource for a schedule, and, when a registry is given, the build itself with
-//! the Service pinned to the image's digest.
+//! deps file, `pod.yaml` (env from secrets and config maps, volumes), `build.sh` (the
+//! `fnbuild build` command that builds it and writes its Knative Service), the Knative Eventing
+//! objects of its triggers ([`super::eventing`]: PingSource, KafkaSource, Trigger) and, when a
+//! registry is given, the build itself with the Service pinned to the image's digest.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
+use super::eventing;
 use super::function::{read_objects, Content, Function};
 use crate::build::{build, BuildContext, BuildRequest, DEFAULT_PORT};
 use crate::deps::{InstallOptions, Installer};
@@ -28,6 +28,15 @@ pub struct ConvertRequest {
     pub installer: Installer,
     pub base_image: Option<Location>,
     pub source_date_epoch: u64,
+    /// `HOST:PORT` of the Kafka brokers the KafkaSources read from.
+    pub kafka_bootstrap_servers: Vec<String>,
+}
+
+/// What became of the functions, and what the cluster needs for their event sources.
+pub struct Conversion {
+    pub functions: Vec<Converted>,
+    /// Said once for all functions, e.g. that KafkaSources need eventing-kafka-broker.
+    pub cluster_needs: Vec<String>,
 }
 
 /// What became of one function.
@@ -39,7 +48,7 @@ pub struct Converted {
     pub not_carried: Vec<String>,
 }
 
-pub async fn convert(request: &ConvertRequest, ctx: &BuildContext<'_>) -> Result<Vec<Converted>> {
+pub async fn convert(request: &ConvertRequest, ctx: &BuildContext<'_>) -> Result<Conversion> {
     let text = std::fs::read_to_string(&request.file).map_err(|e| {
         Error::Usage(format!(
             "-f {}: cannot read it: {e}",
@@ -51,7 +60,10 @@ pub async fn convert(request: &ConvertRequest, ctx: &BuildContext<'_>) -> Result
     for function in &functions {
         converted.push(convert_one(function, request, ctx).await?);
     }
-    Ok(converted)
+    Ok(Conversion {
+        functions: converted,
+        cluster_needs: eventing::cluster_needs(&functions, &request.kafka_bootstrap_servers),
+    })
 }
 
 async fn convert_one(
@@ -119,15 +131,7 @@ async fn convert_one(
         &options,
         &service_file,
     )?;
-    if let Some((schedule, payload)) = &function.schedule {
-        let ping = ping_source(function, schedule, payload.as_deref());
-        let file = dir.join("pingsource.yaml");
-        std::fs::write(
-            &file,
-            serde_norway::to_string(&ping).expect("a PingSource serializes"),
-        )
-        .io_context("write", &file)?;
-    }
+    eventing::write_objects(function, &dir, &request.kafka_bootstrap_servers)?;
 
     let image = match &request.image_prefix {
         Some(prefix) => {
@@ -188,28 +192,6 @@ async fn convert_one(
         image,
         not_carried: function.not_carried.clone(),
     })
-}
-
-/// A PingSource that calls the function's Service on its schedule with its payload.
-fn ping_source(function: &Function, schedule: &str, payload: Option<&str>) -> serde_json::Value {
-    let mut metadata = json!({ "name": format!("{}-schedule", function.name) });
-    if let Some(namespace) = &function.namespace {
-        metadata["namespace"] = json!(namespace);
-    }
-    let mut spec = json!({
-        "schedule": schedule,
-        "sink": { "ref": { "apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": function.name } },
-    });
-    if let Some(payload) = payload {
-        let is_json = serde_json::from_str::<serde_json::Value>(payload).is_ok();
-        spec["contentType"] = json!(if is_json {
-            "application/json"
-        } else {
-            "text/plain"
-        });
-        spec["data"] = json!(payload);
-    }
-    json!({ "apiVersion": "sources.knative.dev/v1", "kind": "PingSource", "metadata": metadata, "spec": spec })
 }
 
 /// `build.sh`: the fnbuild command that builds the function and writes its Service, with the

@@ -1,12 +1,14 @@
 //! The Kubeless objects as users wrote them: Function (handler, runtime, the code inline or by
 //! URL in one of its content types, deps, checksum, timeout, the Deployment's env, resources
-//! and labels, the HPA's replica bounds) and its triggers.
+//! and labels, the HPA's replica bounds) and its triggers: CronJobTrigger and HTTPTrigger here,
+//! KafkaTrigger and NATSTrigger in [`super::pubsub`].
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::pubsub::{self, PubSubKind, PubSubTrigger};
 use crate::error::{Error, Result};
 use crate::knative::{other_keys, PodAdditions};
 
@@ -39,7 +41,10 @@ pub enum Content {
 pub struct Function {
     pub name: String,
     pub namespace: Option<String>,
+    /// The labels of the Service: the Function's and its Deployment's.
     pub labels: BTreeMap<String, String>,
+    /// The Function object's own labels, which Kafka and NATS trigger selectors match.
+    pub object_labels: BTreeMap<String, String>,
     pub runtime: String,
     pub handler: String,
     pub content: Content,
@@ -57,12 +62,14 @@ pub struct Function {
     pub port: Option<u16>,
     /// From a CronJobTrigger: the schedule and the payload sent.
     pub schedule: Option<(String, Option<String>)>,
+    /// The KafkaTrigger and NATSTrigger objects selecting the function.
+    pub pubsub_triggers: Vec<PubSubTrigger>,
     /// What Knative or fnbuild cannot carry over, in words for the user.
     pub not_carried: Vec<String>,
 }
 
 /// Reads every Function from a YAML stream (several documents, or `kind: List`), attaching the
-/// CronJobTrigger and HTTPTrigger objects found beside them.
+/// CronJobTrigger, HTTPTrigger, KafkaTrigger and NATSTrigger objects found beside them.
 pub fn read_objects(text: &str, origin: &str) -> Result<Vec<Function>> {
     let mut objects = Vec::new();
     for document in serde_norway::Deserializer::from_str(text) {
@@ -89,12 +96,15 @@ pub fn read_objects(text: &str, origin: &str) -> Result<Vec<Function>> {
             "Function" => {}
             "CronJobTrigger" => attach_cron(object, &mut functions, origin)?,
             "HTTPTrigger" => attach_http(object, &mut functions),
-            other => {
-                return Err(Error::Usage(format!(
-                    "{origin}: object of kind '{other}' ({}) is not a Kubeless Function, CronJobTrigger or HTTPTrigger",
-                    name(object)
-                )))
-            }
+            other => match PubSubKind::of(other) {
+                Some(kind) => pubsub::attach(object, kind, &mut functions, origin)?,
+                None => {
+                    return Err(Error::Usage(format!(
+                        "{origin}: object of kind '{other}' ({}) is not a Kubeless Function, CronJobTrigger, HTTPTrigger, KafkaTrigger or NATSTrigger",
+                        name(object)
+                    )))
+                }
+            },
         }
     }
     if functions.is_empty() {
@@ -109,7 +119,7 @@ fn kind(object: &Value) -> &str {
     object.get("kind").and_then(Value::as_str).unwrap_or("")
 }
 
-fn name(object: &Value) -> String {
+pub(super) fn name(object: &Value) -> String {
     object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -117,7 +127,7 @@ fn name(object: &Value) -> String {
         .to_string()
 }
 
-fn text_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
+pub(super) fn text_at<'a>(object: &'a Value, pointer: &str) -> Option<&'a str> {
     object
         .pointer(pointer)
         .and_then(Value::as_str)
@@ -153,15 +163,20 @@ fn function(object: &Value, origin: &str) -> Result<Function> {
     )?;
     not_carried.extend(pod.not_carried);
     not_carried.extend(unplaced_pod_fields(&pod_spec));
-    let mut labels: BTreeMap<String, String> = BTreeMap::new();
-    for source in ["/metadata/labels", "/spec/deployment/metadata/labels"] {
-        if let Some(map) = object.pointer(source).and_then(Value::as_object) {
-            labels.extend(
+    let labels_at = |pointer: &str| -> BTreeMap<String, String> {
+        object
+            .pointer(pointer)
+            .and_then(Value::as_object)
+            .map(|map| {
                 map.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))),
-            );
-        }
-    }
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let object_labels = labels_at("/metadata/labels");
+    let mut labels = object_labels.clone();
+    labels.extend(labels_at("/spec/deployment/metadata/labels"));
     let replicas = |key: &str| {
         object
             .pointer(&format!("/spec/horizontalPodAutoscaler/spec/{key}"))
@@ -201,8 +216,10 @@ fn function(object: &Value, origin: &str) -> Result<Function> {
             .and_then(Value::as_u64)
             .and_then(|p| u16::try_from(p).ok()),
         schedule: None,
+        pubsub_triggers: Vec::new(),
         namespace: field("/metadata/namespace"),
         labels,
+        object_labels,
         not_carried,
         name,
     })
@@ -415,6 +432,58 @@ spec: {function-name: hello, host-name: hello.example.com, tls: true}
             "{:?}",
             f.not_carried
         );
+    }
+
+    #[test]
+    fn kafka_and_nats_triggers_attach_to_the_functions_their_selectors_match() {
+        let trigger = |kind: &str, name: &str, namespace: &str, labels: &str| {
+            format!(
+                "---\napiVersion: kubeless.io/v1beta1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{functionSelector: {{matchLabels: {labels}}}, topic: {name}-topic}}\n"
+            )
+        };
+        let yaml = format!(
+            "{FUNCTIONS}{}{}",
+            trigger(
+                "KafkaTrigger",
+                "orders",
+                "default",
+                "{created-by: kubeless}"
+            ),
+            trigger("NATSTrigger", "audit", "default", "{created-by: kubeless}")
+        );
+        let functions = read_objects(&yaml, "f.yaml").unwrap();
+        let topics: Vec<(PubSubKind, &str)> = functions[0]
+            .pubsub_triggers
+            .iter()
+            .map(|t| (t.kind, t.topic.as_str()))
+            .collect();
+        assert_eq!(
+            topics,
+            [
+                (PubSubKind::Kafka, "orders-topic"),
+                (PubSubKind::Nats, "audit-topic")
+            ]
+        );
+
+        // Another namespace's trigger, or a label of the Deployment only, selects nothing.
+        let deployment_labelled = FUNCTIONS.replace(
+            "horizontalPodAutoscaler:",
+            "  metadata: {labels: {team: a}}\n  horizontalPodAutoscaler:",
+        );
+        let function = &read_objects(&deployment_labelled, "f.yaml").unwrap()[0];
+        assert_eq!(function.labels.get("team").map(String::as_str), Some("a"));
+        for (namespace, labels) in [("prod", "{created-by: kubeless}"), ("default", "{team: a}")] {
+            let yaml = format!(
+                "{deployment_labelled}{}",
+                trigger("KafkaTrigger", "orders", namespace, labels)
+            );
+            let err = read_objects(&yaml, "f.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains("KafkaTrigger 'orders' selects functions by")
+                    && err.contains("which matches no Function"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

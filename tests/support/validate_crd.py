@@ -3,6 +3,9 @@
 
 usage: validate_crd.py CRD_FILE OBJECT_FILE...   (YAML or JSON; exit 0 when all are valid)
 
+CRD_FILE holds one CustomResourceDefinition; other documents in it, such as the empty one an
+upstream file's trailing `---` opens, are skipped.
+
 The CRD's version is the one named by each object's apiVersion. The schema is checked with
 JSON Schema draft 7, which covers the OpenAPI v3 subset structural CRD schemas use; the
 x-kubernetes-* extensions are not JSON Schema and are ignored.
@@ -23,11 +26,18 @@ def schema_for(crd, api_version):
     sys.exit(f"{api_version}: the CRD has no version {version}")
 
 
+def load_crd(path):
+    with open(path) as f:
+        crds = [d for d in yaml.safe_load_all(f) if d and d.get("kind") == "CustomResourceDefinition"]
+    if len(crds) != 1:
+        sys.exit(f"{path}: {len(crds)} CustomResourceDefinitions, expected one")
+    return crds[0]
+
+
 def main():
     if len(sys.argv) < 3:
         sys.exit(__doc__)
-    with open(sys.argv[1]) as f:
-        crd = yaml.safe_load(f)
+    crd = load_crd(sys.argv[1])
     failed = False
     for path in sys.argv[2:]:
         with open(path) as f:
