@@ -26,6 +26,28 @@
  *                         could not stop at FUNC_TIMEOUT, or FUNC_BLOCKED_TIMEOUT is shorter)
  *                         before the process ends itself so that the platform restarts it
  *                         (default FUNC_TIMEOUT + 2; 0: never)
+ *   K_SINK             URL event.emitCloudEvent() publishes to (a Knative SinkBinding or an event
+ *                      source's sink sets it)
+ *   K_CE_OVERRIDES     JSON {"extensions": {"name": "value"}}: extensions set on every emitted
+ *                      CloudEvent (set by a SinkBinding)
+ *   K_SERVICE          default source of the CloudEvents the function builds (Knative Serving
+ *                      sets it to the Service name; else MOD_NAME.FUNC_HANDLER)
+ *
+ * The event: `data` (parsed JSON for application/json, a string for text, else a Buffer),
+ * `event-id`, `event-type`, `event-time`, `event-namespace` (from the event-* headers, else a
+ * random id, the Content-Type and now), and `extensions.request` / `extensions.response`.
+ * A CloudEvent (binary mode: ce-* headers; structured mode: Content-Type
+ * application/cloudevents+json; spec 1.0 or 0.3) gives those keys its id, type, time and
+ * source, every attribute and extension under `ce-<name>` as well, and its data (data_base64
+ * as a Buffer); an invalid one is answered 400 without calling the handler, batch mode 415.
+ * Two methods, on the prototype (Object.keys and JSON.stringify of the event show the keys only):
+ *   event.cloudEvent(type, source, data, attributes)   a CloudEvent 1.0; returned (or resolved)
+ *       by the handler, it is the reply: 200 in binary mode (ce-* headers, the data as body)
+ *   event.emitCloudEvent(type, source, data, attributes, { sink })   POSTs one in binary mode
+ *       to `sink` or K_SINK, with the request's tracing headers; a Promise of its id, rejected
+ *       when there is no sink, it cannot be reached or it does not answer 2xx
+ * `source` defaults to K_SERVICE; `attributes` (name -> string, number or boolean) may set id,
+ * source, time, subject, dataschema, datacontenttype and extensions.
  *
  * A call that does not settle costs no capacity: after FUNC_TIMEOUT it is answered with 408
  * and forgotten. JavaScript that blocks the event loop for FUNC_TIMEOUT (a handler looping in
@@ -44,6 +66,7 @@
 const fs = require('node:fs');
 const { Worker } = require('node:worker_threads');
 const http = require('node:http');
+const https = require('node:https');
 const path = require('node:path');
 const { randomUUID } = require('node:crypto');
 const { pathToFileURL } = require('node:url');
@@ -78,6 +101,9 @@ let bodyLimitBytes;
 let maxConnections;
 let requestTimeoutSeconds;
 let headerTimeoutSeconds;
+let eventSource; // default source of the CloudEvents built
+let defaultSink; // K_SINK
+let sinkExtensions; // K_CE_OVERRIDES's extensions
 let runningCall = null; // the Call whose handler runs synchronously, if any
 
 // ---------------------------------------------------------------------------
@@ -110,6 +136,9 @@ function readConfig(env) {
     port: readPort(env),
     runtime: env.FUNC_RUNTIME,
     memoryLimit: env.FUNC_MEMORY_LIMIT,
+    sink: env.K_SINK, // checked when an event is emitted: a function that emits none needs none
+    sinkExtensions: readCloudEventOverrides(env),
+    eventSource: env.K_SERVICE || `${moduleName}.${functionName}`,
   };
   cfg.blockedTimeoutSeconds = readNumber(env, 'FUNC_BLOCKED_TIMEOUT', cfg.timeoutSeconds + 2, (n) => n >= 0,
     'a number of seconds (0: never)');
@@ -137,6 +166,24 @@ function readNumber(env, name, fallback, isValid, expected) {
     exitWith(2, `${LOG_PREFIX} invalid ${name}=${JSON.stringify(raw)}: expected ${expected}`);
   }
   return value;
+}
+
+// K_CE_OVERRIDES, as a SinkBinding sets it: {"extensions": {"name": "value", ...}}.
+function readCloudEventOverrides(env) {
+  const raw = env.K_CE_OVERRIDES;
+  const extensions = {};
+  if (raw === undefined || raw.trim() === '') return extensions;
+  try {
+    const overrides = JSON.parse(raw);
+    if (overrides === null || typeof overrides !== 'object' || Array.isArray(overrides)) {
+      throw new TypeError('not a JSON object');
+    }
+    addAttributes(extensions, overrides.extensions);
+  } catch (err) {
+    exitWith(2, `${LOG_PREFIX} invalid K_CE_OVERRIDES=${JSON.stringify(raw)}: expected JSON of the form ` +
+      `{"extensions": {"name": "value"}} (${err.message})`);
+  }
+  return extensions;
 }
 
 function readPort(env) {
@@ -318,6 +365,9 @@ function configureCalls(cfg, target) {
   maxConnections = cfg.maxConnections;
   requestTimeoutSeconds = cfg.requestTimeoutSeconds;
   headerTimeoutSeconds = Math.min(cfg.headerTimeoutSeconds, cfg.requestTimeoutSeconds);
+  eventSource = cfg.eventSource;
+  defaultSink = cfg.sink;
+  sinkExtensions = cfg.sinkExtensions;
   functionContext = {
     'function-name': cfg.functionName,
     timeout: cfg.timeoutSeconds,
@@ -396,24 +446,14 @@ function rejectTooLarge(call) {
 
 function invoke(call, body) {
   const { req, res } = call;
-  const headers = req.headers;
-  const contentType = headers['content-type'];
-  let data;
+  let event;
   try {
-    data = decodeBody(contentType, body);
-  } catch (err) { // the function is not called, so this is not counted in the metrics
-    sendPlain(res, 400, `Bad Request: the body is not valid JSON (${err.message})`);
+    event = makeEvent(req, res, body);
+  } catch (err) { // a RequestError; the function is not called, so this is not counted in the metrics
+    sendPlain(res, err.status, err.message);
     return;
   }
   req.body = body;
-  const event = {
-    data,
-    'event-id': headers['event-id'] || randomUUID(),
-    'event-type': headers['event-type'] || contentType,
-    'event-time': headers['event-time'] || new Date().toISOString(),
-    'event-namespace': headers['event-namespace'],
-    extensions: { request: req, response: res },
-  };
   call.stats = statsFor(req.method);
   call.stats.calls++;
   callStarted(req.socket);
@@ -436,14 +476,71 @@ function invoke(call, body) {
   }
 }
 
-// `data` is parsed JSON for application/json, a string for textual types (or no type),
-// a Buffer otherwise. An empty JSON body gives undefined. Charset parameters are ignored:
-// text is decoded as UTF-8.
-function decodeBody(contentType, body) {
+// A request the function is not called for: answered `status` with `message` as text.
+class RequestError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// The event a handler gets (see the top of this file). Its methods are on the prototype, so
+// that Object.keys(event) and JSON.stringify(event) show the Kubeless keys only.
+class FunctionEvent {
+  constructor(data, id, type, time, namespace, req, res) {
+    this.data = data;
+    this['event-id'] = id;
+    this['event-type'] = type;
+    this['event-time'] = time;
+    this['event-namespace'] = namespace;
+    this.extensions = { request: req, response: res };
+  }
+
+  cloudEvent(type, source, data, attributes) {
+    return buildCloudEvent(type, source, data, attributes);
+  }
+
+  emitCloudEvent(type, source, data, attributes, options) {
+    return publishCloudEvent(this.extensions.request, type, source, data, attributes, options);
+  }
+}
+
+// The event of a request: a CloudEvent's (see CloudEvents), else Kubeless's from the event-*
+// headers. Throws a RequestError for a body or an event that cannot be taken.
+function makeEvent(req, res, body) {
+  const headers = req.headers;
+  const contentType = headers['content-type'];
   const mime = contentType === undefined ? '' : mimeType(contentType);
-  if (mime === 'application/json') return body.length === 0 ? undefined : JSON.parse(body.toString('utf8'));
+  if (mime === TYPE_CLOUDEVENT) return structuredCloudEvent(req, res, body);
+  if (mime === TYPE_CLOUDEVENT_BATCH) throw new RequestError(415, CLOUDEVENT_BATCH_REFUSAL);
+  if (headers['ce-specversion'] !== undefined) return binaryCloudEvent(req, res, mime, body);
+  return new FunctionEvent(
+    decodeBody(mime, body),
+    headers['event-id'] || randomUUID(),
+    headers['event-type'] || contentType,
+    headers['event-time'] || new Date().toISOString(),
+    headers['event-namespace'],
+    req,
+    res,
+  );
+}
+
+// `data` is parsed JSON for application/json, a string for textual types (or no type),
+// a Buffer otherwise. Charset parameters are ignored: text is decoded as UTF-8.
+function decodeBody(mime, body) {
+  if (mime === TYPE_JSON) return parseJson(body);
   if (isTextual(mime)) return body.toString('utf8');
   return body;
+}
+
+// An empty body gives undefined.
+function parseJson(body) {
+  if (body.length === 0) return undefined;
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new RequestError(400, `Bad Request: the body is not valid JSON (${err.message})`);
+  }
 }
 
 function mimeType(contentType) {
@@ -498,10 +595,355 @@ function settle(call) {
 }
 
 // ---------------------------------------------------------------------------
+// CloudEvents (https://github.com/cloudevents/spec, its HTTP protocol binding), in and out,
+// for functions that Knative Eventing calls or that publish to it.
+//
+// In: a request in binary mode (a ce-specversion header: attributes in ce-* headers, the data
+// as the body) or structured mode (Content-Type application/cloudevents+json: the whole event
+// as JSON), spec 1.0 or 0.3, becomes the event the handler gets: the Kubeless keys from its id,
+// type, time and source, each attribute and extension under `ce-<name>` too. An event that
+// does not validate is answered 400, batch mode 415, and the handler is not called. Other
+// requests pay one header lookup and a media-type comparison (makeEvent).
+// Out: event.cloudEvent() builds a CloudEvent 1.0; returned from the handler it is the reply
+// (sendCloudEvent); event.emitCloudEvent() POSTs one to the sink. Both in binary mode.
+
+const TYPE_CLOUDEVENT = 'application/cloudevents+json';
+const TYPE_CLOUDEVENT_BATCH = 'application/cloudevents-batch+json';
+const CLOUDEVENT_BATCH_REFUSAL = `CloudEvents batch mode (${TYPE_CLOUDEVENT_BATCH}) is not supported: ` +
+  'send one event per request, in binary or structured mode';
+const CLOUDEVENT_VERSIONS = ['1.0', '0.3'];
+const CLOUDEVENT_REQUIRED = ['id', 'source', 'specversion', 'type'];
+const ATTRIBUTE_NAME = /^[a-z0-9]+$/;
+const HEADER_SAFE = /^[!#$&-~]*$/; // U+0021..U+007E but '"' and '%': sent as they are
+const ENCODED_HEADER = /[%\u0080-\u00ff]/; // a percent-escape, or raw bytes beyond ASCII
+const PERCENT_ESCAPE = /^%[0-9A-Fa-f]{2}/;
+const BASE64_CHARACTERS = /^[A-Za-z0-9+/]*={0,2}$/; // and a length that is a multiple of 4
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const TRACING_HEADERS = ['traceparent', 'tracestate', 'b3', 'x-b3-traceid', 'x-b3-spanid', 'x-b3-parentspanid',
+  'x-b3-sampled', 'x-b3-flags'];
+const SINK_EXCERPT_CHARS = 200; // of a sink's answer body, in an error
+const NO_SINK = 'cannot publish the CloudEvent: no sink: K_SINK is not set (a SinkBinding or an event ' +
+  "source's sink sets it) and no sink was given";
+const ENCODED_DATA = Symbol('fnbuild.encodedData'); // a CloudEvent's body: its data, encoded
+
+function invalidNameMessage(name) {
+  return `invalid CloudEvent attribute name '${name}': names are lower-case letters a-z and digits`;
+}
+
+function invalidValueMessage(name) {
+  return `invalid value of CloudEvent attribute '${name}': accepted are a string, a number or a boolean`;
+}
+
+function missingMessage(name) {
+  return `CloudEvent without '${name}': id, source, specversion and type are required`;
+}
+
+// The first required attribute missing or empty, if any.
+function missingAttribute(attributes) {
+  return CLOUDEVENT_REQUIRED.find((name) => attributes[name] === undefined || attributes[name] === '');
+}
+
+// ----- In
+
+function binaryCloudEvent(req, res, mime, body) {
+  const attributes = binaryAttributes(req.headers);
+  checkEnvelope(attributes);
+  return kubelessEvent(attributes, isJsonType(mime) ? parseJson(body) : decodeBody(mime, body), req, res);
+}
+
+// ce-<name> headers, percent-decoded; datacontenttype is the Content-Type.
+function binaryAttributes(headers) {
+  const attributes = {};
+  for (const header of Object.keys(headers)) {
+    if (!header.startsWith('ce-')) continue;
+    const name = header.slice(3);
+    if (!ATTRIBUTE_NAME.test(name)) throw new RequestError(400, invalidNameMessage(name));
+    attributes[name] = percentDecode(name, headers[header]);
+  }
+  if (headers['content-type'] !== undefined) attributes.datacontenttype = headers['content-type'];
+  return attributes;
+}
+
+// %XX escapes to bytes, then UTF-8. Node.js gives header values byte for byte (latin1), so
+// unescaped UTF-8 is decoded too.
+function percentDecode(name, value) {
+  if (!ENCODED_HEADER.test(value)) return value;
+  const bytes = Buffer.from(value, 'latin1');
+  let length = 0;
+  for (let i = 0; i < bytes.length; i++) {
+    if (bytes[i] !== 0x25 /* % */) {
+      bytes[length++] = bytes[i];
+    } else if (PERCENT_ESCAPE.test(value.slice(i, i + 3))) {
+      bytes[length++] = parseInt(value.slice(i + 1, i + 3), 16);
+      i += 2;
+    } else {
+      throw new RequestError(400, `invalid CloudEvent attribute '${name}': malformed percent-escape ` +
+        `'${value.slice(i, i + 3)}' in its ce-${name} header`);
+    }
+  }
+  try {
+    return STRICT_UTF8.decode(bytes.subarray(0, length));
+  } catch {
+    throw new RequestError(400, `invalid CloudEvent attribute '${name}': its ce-${name} header is not UTF-8 ` +
+      'once percent-decoded');
+  }
+}
+
+function structuredCloudEvent(req, res, body) {
+  const envelope = parseJson(body);
+  if (envelope === null || typeof envelope !== 'object' || Array.isArray(envelope)) {
+    throw new RequestError(400, 'structured CloudEvent: the body must be a JSON object');
+  }
+  const attributes = structuredAttributes(envelope);
+  checkEnvelope(attributes);
+  return kubelessEvent(attributes, structuredData(envelope, attributes), req, res);
+}
+
+// The members but data and data_base64; null ones are absent.
+function structuredAttributes(envelope) {
+  const attributes = {};
+  for (const [name, value] of Object.entries(envelope)) {
+    if (name === 'data' || name === 'data_base64') continue;
+    if (!ATTRIBUTE_NAME.test(name)) throw new RequestError(400, invalidNameMessage(name));
+    if (value === null) continue;
+    if (!isAttributeValue(value)) throw new RequestError(400, invalidValueMessage(name));
+    attributes[name] = value;
+  }
+  return attributes;
+}
+
+// `data` as it is, or bytes: data_base64, or 0.3's data with datacontentencoding base64.
+function structuredData(envelope, attributes) {
+  const data = envelope.data ?? undefined;
+  const base64 = envelope.data_base64 ?? undefined;
+  if (data !== undefined && base64 !== undefined) {
+    throw new RequestError(400, "structured CloudEvent with both 'data' and 'data_base64': an event has one of them");
+  }
+  if (base64 !== undefined) return decodeBase64('data_base64', base64);
+  const encoding = attributes.datacontentencoding;
+  if (data !== undefined && attributes.specversion === '0.3' && String(encoding).toLowerCase() === 'base64') {
+    return decodeBase64('data', data);
+  }
+  return data;
+}
+
+function decodeBase64(member, value) {
+  if (typeof value !== 'string' || value.length % 4 !== 0 || !BASE64_CHARACTERS.test(value)) {
+    throw new RequestError(400, `structured CloudEvent: '${member}' must be a string in base64 ` +
+      '(RFC 4648, with its = padding)');
+  }
+  return Buffer.from(value, 'base64');
+}
+
+// The specversion first: the attributes required are those of 1.0 and 0.3.
+function checkEnvelope(attributes) {
+  const version = attributes.specversion;
+  if (version !== undefined && version !== '' && !CLOUDEVENT_VERSIONS.includes(version)) {
+    throw new RequestError(400, `unsupported CloudEvents specversion '${version}': accepted are 1.0 and 0.3`);
+  }
+  const missing = missingAttribute(attributes);
+  if (missing !== undefined) throw new RequestError(400, missingMessage(missing));
+}
+
+function kubelessEvent(attributes, data, req, res) {
+  const time = attributes.time || new Date().toISOString();
+  const event = new FunctionEvent(data, attributes.id, attributes.type, time, attributes.source, req, res);
+  for (const name of Object.keys(attributes)) event[`ce-${name}`] = attributes[name];
+  return event;
+}
+
+// application/json, text/json, and any +json suffix (application/cloudevents+json, ...).
+function isJsonType(mime) {
+  return mime === TYPE_JSON || mime === 'text/json' || mime.endsWith('+json');
+}
+
+// ----- Out
+
+// What event.cloudEvent() returns: the attributes and `data` as properties, frozen.
+class CloudEvent {
+  constructor(attributes, data, encodedData) {
+    Object.assign(this, attributes);
+    this.data = data;
+    Object.defineProperty(this, ENCODED_DATA, { value: encodedData });
+    Object.freeze(this);
+  }
+}
+
+// A CloudEvent 1.0 with a new id, the time now and `extensions` (K_CE_OVERRIDES) over the
+// handler's `attributes`. Throws a TypeError for what cannot be sent.
+function buildCloudEvent(type, source, data, attributes, extensions) {
+  if (typeof type !== 'string' || type === '') {
+    throw new TypeError(`the CloudEvent type must be a non-empty string, got ${inspect(type)}`);
+  }
+  if (source !== undefined && source !== null && (typeof source !== 'string' || source === '')) {
+    throw new TypeError(`the CloudEvent source must be a non-empty string (or left out: ${eventSource}), ` +
+      `got ${inspect(source)}`);
+  }
+  const { body, type: contentType } = encodeData(data);
+  const fields = {
+    specversion: '1.0', id: randomUUID(), source: source ?? eventSource, type, time: new Date().toISOString(),
+  };
+  if (contentType !== undefined) fields.datacontenttype = contentType;
+  addAttributes(fields, attributes);
+  Object.assign(fields, extensions);
+  const missing = missingAttribute(fields);
+  if (missing !== undefined) throw new TypeError(missingMessage(missing));
+  return new CloudEvent(fields, data, body);
+}
+
+// The body of `data`, and the datacontenttype it has unless the attributes say otherwise.
+function encodeData(data) {
+  if (data === undefined || data === null) return { body: undefined, type: undefined };
+  if (typeof data === 'string') return { body: Buffer.from(data, 'utf8'), type: TYPE_TEXT };
+  if (data instanceof Uint8Array) return { body: data, type: TYPE_BINARY };
+  return { body: Buffer.from(JSON.stringify(data), 'utf8'), type: TYPE_JSON };
+}
+
+// Copies `attributes` (name -> string, number or boolean; null and undefined are left out)
+// into `fields`, throwing a TypeError for a name or value a CloudEvent 1.0 cannot have.
+function addAttributes(fields, attributes) {
+  if (attributes === undefined || attributes === null) return;
+  if (typeof attributes !== 'object' || Array.isArray(attributes)) {
+    throw new TypeError(`the CloudEvent attributes must be an object of name -> value, got ${inspect(attributes)}`);
+  }
+  for (const [name, value] of Object.entries(attributes)) {
+    if (!ATTRIBUTE_NAME.test(name)) throw new TypeError(invalidNameMessage(name));
+    if (value === undefined || value === null) continue;
+    if (name === 'data') {
+      throw new TypeError("'data' is not a CloudEvent attribute: pass the data as the data argument");
+    }
+    if (name === 'specversion' && value !== '1.0') {
+      throw new TypeError(`the CloudEvent specversion can only be '1.0' (the version built here), ` +
+        `got ${inspect(value)}`);
+    }
+    if (!isAttributeValue(value)) throw new TypeError(invalidValueMessage(name));
+    fields[name] = value;
+  }
+}
+
+// A string, a boolean or a finite number (the CloudEvents String, Boolean, Integer types and
+// what a URI, URI-reference or Timestamp is written as).
+function isAttributeValue(value) {
+  const type = typeof value;
+  return type === 'string' || type === 'boolean' || (type === 'number' && Number.isFinite(value));
+}
+
+// The HTTP message of `event` in binary mode: every attribute but datacontenttype as a
+// percent-encoded ce-* header, datacontenttype as the Content-Type, the data as the body.
+function binaryMode(event) {
+  const body = event[ENCODED_DATA];
+  const headers = {};
+  for (const name of Object.keys(event)) {
+    if (name !== 'data' && name !== 'datacontenttype') headers[`ce-${name}`] = percentEncode(String(event[name]));
+  }
+  if (event.datacontenttype !== undefined) headers['content-type'] = String(event.datacontenttype);
+  headers['content-length'] = body === undefined ? 0 : body.byteLength;
+  return { headers, body };
+}
+
+// Space, '"', '%' and what is not printable ASCII, as %XX of its UTF-8 bytes.
+function percentEncode(text) {
+  if (HEADER_SAFE.test(text)) return text;
+  let encoded = '';
+  for (const byte of Buffer.from(text, 'utf8')) {
+    encoded += byte > 0x20 && byte < 0x7f && byte !== 0x22 && byte !== 0x25
+      ? String.fromCharCode(byte)
+      : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return encoded;
+}
+
+function sendCloudEvent(res, event) {
+  const { headers, body } = binaryMode(event);
+  res.writeHead(200, headers);
+  res.end(body);
+}
+
+// event.emitCloudEvent(): POSTs the event to the sink with the tracing headers of `request`.
+async function publishCloudEvent(request, type, source, data, attributes, options) {
+  const event = buildCloudEvent(type, source, data, attributes, sinkExtensions);
+  const sink = resolveSink(options === undefined || options === null ? undefined : options.sink);
+  const { headers, body } = binaryMode(event);
+  for (const name of TRACING_HEADERS) {
+    if (request.headers[name] !== undefined) headers[name] = request.headers[name];
+  }
+  const answer = await post(sink, headers, body);
+  if (answer.status < 200 || answer.status > 299) {
+    throw new Error(`the sink ${sink.shown} answered ${answer.status} ${answer.reason}: ${answer.excerpt}`);
+  }
+  return event.id;
+}
+
+// The sink option, else K_SINK, as a URL, and as shown in messages (without its password).
+function resolveSink(option) {
+  const given = option !== undefined && option !== null && option !== '';
+  const text = given ? String(option) : defaultSink;
+  if (text === undefined || text === '') throw new Error(NO_SINK);
+  const shown = redactCredentials(text);
+  let url = null;
+  try {
+    url = new URL(text);
+  } catch {
+    // refused below
+  }
+  if (url === null || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    throw new Error(`cannot publish the CloudEvent: the sink ${shown} (${given ? 'the sink option' : 'K_SINK'}) ` +
+      'is not an http:// or https:// URL');
+  }
+  return { url, shown };
+}
+
+// `user:password@` in a URL (or what was meant as one) as `user:***@`; a user alone, which
+// may be a token, as `***@`.
+function redactCredentials(text) {
+  return text.replace(/^([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)?([^/?#]*)@/, (_, scheme = '', userinfo) => {
+    const colon = userinfo.indexOf(':');
+    return `${scheme}${colon === -1 ? '***' : `${userinfo.slice(0, colon)}:***`}@`;
+  });
+}
+
+// The answer's status, reason and the start of its body. A connection error, or no answer
+// within FUNC_TIMEOUT, is an Error naming the sink and the cause.
+async function post(sink, headers, body) {
+  const transport = sink.url.protocol === 'https:' ? https : http;
+  const req = transport.request(sink.url, { method: 'POST', headers });
+  let timedOut = null;
+  const timer = setTimeout(() => {
+    timedOut = new Error(`no answer within ${functionContext.timeout}s (FUNC_TIMEOUT)`);
+    req.destroy(timedOut);
+  }, timeoutMs);
+  try {
+    const res = await new Promise((resolve, reject) => {
+      req.on('response', resolve).on('error', reject).end(body);
+    });
+    const excerpt = await readExcerpt(res);
+    return { status: res.statusCode, reason: res.statusMessage || http.STATUS_CODES[res.statusCode] || '', excerpt };
+  } catch (err) {
+    const cause = timedOut ?? err;
+    throw new Error(`cannot publish the CloudEvent to the sink ${sink.shown}: ${cause.message}`, { cause });
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// The first SINK_EXCERPT_CHARS characters of a body, which is read to its end.
+async function readExcerpt(res) {
+  const maxBytes = SINK_EXCERPT_CHARS * 4; // the longest a character is in UTF-8
+  const parts = [];
+  let size = 0;
+  for await (const part of res) {
+    if (size < maxBytes) parts.push(part);
+    size += part.length;
+  }
+  return [...Buffer.concat(parts).subarray(0, maxBytes).toString('utf8')].slice(0, SINK_EXCERPT_CHARS).join('');
+}
+
+// ---------------------------------------------------------------------------
 // Responses
 
-// Strings are sent as HTML, bytes as they are, other values as JSON, unless the handler
-// chose a content type. Nothing is sent when the handler answered by itself.
+// Strings are sent as HTML, bytes as they are, a CloudEvent in binary mode, other values as
+// JSON, unless the handler chose a content type. Nothing is sent when the handler answered by
+// itself.
 function sendResult(res, value) {
   if (res.headersSent || res.writableEnded) return;
   if (typeof value === 'string') {
@@ -510,6 +952,8 @@ function sendResult(res, value) {
     res.end();
   } else if (value instanceof Uint8Array) {
     sendBody(res, TYPE_BINARY, value);
+  } else if (value instanceof CloudEvent) {
+    sendCloudEvent(res, value);
   } else {
     sendBody(res, TYPE_JSON, JSON.stringify(value));
   }
