@@ -98,7 +98,11 @@ fn check_echoes(report: &Value) {
             ("ce-eventtypeversion", &json!("v1")),
             ("ce-tenant", &json!("blue")),
             (
-                if version == "0.3" { "ce-schemaurl" } else { "ce-dataschema" },
+                if version == "0.3" {
+                    "ce-schemaurl"
+                } else {
+                    "ce-dataschema"
+                },
                 &json!("https://example.com/s"),
             ),
             ("data", &echo["sent_data"]),
@@ -108,7 +112,10 @@ fn check_echoes(report: &Value) {
         }
         for key in ["event-time", "ce-time"] {
             let time = seen[key].as_str().unwrap_or_default();
-            assert!(time.starts_with("2026-11-30T12:34:56.789"), "{key} in {echo:#}");
+            assert!(
+                time.starts_with("2026-11-30T12:34:56.789"),
+                "{key} in {echo:#}"
+            );
         }
         let content_type = if echo["sent_data"].get("base64").is_some() {
             Value::Null
@@ -153,7 +160,10 @@ fn check_published(report: &Value) {
     assert_eq!(attributes["datacontenttype"], "application/json");
     assert!(attributes["time"].as_str().is_some(), "{publish:#}");
     assert_eq!(event["data"], json!({"order": 7}));
-    assert_eq!(trace, &publish["trace"], "trace context not carried: {publish:#}");
+    assert_eq!(
+        trace, &publish["trace"],
+        "trace context not carried: {publish:#}"
+    );
 }
 
 /// The event the function answered with, as the SDK parsed the reply.

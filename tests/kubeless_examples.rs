@@ -6,8 +6,10 @@
 //! service's port and secret mounts, the installed packages. The functions are those of `examples/`, written for Python 3.
 //!
 //! Functions that Kafka or NATS triggers call are called here as the trigger calls them (a
-//! POST of the message with the trigger's `event-namespace`): the triggers are the
-//! platform's, the function's answer and log are fnbuild's. Left out, with why:
+//! POST of the message with the trigger's `event-namespace`), and as Knative delivers the
+//! message after `fnbuild convert` (a binary-mode CloudEvent from a KafkaSource, or from the
+//! Broker's Trigger for a NATS topic): the triggers are the platform's, the function's answer
+//! and log are fnbuild's. Left out, with why:
 //! `scheduled-get-python` (a cron trigger calling get-python's function, which is here),
 //! `custom-get-python` (an image built elsewhere: nothing to build), `pubsub-nodejs-update`
 //! and the `*-func2-*` targets (the same functions under other trigger topics or names).
@@ -36,6 +38,13 @@ enum Call {
     /// What a Kafka or NATS trigger sends for a message published to its topic.
     Message {
         namespace: &'static str,
+        data: String,
+    },
+    /// What Knative sends for such a message: a binary-mode CloudEvent.
+    CloudEvent {
+        ce_type: &'static str,
+        source: &'static str,
+        content_type: Option<&'static str>,
         data: String,
     },
 }
@@ -124,14 +133,41 @@ fn posted_alive_checks() -> Vec<Check> {
 /// A message `{"KEY":"UNIQUE"}` (the Makefile makes UNIQUE with `mktemp -u`), and the check
 /// that the function logged it.
 fn published(namespace: &'static str, key: &str, checks: &mut Vec<Check>) -> Call {
+    Call::Message {
+        namespace,
+        data: unique_message(key, checks),
+    }
+}
+
+/// A message on the topic as Knative delivers it after `fnbuild convert`: from a KafkaSource
+/// (type `dev.knative.kafka.event`, no content type unless the record had one), or, for a NATS
+/// topic, from the Broker's Trigger (the topic is the type); its data is looked for in the log.
+fn delivered_by_knative(namespace: &str, key: &str, checks: &mut Vec<Check>) -> Call {
+    let data = unique_message(key, checks);
+    if namespace == "kafkatriggers.kubeless.io" {
+        Call::CloudEvent {
+            ce_type: "dev.knative.kafka.event",
+            source: "/apis/v1/namespaces/default/kafkasources/pubsub-topic#topic",
+            content_type: None,
+            data,
+        }
+    } else {
+        Call::CloudEvent {
+            ce_type: "topic",
+            source: "/apis/v1/namespaces/default/pingsources/publisher",
+            content_type: Some("application/json"),
+            data,
+        }
+    }
+}
+
+/// A JSON message `{"KEY":"UNIQUE"}` whose unique value the function's log must show.
+fn unique_message(key: &str, checks: &mut Vec<Check>) -> String {
     static SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let unique = format!("msg{n}x{}", std::process::id());
     checks.push(log(&unique));
-    Call::Message {
-        namespace,
-        data: format!(r#"{{"{key}":"{unique}"}}"#),
-    }
+    format!(r#"{{"{key}":"{unique}"}}"#)
 }
 
 /// `egrep PATTERN` over `text`, for the patterns the Makefile uses: `.` any character, `.*`
@@ -164,6 +200,25 @@ fn call(function: &RunningFunction, call: &Call) -> (u16, String) {
         Call::Get => ("cli.kubeless.io", None),
         Call::Post(data) => ("cli.kubeless.io", Some(data)),
         Call::Message { namespace, data } => (*namespace, Some(data)),
+        Call::CloudEvent {
+            ce_type,
+            source,
+            content_type,
+            data,
+        } => {
+            let mut headers = vec![
+                ("ce-specversion", "1.0"),
+                ("ce-id", "partition:0/offset:7"),
+                ("ce-type", *ce_type),
+                ("ce-source", *source),
+                ("ce-subject", "partition:0#7"),
+                ("ce-time", "2026-11-27T10:00:00.123Z"),
+            ];
+            headers.extend(content_type.map(|t| ("content-type", t)));
+            let (status, _, body) =
+                common::functions::call("POST", &function.url("/"), &headers, data.as_bytes());
+            return (status, String::from_utf8_lossy(&body).into_owned());
+        }
     };
     let mut headers = vec![
         ("event-id", "kubeless-example-1"),
@@ -414,16 +469,20 @@ fn python_targets(dir: &Path, page: &str) -> Vec<Target> {
     ] {
         let more: Vec<&str> = label.iter().flat_map(|l| ["--label", *l]).collect();
         let mut checks = Vec::new();
-        let call = published(namespace, "payload", &mut checks);
+        let calls = vec![
+            published(namespace, "payload", &mut checks),
+            delivered_by_knative(namespace, "payload", &mut checks),
+        ];
         if context {
             checks.extend(event_context_logged(namespace));
         }
-        targets.push(target(
+        targets.push(Target {
             name,
-            deploy(runtime, handler, file, &more),
-            call,
+            flags: deploy(runtime, handler, file, &more),
+            run_env: Vec::new(),
+            calls,
             checks,
-        ));
+        });
     }
     // One function for two topics: a message on each.
     let mut checks = Vec::new();
@@ -450,7 +509,10 @@ fn nodejs_targets(dir: &Path) -> Vec<Target> {
     let helloget = example("nodejs/helloget.js");
     let hellowithdata = example("nodejs/hellowithdata.js");
     let mut pubsub_checks = Vec::new();
-    let pubsub_call = published("kafkatriggers.kubeless.io", "test", &mut pubsub_checks);
+    let pubsub_calls = vec![
+        published("kafkatriggers.kubeless.io", "test", &mut pubsub_checks),
+        delivered_by_knative("kafkatriggers.kubeless.io", "test", &mut pubsub_checks),
+    ];
     vec![
         target(
             "get-nodejs",
@@ -501,12 +563,13 @@ fn nodejs_targets(dir: &Path) -> Vec<Target> {
             Call::Post(r#"{"it-s": "alive"}"#.to_string()),
             posted_alive_checks(),
         ),
-        target(
-            "pubsub-nodejs",
-            deploy("nodejs6", "pubsub-nodejs.handler", &hellowithdata, &[]),
-            pubsub_call,
-            pubsub_checks,
-        ),
+        Target {
+            name: "pubsub-nodejs",
+            flags: deploy("nodejs6", "pubsub-nodejs.handler", &hellowithdata, &[]),
+            run_env: Vec::new(),
+            calls: pubsub_calls,
+            checks: pubsub_checks,
+        },
     ]
 }
 

@@ -364,13 +364,13 @@ def make_event(method, raw_path, query_string, headers, body, clock):
     mime = media_type(content_type)
     attributes = None
     parsed_json = None
-    if 'ce-specversion' in headers:
-        attributes = binary_attributes(headers)
-        parses_json = is_json_media(mime)
-    elif mime == CE_STRUCTURED:
+    if mime == CE_STRUCTURED:  # the content type decides, as the HTTP binding says
         attributes, data = structured_cloud_event(body)
     elif mime == CE_BATCH:
         raise BadRequest(CE_BATCH_REFUSED, 415)
+    elif 'ce-specversion' in headers:
+        attributes = binary_attributes(headers)
+        parses_json = is_json_media(mime)
     else:
         parses_json = mime == JSON_TYPE
     if mime != CE_STRUCTURED:
@@ -582,12 +582,13 @@ def utc_now_rfc3339():
 
 
 def redacted_url(url):
-    """url with the password of its user info replaced by ***."""
+    """url with its user info's password shown as ***; a user alone (maybe a token) as ***."""
     scheme, separator, rest = url.partition('://')
     user_info, at, host = rest.partition('@')
     if not separator or not at or any(c in user_info for c in '/?#'):
         return url
-    return f'{scheme}://{user_info.partition(":")[0]}:***@{host}'
+    user, colon, _ = user_info.partition(':')
+    return f'{scheme}://{user + ":***" if colon else "***"}@{host}'
 
 
 class CloudEventError(Exception):
@@ -694,8 +695,9 @@ def publish(cloud_event, sink, request_headers, settings):
     shown = redacted_url(url)
     parts = urlsplit(url)
     if parts.scheme not in ('http', 'https') or not parts.hostname:
-        raise CloudEventError(f'cannot publish the CloudEvent: the sink {shown!r} is not an '
-                              'http:// or https:// URL')
+        where = 'the sink argument' if sink else 'K_SINK'
+        raise CloudEventError(f'cannot publish the CloudEvent: the sink {shown} ({where}) is not '
+                              'an http:// or https:// URL')
     attributes = dict(cloud_event.attributes)
     attributes.update(settings.overrides)
     headers = dict(binary_mode_headers(attributes))
@@ -720,7 +722,7 @@ def publish(cloud_event, sink, request_headers, settings):
         response = connection.getresponse()
         excerpt = response.read(200).decode('utf-8', 'replace').strip()
     except (OSError, http.client.HTTPException) as exc:
-        raise CloudEventError(f'cannot publish the CloudEvent to {shown}: {exc}') from None
+        raise CloudEventError(f'cannot publish the CloudEvent to the sink {shown}: {exc}') from None
     finally:
         connection.close()
     if not 200 <= response.status < 300:

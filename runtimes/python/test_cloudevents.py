@@ -122,6 +122,13 @@ class CloudEventsInTest(ServerTestCase):
         self.assertEqual((result['data'], result['data_type']), ('fe', 'bytes'))
         self.assertEqual(result['event']['ce-datacontentencoding'], 'base64')
 
+    def test_the_content_type_decides_the_mode(self):
+        envelope = {'specversion': '1.0', 'id': 'structured', 'type': 't', 'source': 's'}
+        result = self.echo(body=json.dumps(envelope).encode(), headers={
+            'Content-Type': 'application/cloudevents+json', 'ce-specversion': '1.0',
+            'ce-id': 'binary', 'ce-type': 't', 'ce-source': 's'})
+        self.assertEqual(result['event']['event-id'], 'structured')
+
     def test_structured_mode_without_data(self):
         envelope = {'specversion': '1.0', 'id': '1', 'type': 't', 'source': 's'}
         result = self.echo(body=json.dumps(envelope).encode(),
@@ -288,11 +295,11 @@ class CloudEventsOutTest(unittest.TestCase):
                                           'Service Unavailable: sink says no')
         closed = f'http://user:secret@127.0.0.1:{free_port()}/'
         result = self.emit({'type': 't', 'sink': closed})
-        self.assertIn('cannot publish the CloudEvent to http://user:***@127.0.0.1:', result['error'])
+        self.assertIn('cannot publish the CloudEvent to the sink http://user:***@127.0.0.1:', result['error'])
         self.assertNotIn('secret', result['error'])
-        result = self.emit({'type': 't', 'sink': 'ftp://host/x'})
-        self.assertEqual(result['error'], "cannot publish the CloudEvent: the sink 'ftp://host/x' "
-                                          'is not an http:// or https:// URL')
+        result = self.emit({'type': 't', 'sink': 'ftp://token@host/x'})
+        self.assertEqual(result['error'], 'cannot publish the CloudEvent: the sink ftp://***@host/x '
+                                          '(the sink argument) is not an http:// or https:// URL')
         result = self.emit({'type': 't', 'attributes': {'Bad': 1}})
         self.assertEqual((result['error_type'], result['error']), (
             'ValueError', "invalid CloudEvent attribute name 'Bad': names are lower-case letters "
