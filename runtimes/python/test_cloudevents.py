@@ -13,8 +13,8 @@ import sys
 import threading
 import unittest
 
-from test_kubeless import (RFC3339_UTC, SERVER, UUID, Server, ServerTestCase, free_port,
-                           make_code_dir, server_env)
+from test_kubeless import (RFC3339_UTC, SERVER, UUID, CodeDirTestCase, Server, ServerTestCase,
+                           free_port, make_code_dir, server_env)
 
 TRACE_PARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
 
@@ -317,16 +317,8 @@ class CloudEventsOutTest(unittest.TestCase):
                          'Basic ' + base64.b64encode(b'user:p@ss').decode())
 
 
-class CloudEventsSettingsTest(unittest.TestCase):
+class CloudEventsSettingsTest(CodeDirTestCase):
     """Publishing without a sink, an async handler's reply, and invalid K_CE_OVERRIDES."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.code_dir = make_code_dir()
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.code_dir, ignore_errors=True)
 
     def serve(self, function, **env):
         port = free_port()

@@ -202,6 +202,18 @@ def metric(text, name, method):
     return float(match.group(1)) if match else 0.0
 
 
+class CodeDirTestCase(unittest.TestCase):
+    """Tests that start their own servers, with one code dir for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.code_dir = make_code_dir()
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.code_dir, ignore_errors=True)
+
+
 class ServerTestCase(unittest.TestCase):
     module = 'app'
     function = 'handler'
@@ -490,15 +502,7 @@ class AsyncHandlerTest(ServerTestCase):
         self.assertTrue(self.server.stderr.wait_for('RuntimeError: async failure marker'))
 
 
-class LifecycleTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.code_dir = make_code_dir()
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.code_dir, ignore_errors=True)
-
+class LifecycleTest(CodeDirTestCase):
     def start_failing(self, module, function):
         env = server_env(self.code_dir, module, function, PORT=str(free_port()))
         return subprocess.run([sys.executable, SERVER], env=env, capture_output=True, text=True, timeout=10)
@@ -540,16 +544,8 @@ class LifecycleTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0)
         self.assertIn('stopping', server.stdout.text())
 
-class StuckCallsTest(unittest.TestCase):
+class StuckCallsTest(CodeDirTestCase):
     """Plain def handlers that outlive FUNC_TIMEOUT keep their thread ("stuck")."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.code_dir = make_code_dir()
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.code_dir, ignore_errors=True)
 
     def start(self, **env):
         port = free_port()
