@@ -362,44 +362,39 @@ def make_event(method, raw_path, query_string, headers, body, clock):
     """
     content_type = headers.get('content-type')
     mime = media_type(content_type)
-    attributes = None
     parsed_json = None
     if mime == CE_STRUCTURED:  # the content type decides, as the HTTP binding says
         attributes, data = structured_cloud_event(body)
-    elif mime == CE_BATCH:
-        raise BadRequest(CE_BATCH_REFUSED, 415)
-    elif 'ce-specversion' in headers:
-        attributes = binary_attributes(headers)
-        parses_json = is_json_media(mime)
     else:
-        parses_json = mime == JSON_TYPE
-    if mime != CE_STRUCTURED:
+        if mime == CE_BATCH:
+            raise BadRequest(CE_BATCH_REFUSED, 415)
+        attributes = binary_attributes(headers) if 'ce-specversion' in headers else None
         if not body:
             data = ''
-        elif parses_json:
+        elif (is_json_media(mime) if attributes else mime == JSON_TYPE):  # events: any JSON
             data = parsed_json = decode_json_body(body)
         else:
             data = decode_text(body)
-    request = Request(method, raw_path, query_string, Headers(headers), body, parsed_json)
     if attributes is None:
-        return Event({
-            'data': data,
-            'event-id': headers.get('event-id') or new_event_id(),
-            'event-type': headers.get('event-type') or content_type,
-            'event-time': headers.get('event-time') or clock.event_time(),
-            'event-namespace': headers.get('event-namespace'),
-            'extensions': {'request': request},
-        })
+        event_id = headers.get('event-id') or new_event_id()
+        event_type = headers.get('event-type') or content_type
+        event_time = headers.get('event-time')
+        namespace = headers.get('event-namespace')
+    else:
+        event_id, event_type = attributes['id'], attributes['type']
+        event_time, namespace = attributes.get('time'), attributes['source']
+    request = Request(method, raw_path, query_string, Headers(headers), body, parsed_json)
     event = Event({
         'data': data,
-        'event-id': attributes['id'],
-        'event-type': attributes['type'],
-        'event-time': attributes.get('time') or clock.event_time(),
-        'event-namespace': attributes['source'],
+        'event-id': event_id,
+        'event-type': event_type,
+        'event-time': event_time or clock.event_time(),
+        'event-namespace': namespace,
         'extensions': {'request': request},
     })
-    for name, value in attributes.items():
-        event['ce-' + name] = value
+    if attributes is not None:
+        for name, value in attributes.items():
+            event['ce-' + name] = value
     return event
 
 
@@ -465,7 +460,7 @@ class Clock:
 CE_STRUCTURED = 'application/cloudevents+json'
 CE_BATCH = 'application/cloudevents-batch+json'
 CE_SPEC_VERSIONS = ('1.0', '0.3')
-CE_REQUIRED = ('id', 'source', 'type')
+CE_REQUIRED = ('specversion', 'id', 'source', 'type')
 CE_BATCH_REFUSED = (
     'CloudEvents batch mode (application/cloudevents-batch+json) is not supported: '
     'send one event per request, in binary or structured mode')
@@ -504,7 +499,7 @@ def check_required(attributes):
     if version is not None and version not in CE_SPEC_VERSIONS:
         raise BadRequest(f'unsupported CloudEvents specversion {version!r}: '
                          'accepted are 1.0 and 0.3')
-    for name in ('specversion',) + CE_REQUIRED:
+    for name in CE_REQUIRED:
         value = attributes.get(name)
         if not isinstance(value, str) or not value:
             raise BadRequest(f'CloudEvent without {name!r}: '
@@ -613,12 +608,30 @@ class CloudEventSettings:
             extensions = json.loads(text).get('extensions', {})
         except (ValueError, AttributeError):
             raise StartupError(2, f'K_CE_OVERRIDES is not valid ({expected})') from None
-        if not isinstance(extensions, dict) or not all(
-                CE_NAME.match(name) and isinstance(value, (str, int, float, bool))
-                for name, value in extensions.items()):
-            raise StartupError(2, f'K_CE_OVERRIDES has an invalid extension ({expected}, '
-                                  'names of a-z and digits, values strings, numbers or booleans)')
+        if not isinstance(extensions, dict):
+            raise StartupError(2, f'K_CE_OVERRIDES has an invalid extension ({expected})')
+        for name, value in extensions.items():
+            try:
+                check_attribute(name, value)
+            except ValueError as exc:
+                raise StartupError(2, f'K_CE_OVERRIDES has an invalid extension: {exc} '
+                                      f'({expected})') from None
         return extensions
+
+
+def check_attribute(name, value):
+    """ValueError unless name and value can be an attribute of an event made here."""
+    if not isinstance(name, str) or not CE_NAME.match(name) or name == 'data':
+        raise ValueError(f'invalid CloudEvent attribute name {name!r}: '
+                         'names are lower-case letters a-z and digits')
+    if not isinstance(value, (str, int, float, bool)):
+        raise ValueError(f'CloudEvent attribute {name!r} must be a string, number or '
+                         f'boolean, not {type(value).__name__}')
+    if name == 'datacontenttype' and not (isinstance(value, str) and CE_MEDIA_TYPE.match(value)):
+        raise ValueError(f'CloudEvent datacontenttype {value!r} is not a media type such as '
+                         "'application/json' or 'text/plain; charset=utf-8'")
+    if name == 'specversion' and value != '1.0':
+        raise ValueError(f'CloudEvents specversion {value!r}: events are made in 1.0')
 
 
 class CloudEvent:
@@ -634,25 +647,11 @@ class CloudEvent:
                            'source': source or settings.default_source, 'type': type,
                            'time': utc_now_rfc3339()}
         for name, value in (attributes or {}).items():
-            self._set(name, value)
+            if value is not None:
+                check_attribute(name, value)
+                self.attributes[name] = value
         self.data = data
         self.body = self._encode(data)
-
-    def _set(self, name, value):
-        if not isinstance(name, str) or not CE_NAME.match(name) or name == 'data':
-            raise ValueError(f'invalid CloudEvent attribute name {name!r}: '
-                             'names are lower-case letters a-z and digits')
-        if value is None:
-            return
-        if not isinstance(value, (str, int, float, bool)):
-            raise ValueError(f'CloudEvent attribute {name!r} must be a string, number or '
-                             f'boolean, not {type(value).__name__}')
-        if name == 'datacontenttype' and not (isinstance(value, str) and CE_MEDIA_TYPE.match(value)):
-            raise ValueError(f'CloudEvent datacontenttype {value!r} is not a media type such as '
-                             "'application/json' or 'text/plain; charset=utf-8'")
-        if name == 'specversion' and value != '1.0':
-            raise ValueError(f'CloudEvents specversion {value!r}: events are made in 1.0')
-        self.attributes[name] = value
 
     def _encode(self, data):
         """The data as the HTTP body; infers datacontenttype when it was not given."""
@@ -673,18 +672,18 @@ class CloudEvent:
         return f'CloudEvent({self.attributes!r}, data={self.data!r})'
 
 
-def binary_mode_headers(attributes):
-    """The HTTP headers carrying a CloudEvent's attributes in binary mode, as (name, value) pairs."""
-    return [('Content-Type', value) if name == 'datacontenttype'
-            else (f'ce-{name}', percent_encoded(value)) for name, value in attributes.items()]
+def ce_headers(attributes):
+    """The ce-* headers carrying a CloudEvent's attributes in binary mode (datacontenttype,
+    the Content-Type, is the caller's)."""
+    return {f'ce-{name}': percent_encoded(value)
+            for name, value in attributes.items() if name != 'datacontenttype'}
 
 
 def reply(cloud_event):
     """The outcome that answers a request with cloud_event in binary mode."""
-    pairs = binary_mode_headers(cloud_event.attributes)
-    content_type = next((value for name, value in pairs if name == 'Content-Type'), None)
-    fields = ''.join(f'{name}: {value}\r\n' for name, value in pairs if name != 'Content-Type')
-    return 200, content_type, cloud_event.body, fields
+    headers = ce_headers(cloud_event.attributes)
+    fields = ''.join(f'{name}: {value}\r\n' for name, value in headers.items())
+    return 200, cloud_event.attributes.get('datacontenttype'), cloud_event.body, fields
 
 
 def publish(cloud_event, sink, request_headers, settings):
@@ -700,7 +699,9 @@ def publish(cloud_event, sink, request_headers, settings):
                               'an http:// or https:// URL')
     attributes = dict(cloud_event.attributes)
     attributes.update(settings.overrides)
-    headers = dict(binary_mode_headers(attributes))
+    headers = ce_headers(attributes)
+    if 'datacontenttype' in attributes:
+        headers['Content-Type'] = attributes['datacontenttype']
     for name in TRACING_HEADERS:
         value = request_headers.get(name)
         if value is not None:
