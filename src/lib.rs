@@ -23,6 +23,7 @@ pub mod image;
 pub mod knative;
 pub mod kubeless;
 pub mod mirror;
+pub mod net;
 pub mod progress;
 pub mod quantity;
 pub mod registry;

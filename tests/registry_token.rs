@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -37,6 +37,9 @@ const WRONG_PASSWORD: &str = "Wr0ng-pw-n0t-in-logs-J5q";
 /// A user the token server knows (right password) but grants nothing to.
 const NO_ACCESS_USER: &str = "fnbuild-no-access";
 const NO_ACCESS_PASSWORD: &str = "N0-access-pw-R2d";
+/// The identity token (OAuth2 refresh token) the token server accepts in a `refresh_token`
+/// grant; sent any other way (as a Basic password) it is refused.
+const IDENTITY_TOKEN: &str = "1dentity-t0ken-n0t-in-logs-Q7w";
 const SERVICE: &str = "fnbuild-test";
 const ISSUER: &str = "fnbuild-test-issuer";
 const TOKEN_LIFETIME: u64 = 300;
@@ -145,6 +148,11 @@ impl Issuer {
 /// One request the token server answered.
 #[derive(Debug, Clone)]
 struct TokenRequest {
+    /// `GET` (Basic auth) or `POST` (an OAuth2 grant).
+    method: String,
+    /// The `grant_type` and `client_id` of a `POST`.
+    grant: Option<String>,
+    client_id: Option<String>,
     /// The user of the Basic Authorization header, if there was one.
     user: Option<String>,
     /// Whether the Basic credentials were right (and a token was issued).
@@ -155,8 +163,9 @@ struct TokenRequest {
     status: u16,
 }
 
-/// `GET /token?service=...&scope=...` on 127.0.0.1, one thread per connection, answers
-/// with `Connection: close`. Stops on drop.
+/// `GET /token?service=...&scope=...` with Basic auth, or `POST /token` of a form with
+/// `grant_type=refresh_token` and [`IDENTITY_TOKEN`] (answered with an `access_token` only),
+/// on 127.0.0.1, one thread per connection, answers with `Connection: close`. Stops on drop.
 struct TokenServer {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
@@ -230,6 +239,7 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer, requests: &Mutex<Vec<
         return; // the wake-up connection of Drop, or a client that gave up
     }
     let mut authorization = None;
+    let mut content_length = 0;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -243,23 +253,40 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer, requests: &Mutex<Vec<
             if name.trim().eq_ignore_ascii_case("authorization") {
                 authorization = Some(value.trim().to_string());
             }
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
         }
     }
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    if method != "GET" || path != "/token" {
+    if !matches!(method, "GET" | "POST") || path != "/token" {
         respond(stream, 404, &json!({ "details": "not found" }));
         return;
     }
-    let mut service = None;
+    // A POST's parameters are its form body.
+    let mut body = vec![0; content_length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let parameters = if method == "POST" {
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        query.to_string()
+    };
+    let (mut service, mut grant, mut refresh_token, mut client_id) = (None, None, None, None);
     let mut scopes = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for pair in parameters.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value);
         match percent_decode(key).as_str() {
-            "service" => service = Some(percent_decode(value)),
-            "scope" => scopes.extend(percent_decode(value).split(' ').map(str::to_owned)),
+            "service" => service = Some(value),
+            "scope" => scopes.extend(value.split(' ').map(str::to_owned)),
+            "grant_type" => grant = Some(value),
+            "refresh_token" => refresh_token = Some(value),
+            "client_id" => client_id = Some(value),
             _ => {}
         }
     }
@@ -273,12 +300,18 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer, requests: &Mutex<Vec<
                 .map(|(u, p)| (u.to_string(), p.to_string()))
         });
     let user = credentials.as_ref().map(|(u, _)| u.clone());
-    let grant = match &credentials {
-        Some((u, p)) if u == USER && p == PASSWORD => Some(true),
-        Some((u, p)) if u == NO_ACCESS_USER && p == NO_ACCESS_PASSWORD => Some(false),
-        _ => None,
+    let granted = if method == "POST" {
+        (grant.as_deref() == Some("refresh_token")
+            && refresh_token.as_deref() == Some(IDENTITY_TOKEN))
+        .then_some(true)
+    } else {
+        match &credentials {
+            Some((u, p)) if u == USER && p == PASSWORD => Some(true),
+            Some((u, p)) if u == NO_ACCESS_USER && p == NO_ACCESS_PASSWORD => Some(false),
+            _ => None,
+        }
     };
-    let (status, body) = match grant {
+    let (status, body) = match granted {
         None => (
             401,
             json!({ "errors": [{
@@ -297,19 +330,20 @@ fn serve_token_request(stream: TcpStream, issuer: &Issuer, requests: &Mutex<Vec<
                 service.as_deref().unwrap_or_default(),
                 &access,
             );
-            (
-                200,
-                json!({
-                    "token": token,
-                    "access_token": token,
-                    "expires_in": TOKEN_LIFETIME,
-                }),
-            )
+            let body = if method == "POST" {
+                json!({ "access_token": token, "expires_in": TOKEN_LIFETIME })
+            } else {
+                json!({ "token": token, "access_token": token, "expires_in": TOKEN_LIFETIME })
+            };
+            (200, body)
         }
     };
     requests.lock().unwrap().push(TokenRequest {
+        method: method.to_string(),
+        grant,
+        client_id,
         user,
-        authenticated: grant.is_some(),
+        authenticated: granted.is_some(),
         service,
         scopes,
         status,
@@ -575,6 +609,17 @@ impl TokenRegistry {
             .exists()
     }
 
+    /// A Docker config dir holding an identity token for this registry, as `docker login`
+    /// writes it for an OAuth2 registry.
+    fn identity_token_config(&self) -> TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = STANDARD.encode("<token>:");
+        let config =
+            json!({ "auths": { self.host(): { "auth": auth, "identitytoken": IDENTITY_TOKEN } } });
+        fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        dir
+    }
+
     /// A Docker config dir holding `user:password` for this registry.
     fn docker_config(&self, user: &str, password: &str) -> TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -721,8 +766,8 @@ fn describe(requests: &[TokenRequest]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "  {} user={:?} service={:?} scopes={:?}\n",
-                r.status, r.user, r.service, r.scopes
+                "  {} {} grant={:?} user={:?} service={:?} scopes={:?}\n",
+                r.method, r.status, r.grant, r.user, r.service, r.scopes
             )
         })
         .collect()
@@ -1110,5 +1155,49 @@ fn no_request_of_a_build_exceeds_the_scopes_of_its_token() {
          allow them):\n  {}",
         refused.len(),
         refused.join("\n  ")
+    );
+}
+
+/// A Docker config `identitytoken` (what `docker login` stores for OAuth2 registries such as
+/// Azure Container Registry) is exchanged with a `POST` of the `refresh_token` grant, never
+/// sent as a Basic password (which this token server refuses), and never shown.
+#[test]
+fn an_identity_token_is_exchanged_as_an_oauth2_refresh_token() {
+    let registry = TokenRegistry::start();
+    let home = tempfile::tempdir().unwrap();
+    let config = registry.identity_token_config();
+    let cache = tempfile::tempdir().unwrap();
+    let mut push = push_base(&registry, home.path(), config.path(), cache.path());
+    push.args(["--log-level", "debug"]);
+    let pushed = success(&mut push);
+    let asked = registry.tokens().requests();
+    eprintln!("token requests:\n{}", describe(&asked));
+    assert!(!asked.is_empty(), "no token was asked for");
+    for request in &asked {
+        assert_eq!(request.method, "POST", "{request:?}");
+        assert_eq!(
+            request.grant.as_deref(),
+            Some("refresh_token"),
+            "{request:?}"
+        );
+        assert_eq!(request.client_id.as_deref(), Some("fnbuild"), "{request:?}");
+        assert_eq!(request.service.as_deref(), Some(SERVICE), "{request:?}");
+        assert!(
+            request.authenticated && request.status == 200,
+            "{request:?}"
+        );
+    }
+    assert!(
+        asked
+            .iter()
+            .any(|r| r.scopes == [format!("repository:{BASE_REPO}:pull,push")]),
+        "{}",
+        describe(&asked)
+    );
+    assert_eq!(registry.tags(BASE_REPO), vec!["3.13"]);
+    let stderr = stderr_of(&pushed);
+    assert!(
+        !stderr.contains(IDENTITY_TOKEN),
+        "the identity token is in:\n{stderr}"
     );
 }

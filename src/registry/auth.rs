@@ -15,11 +15,13 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// A user name and a secret (password or identity token).
+/// A user name and a secret: a password, or an identity token (the OAuth2 refresh token
+/// `docker login` stores for registries such as Azure Container Registry).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub username: String,
     secret: String,
+    identity_token: bool,
 }
 
 impl Credential {
@@ -27,11 +29,26 @@ impl Credential {
         Self {
             username: username.into(),
             secret: secret.into(),
+            identity_token: false,
+        }
+    }
+
+    /// An identity token, under the user name Docker gives it (`<token>`).
+    pub fn identity_token(token: impl Into<String>) -> Self {
+        Self {
+            identity_token: true,
+            ..Self::new("<token>", token)
         }
     }
 
     pub fn secret(&self) -> &str {
         &self.secret
+    }
+
+    /// The identity token, when the secret is one: it is exchanged for bearer tokens as an
+    /// OAuth2 refresh token rather than sent as a password.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.identity_token.then_some(self.secret.as_str())
     }
 
     /// The value of a `Basic` Authorization header.
@@ -180,7 +197,7 @@ impl AuthEntry {
             return Ok(Credential::new(user, pass));
         }
         if let Some(token) = &self.identity_token {
-            return Ok(Credential::new("<token>", token));
+            return Ok(Credential::identity_token(token));
         }
         let encoded = self.auth.as_deref().unwrap_or_default();
         let decoded = base64::engine::general_purpose::STANDARD

@@ -1,7 +1,8 @@
-//! A thin client for the OCI distribution API: ping and auth challenge, bearer tokens per
-//! scope, blob HEAD, cross-repository mount, streamed uploads from disk, streamed downloads to
-//! the blob store with digest verification, and manifest GET/PUT. Retries with back-off on
-//! connection errors, 408, 429 and 5xx; never on a client error.
+//! A thin client for the OCI distribution API, its HTTP verbs: ping, blob HEAD,
+//! cross-repository mount, streamed uploads from disk, streamed downloads to the blob store
+//! with digest verification, manifest GET/PUT/DELETE and tag lists. How to authenticate is
+//! [`super::challenge`]'s and [`super::token`]'s to say; sending with retries, and reading
+//! the registry's answers, is [`super::send`]'s.
 //!
 //! Everything fnbuild pushes goes through `upload_blob` and `put_manifest`; nothing here
 //! decides what to push (that is `output`'s job).
@@ -9,27 +10,25 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use reqwest::header::{
-    HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
-};
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
 use super::auth::{Credential, DockerConfig};
+use super::challenge::{insufficient_scope, parse_challenge, Challenge};
+use super::link::next_page;
 use super::reference::api_host;
+use super::send::{answer, error_detail, Failure, Sender};
+use super::token::{TokenCache, TokenError, TokenService};
 use super::RegistryError;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::net::{retry, RetryPolicy, Transience};
 use std::io::Write as _;
-
-/// Attempts for one request: the first and three retries (0.5 s, 1 s, 2 s apart).
-const ATTEMPTS: u32 = 4;
-/// Error bodies are read up to this size.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// How to reach registries: which may use plain HTTP or unverified TLS, which extra CA
 /// certificates to trust, where the Docker config is.
@@ -103,19 +102,20 @@ impl Registries {
         let host = api_host(registry).to_string();
         let insecure = self.is_insecure(registry);
         let client = Arc::new(RegistryClient {
-            registry: registry.to_string(),
-            http: if insecure {
-                self.http_unverified.clone()
-            } else {
-                self.http.clone()
+            sender: Sender {
+                registry: registry.to_string(),
+                http: if insecure {
+                    self.http_unverified.clone()
+                } else {
+                    self.http.clone()
+                },
             },
             https_url: format!("https://{host}"),
             http_fallback: (insecure || is_loopback(registry)).then(|| format!("http://{host}")),
             base_url: tokio::sync::OnceCell::new(),
             credential: self.docker.credential_for(registry)?,
             config_path: self.docker.path().map(Path::to_path_buf),
-            tokens: Mutex::new(HashMap::new()),
-            token_fetch: tokio::sync::Mutex::new(()),
+            tokens: TokenCache::default(),
         });
         clients.insert(registry.to_string(), client.clone());
         Ok(client)
@@ -143,17 +143,6 @@ fn base_http_builder() -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(8)
 }
 
-/// How a registry wants to be authenticated, learnt from its `/v2/` answer.
-#[derive(Debug, Clone)]
-enum Challenge {
-    Anonymous,
-    Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-    },
-}
-
 struct Endpoint {
     url: String,
     challenge: Challenge,
@@ -161,15 +150,29 @@ struct Endpoint {
 
 /// A client for one registry host.
 pub struct RegistryClient {
-    registry: String,
-    http: reqwest::Client,
+    sender: Sender,
     https_url: String,
     http_fallback: Option<String>,
     base_url: tokio::sync::OnceCell<Endpoint>,
     credential: Option<Credential>,
     config_path: Option<PathBuf>,
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
-    token_fetch: tokio::sync::Mutex<()>,
+    tokens: TokenCache,
+}
+
+/// Why an upload attempt failed: its `PUT`, worth another attempt when the registry was busy
+/// or did not answer; or anything else, which is not.
+enum UploadFailure {
+    Put(Failure),
+    Fatal(Error),
+}
+
+impl UploadFailure {
+    fn transience(&self) -> Transience {
+        match self {
+            UploadFailure::Put(failure) => failure.transience(),
+            UploadFailure::Fatal(_) => Transience::Permanent,
+        }
+    }
 }
 
 /// A manifest as fetched: its bytes, media type and digest.
@@ -185,7 +188,7 @@ type Scope<'a> = &'a [(&'a str, &'a str)];
 
 impl RegistryClient {
     pub fn registry(&self) -> &str {
-        &self.registry
+        &self.sender.registry
     }
 
     // === connection and auth ===
@@ -197,46 +200,66 @@ impl RegistryClient {
     /// `GET /v2/`: finds the scheme that works and how the registry authenticates.
     async fn ping(&self) -> Result<Endpoint, RegistryError> {
         // With a plain-HTTP fallback, HTTPS gets one try: a registry without TLS fails it at once.
-        let https_attempts = if self.http_fallback.is_some() {
-            1
-        } else {
-            ATTEMPTS
+        let https_policy = match self.http_fallback {
+            Some(_) => RetryPolicy::DEFAULT.with_attempts(1),
+            None => RetryPolicy::DEFAULT,
         };
-        let mut urls = vec![(self.https_url.clone(), https_attempts)];
-        urls.extend(self.http_fallback.clone().map(|url| (url, ATTEMPTS)));
+        let mut urls = vec![(self.https_url.clone(), https_policy)];
+        urls.extend(
+            self.http_fallback
+                .clone()
+                .map(|url| (url, RetryPolicy::DEFAULT)),
+        );
+        // Why HTTPS failed, when the server does speak TLS (its certificate is not trusted,
+        // say): then its answer to plain HTTP (an error) is not the one that explains.
+        let mut tls_refusal = None;
         let mut last_error = None;
-        for (url, attempts) in urls {
-            match self
-                .send_attempts(attempts, || self.http.get(format!("{url}/v2/")))
+        for (url, policy) in urls {
+            let response = match self
+                .sender
+                .attempt(policy, || self.sender.http.get(format!("{url}/v2/")))
                 .await
             {
-                Ok(response) => {
-                    let challenge = match response.status() {
-                        StatusCode::UNAUTHORIZED => parse_challenge(response.headers()),
-                        status if status.is_success() => Challenge::Anonymous,
-                        status => {
-                            // A TLS registry answers plain HTTP with an error: the HTTPS
-                            // failure is the one that explains what is wrong.
-                            if let Some(https_error) = last_error {
-                                return Err(https_error);
-                            }
-                            return Err(RegistryError::Refused {
-                                registry: self.registry.clone(),
-                                method: "GET",
-                                path: "/v2/".into(),
-                                status: status.as_u16(),
-                                detail: "this is not an OCI distribution registry API endpoint"
-                                    .into(),
-                            });
-                        }
-                    };
-                    tracing::debug!(registry = %self.registry, %url, ?challenge, "registry reached");
-                    return Ok(Endpoint { url, challenge });
+                Ok(response) => response,
+                Err(e) => {
+                    let spoke_tls =
+                        retry::tls_failure(&e).is_some_and(|tls| !retry::is_not_tls(tls));
+                    let error = Some(self.sender.unreachable(&e));
+                    if spoke_tls {
+                        tls_refusal = error;
+                    } else {
+                        last_error = error;
+                    }
+                    continue;
                 }
-                Err(e) => last_error = Some(e),
-            }
+            };
+            let challenge = match response.status() {
+                StatusCode::UNAUTHORIZED => parse_challenge(response.headers()),
+                status if status.is_success() => Challenge::Anonymous,
+                status => {
+                    if let Some(https_error) = tls_refusal {
+                        return Err(https_error);
+                    }
+                    let detail = if status.is_server_error() {
+                        error_detail(response).await
+                    } else {
+                        "this is not an OCI distribution registry API endpoint".into()
+                    };
+                    return Err(RegistryError::Refused {
+                        registry: self.sender.registry.clone(),
+                        method: "GET",
+                        path: "/v2/".into(),
+                        status: status.as_u16(),
+                        detail,
+                    });
+                }
+            };
+            tracing::debug!(registry = %self.sender.registry, %url, ?challenge, "registry reached");
+            return Ok(Endpoint { url, challenge });
         }
-        Err(last_error.expect("at least one URL was tried"))
+        Err(last_error
+            .or(tls_refusal)
+            .expect("at least one URL was tried"))
     }
 
     /// The Authorization header for a scope, fetching a bearer token when needed.
@@ -249,104 +272,47 @@ impl RegistryClient {
                 None => Err(self.unauthorized(scope, "it requires credentials")),
             },
             Challenge::Bearer { realm, service } => {
-                let key = scope_strings(scope).join(" ");
-                if let Some(token) = self.cached_token(&key) {
-                    return Ok(Some(token));
-                }
-                // One fetch at a time: requests running in parallel for the same scope wait
-                // for the first one's token instead of each fetching their own.
-                let _fetching = self.token_fetch.lock().await;
-                if let Some(token) = self.cached_token(&key) {
-                    return Ok(Some(token));
-                }
-                let (token, lifetime) = self.fetch_token(realm, service.as_deref(), scope).await?;
-                // Renew ten seconds early so a token never expires in flight.
-                let expires = Instant::now() + lifetime.saturating_sub(Duration::from_secs(10));
+                let scopes = scope_strings(scope);
+                let service = TokenService {
+                    sender: &self.sender,
+                    realm,
+                    service: service.as_deref(),
+                    credential: self.credential.as_ref(),
+                };
+                let fetch = async {
+                    service.fetch(&scopes).await.map_err(|e| match e {
+                        TokenError::Failed(e) => e,
+                        TokenError::Refused {
+                            status: StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN,
+                            detail,
+                            ..
+                        } => self.unauthorized(scope, &detail),
+                        TokenError::Refused {
+                            method,
+                            status,
+                            detail,
+                        } => RegistryError::Refused {
+                            registry: self.sender.registry.clone(),
+                            method,
+                            path: "(token endpoint)".into(),
+                            status: status.as_u16(),
+                            detail,
+                        },
+                    })
+                };
                 self.tokens
-                    .lock()
-                    .unwrap()
-                    .insert(key, (token.clone(), expires));
-                Ok(Some(format!("Bearer {token}")))
+                    .authorization(&scopes.join(" "), fetch)
+                    .await
+                    .map(Some)
             }
         }
-    }
-
-    fn cached_token(&self, key: &str) -> Option<String> {
-        let tokens = self.tokens.lock().unwrap();
-        let (token, expires) = tokens.get(key)?;
-        (*expires > Instant::now()).then(|| format!("Bearer {token}"))
-    }
-
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: Scope<'_>,
-    ) -> Result<(String, Duration), RegistryError> {
-        let mut query: Vec<(&str, String)> = Vec::new();
-        if let Some(service) = service {
-            query.push(("service", service.to_string()));
-        }
-        for s in scope_strings(scope) {
-            query.push(("scope", s));
-        }
-        let response = self
-            .with_retries(|| {
-                let request = self.http.get(realm).query(&query);
-                match &self.credential {
-                    Some(c) => request.header(AUTHORIZATION, c.basic_header()),
-                    None => request,
-                }
-            })
-            .await?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let detail = error_detail(response).await;
-            return Err(match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    self.unauthorized(scope, &detail)
-                }
-                _ => RegistryError::Refused {
-                    registry: self.registry.clone(),
-                    method: "GET",
-                    path: "(token endpoint)".into(),
-                    status: status.as_u16(),
-                    detail,
-                },
-            });
-        }
-        #[derive(Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
-        let body: TokenResponse =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-                registry: self.registry.clone(),
-                detail: format!(
-                    "the token endpoint answered with something other than a token: {e}"
-                ),
-            })?;
-        let token = body
-            .token
-            .or(body.access_token)
-            .ok_or_else(|| RegistryError::Protocol {
-                registry: self.registry.clone(),
-                detail: "the token endpoint's answer has no token".into(),
-            })?;
-        Ok((
-            token,
-            Duration::from_secs(body.expires_in.unwrap_or(60).max(60)),
-        ))
     }
 
     fn unauthorized(&self, scope: Scope<'_>, detail: &str) -> RegistryError {
         let repository = scope.first().map_or("", |s| s.0).to_string();
         let Some(credential) = &self.credential else {
             return RegistryError::CredentialsRequired {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 repository,
                 detail: detail.to_string(),
             };
@@ -360,58 +326,9 @@ impl RegistryClient {
             credential.username
         );
         RegistryError::Unauthorized {
-            registry: self.registry.clone(),
+            registry: self.sender.registry.clone(),
             repository,
             detail: detail.to_string(),
-            hint,
-        }
-    }
-
-    /// Sends a request built by `make` (again for each attempt), retrying connection errors
-    /// and retryable statuses with back-off.
-    async fn with_retries(
-        &self,
-        make: impl Fn() -> RequestBuilder,
-    ) -> Result<Response, RegistryError> {
-        self.send_attempts(ATTEMPTS, make).await
-    }
-
-    async fn send_attempts(
-        &self,
-        attempts: u32,
-        make: impl Fn() -> RequestBuilder,
-    ) -> Result<Response, RegistryError> {
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=attempts {
-            let last = attempt == attempts;
-            match make().send().await {
-                Ok(response) if is_retryable(response.status()) && !last => {
-                    tracing::warn!(registry = %self.registry, status = %response.status(), attempt, "registry busy or failing; retrying in {delay:?}");
-                }
-                Ok(response) => return Ok(response),
-                Err(e) if last || is_permanent(&e) => return Err(self.unreachable(&e)),
-                Err(e) => {
-                    tracing::warn!(registry = %self.registry, attempt, "{}; retrying in {delay:?}", describe_reqwest(&e));
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
-        }
-        unreachable!("the last attempt always returns")
-    }
-
-    fn unreachable(&self, e: &reqwest::Error) -> RegistryError {
-        let detail = describe_reqwest(e);
-        let hint =
-            if detail.contains("certificate") || detail.contains("tls") || detail.contains("TLS") {
-                "\nhint: pass --registry-ca FILE with the registry's CA certificate, or \
-             --insecure-registry HOST:PORT for a registry without valid TLS"
-            } else {
-                ""
-            };
-        RegistryError::Unreachable {
-            registry: self.registry.clone(),
-            detail,
             hint,
         }
     }
@@ -425,7 +342,10 @@ impl RegistryClient {
         let base = &self.endpoint().await?.url;
         let auth = self.authorization(scope).await?;
         let response = self
-            .with_retries(|| with_auth(make(base), auth.as_deref()))
+            .sender
+            .send(RetryPolicy::DEFAULT, || {
+                with_auth(make(base), auth.as_deref())
+            })
             .await?;
         // A token that expired early is renewed once; a token that lacks a permission is not
         // (asking again gives the same answer).
@@ -433,13 +353,13 @@ impl RegistryClient {
             && auth.as_deref().is_some_and(|a| a.starts_with("Bearer"))
             && !insufficient_scope(response.headers())
         {
-            self.tokens
-                .lock()
-                .unwrap()
-                .remove(&scope_strings(scope).join(" "));
+            self.tokens.forget(&scope_strings(scope).join(" "));
             let auth = self.authorization(scope).await?;
             return self
-                .with_retries(|| with_auth(make(base), auth.as_deref()))
+                .sender
+                .send(RetryPolicy::DEFAULT, || {
+                    with_auth(make(base), auth.as_deref())
+                })
                 .await;
         }
         Ok(response)
@@ -459,17 +379,17 @@ impl RegistryClient {
         match status {
             StatusCode::UNAUTHORIZED => self.unauthorized(scope, &detail),
             StatusCode::FORBIDDEN => RegistryError::Denied {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 repository: scope.first().map_or("", |s| s.0).to_string(),
                 detail,
             },
             StatusCode::NOT_FOUND => RegistryError::NotFound {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 what: what.to_string(),
                 detail,
             },
             _ => RegistryError::Refused {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 method,
                 path,
                 status: status.as_u16(),
@@ -490,7 +410,9 @@ impl RegistryClient {
         let scope = [(repo, "pull")];
         let response = self
             .send(&scope, |base| {
-                self.http.head(format!("{base}/v2/{repo}/blobs/{digest}"))
+                self.sender
+                    .http
+                    .head(format!("{base}/v2/{repo}/blobs/{digest}"))
             })
             .await?;
         match response.status() {
@@ -513,7 +435,8 @@ impl RegistryClient {
         let scope = [(repo, "pull,push"), (from, "pull")];
         let response = self
             .send(&scope, |base| {
-                self.http
+                self.sender
+                    .http
                     .post(format!("{base}/v2/{repo}/blobs/uploads/"))
                     .query(&[("mount", digest.to_string()), ("from", from.to_string())])
                     .header(CONTENT_LENGTH, 0)
@@ -541,78 +464,104 @@ impl RegistryClient {
         size: u64,
         path: &Path,
         on_sent: Arc<dyn Fn(u64) + Send + Sync>,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<()> {
         let scope = [(repo, "pull,push")];
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
-            let started = self
-                .send(&scope, |base| {
-                    self.http
-                        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
-                        .header(CONTENT_LENGTH, 0)
-                })
-                .await?;
-            if started.status() != StatusCode::ACCEPTED {
-                return Err(self
-                    .fail(started, "POST", &scope, &format!("upload of {digest}"))
-                    .await);
-            }
-            let location = self
-                .location(&started)
-                .ok_or_else(|| RegistryError::Protocol {
-                    registry: self.registry.clone(),
-                    detail: "an upload session was opened without a Location header".into(),
-                })?;
-            let file = std::fs::File::open(path).map_err(|e| RegistryError::Protocol {
-                registry: self.registry.clone(),
-                detail: format!("cannot read {}: {e}", path.display()),
-            })?;
-            let mut sent = 0;
-            let on_sent = on_sent.clone();
-            on_sent(sent);
-            let body = reqwest::Body::wrap_stream(
-                tokio_util::io::ReaderStream::with_capacity(
-                    tokio::fs::File::from_std(file),
-                    256 * 1024,
-                )
-                .inspect(move |chunk| {
-                    if let Ok(chunk) = chunk {
-                        sent += chunk.len() as u64;
-                        on_sent(sent);
+        let outcome = RetryPolicy::DEFAULT
+            .run(
+                || self.upload_once(&scope, digest, size, path, on_sent.clone()),
+                UploadFailure::transience,
+                |failure, attempt, wait| {
+                    if let UploadFailure::Put(failure) = failure {
+                        self.sender
+                            .log_retry("blob upload failed", failure, attempt, wait);
                     }
-                }),
-            );
-            let auth = self.authorization(&scope).await?;
-            let put = with_auth(
-                self.http
-                    .put(&location)
-                    .query(&[("digest", digest.to_string())])
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, size)
-                    .body(body),
-                auth.as_deref(),
+                },
             )
-            .send()
             .await;
-            match put {
-                Ok(response) if response.status() == StatusCode::CREATED => return Ok(()),
-                Ok(response) if !is_retryable(response.status()) || attempt == ATTEMPTS => {
-                    return Err(self
-                        .fail(response, "PUT", &scope, &format!("upload of {digest}"))
-                        .await)
-                }
-                Ok(response) => {
-                    tracing::warn!(registry = %self.registry, status = %response.status(), attempt, "blob upload failed; retrying in {delay:?}");
-                }
-                Err(e) if attempt == ATTEMPTS => return Err(self.unreachable(&e)),
-                Err(e) => {
-                    tracing::warn!(registry = %self.registry, attempt, "blob upload failed: {}; retrying in {delay:?}", describe_reqwest(&e));
-                }
-            }
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+        Err(match outcome {
+            Ok(()) => return Ok(()),
+            Err(UploadFailure::Put(Failure::Unanswered(e))) => self.sender.unreachable(&e).into(),
+            Err(UploadFailure::Put(Failure::Busy(response, _))) => self
+                .fail(response, "PUT", &scope, &format!("upload of {digest}"))
+                .await
+                .into(),
+            Err(UploadFailure::Fatal(e)) => e,
+        })
+    }
+
+    /// One attempt of [`RegistryClient::upload_blob`].
+    async fn upload_once(
+        &self,
+        scope: Scope<'_>,
+        digest: &Digest,
+        size: u64,
+        path: &Path,
+        on_sent: Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<(), UploadFailure> {
+        let fatal = |e: RegistryError| UploadFailure::Fatal(e.into());
+        let repo = scope[0].0;
+        let started = self
+            .send(scope, |base| {
+                self.sender
+                    .http
+                    .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+                    .header(CONTENT_LENGTH, 0)
+            })
+            .await
+            .map_err(fatal)?;
+        if started.status() != StatusCode::ACCEPTED {
+            return Err(fatal(
+                self.fail(started, "POST", scope, &format!("upload of {digest}"))
+                    .await,
+            ));
         }
-        unreachable!("the last attempt always returns")
+        let location = self.location(&started).ok_or_else(|| {
+            fatal(RegistryError::Protocol {
+                registry: self.sender.registry.clone(),
+                detail: "an upload session was opened without a Location header".into(),
+            })
+        })?;
+        let file = std::fs::File::open(path)
+            .io_context("open blob", path)
+            .map_err(UploadFailure::Fatal)?;
+        let mut sent = 0;
+        on_sent(sent);
+        let body = reqwest::Body::wrap_stream(
+            tokio_util::io::ReaderStream::with_capacity(
+                tokio::fs::File::from_std(file),
+                256 * 1024,
+            )
+            .inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    sent += chunk.len() as u64;
+                    on_sent(sent);
+                }
+            }),
+        );
+        let auth = self.authorization(scope).await.map_err(fatal)?;
+        let response = with_auth(
+            self.sender
+                .http
+                .put(&location)
+                .query(&[("digest", digest.to_string())])
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body),
+            auth.as_deref(),
+        )
+        .send()
+        .await
+        .map_err(|e| UploadFailure::Put(Failure::Unanswered(e)))?;
+        if response.status() == StatusCode::CREATED {
+            return Ok(());
+        }
+        match answer(response).await {
+            Ok(refused) => Err(fatal(
+                self.fail(refused, "PUT", scope, &format!("upload of {digest}"))
+                    .await,
+            )),
+            Err(busy) => Err(UploadFailure::Put(busy)),
+        }
     }
 
     /// Downloads a blob into the blob store, verifying its digest while it streams.
@@ -625,7 +574,9 @@ impl RegistryClient {
         let scope = [(repo, "pull")];
         let response = self
             .send(&scope, |base| {
-                self.http.get(format!("{base}/v2/{repo}/blobs/{digest}"))
+                self.sender
+                    .http
+                    .get(format!("{base}/v2/{repo}/blobs/{digest}"))
             })
             .await?;
         if !response.status().is_success() {
@@ -637,16 +588,16 @@ impl RegistryClient {
         let mut writer = store.writer()?;
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.unreachable(&e))?;
-            writer.write_all(&chunk).map_err(|e| {
-                Error::Image(format!("cannot write blob {digest} to the cache: {e}"))
-            })?;
+            let chunk = chunk.map_err(|e| self.sender.unreachable(&e))?;
+            writer
+                .write_all(&chunk)
+                .io_context("write blob to", store.path(digest))?;
         }
         let (actual, _) = writer.commit()?;
         if &actual != digest {
             let _ = std::fs::remove_file(store.path(&actual));
             return Err(RegistryError::DigestMismatch {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 what: format!("blob of {repo}"),
                 expected: digest.to_string(),
                 actual: actual.to_string(),
@@ -667,7 +618,8 @@ impl RegistryClient {
         let scope = [(repo, "pull")];
         let response = self
             .send(&scope, |base| {
-                self.http
+                self.sender
+                    .http
                     .get(format!("{base}/v2/{repo}/manifests/{reference}"))
                     .header(reqwest::header::ACCEPT, crate::image::MANIFEST_ACCEPT)
             })
@@ -678,7 +630,7 @@ impl RegistryClient {
                     response,
                     "GET",
                     &scope,
-                    &format!("image {}/{repo}:{reference}", self.registry),
+                    &format!("image {}/{repo}:{reference}", self.sender.registry),
                 )
                 .await);
         }
@@ -690,13 +642,13 @@ impl RegistryClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| self.unreachable(&e))?
+            .map_err(|e| self.sender.unreachable(&e))?
             .to_vec();
         let digest = Digest::of(&bytes);
         if let Ok(expected) = reference.parse::<Digest>() {
             if expected != digest {
                 return Err(RegistryError::DigestMismatch {
-                    registry: self.registry.clone(),
+                    registry: self.sender.registry.clone(),
                     what: format!("manifest of {repo}"),
                     expected: expected.to_string(),
                     actual: digest.to_string(),
@@ -727,7 +679,8 @@ impl RegistryClient {
         let scope = [(repo, "pull,push")];
         let response = self
             .send(&scope, |base| {
-                self.http
+                self.sender
+                    .http
                     .put(format!("{base}/v2/{repo}/manifests/{reference}"))
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.to_vec())
@@ -748,14 +701,15 @@ impl RegistryClient {
         let scope = [(repo, "pull,push,delete")];
         let response = self
             .send(&scope, |base| {
-                self.http
+                self.sender
+                    .http
                     .delete(format!("{base}/v2/{repo}/manifests/{digest}"))
             })
             .await?;
         match response.status() {
             s if s.is_success() => Ok(()),
             StatusCode::METHOD_NOT_ALLOWED => Err(RegistryError::Refused {
-                registry: self.registry.clone(),
+                registry: self.sender.registry.clone(),
                 method: "DELETE",
                 path: format!("/v2/{repo}/manifests/{digest}"),
                 status: 405,
@@ -789,7 +743,7 @@ impl RegistryClient {
                 break;
             }
             let response = self
-                .send(&scope, |base| self.http.get(format!("{base}{path}")))
+                .send(&scope, |base| self.sender.http.get(format!("{base}{path}")))
                 .await?;
             if response.status() == StatusCode::NOT_FOUND {
                 // A repository nothing was pushed to yet has no tags.
@@ -801,10 +755,13 @@ impl RegistryClient {
                     .await);
             }
             next = next_page(response.headers());
-            let bytes = response.bytes().await.map_err(|e| self.unreachable(&e))?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| self.sender.unreachable(&e))?;
             let page: TagList =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-                    registry: self.registry.clone(),
+                    registry: self.sender.registry.clone(),
                     detail: format!("the tag list of {repo} is not valid: {e}"),
                 })?;
             tags.extend(page.tags.unwrap_or_default());
@@ -819,101 +776,11 @@ impl RegistryClient {
     }
 }
 
-/// The path of the next page from the `Link` headers (RFC 8288), e.g.
-/// `Link: </v2/app/tags/list?n=1000&last=v9>; rel="next"`.
-///
-/// Every `Link` header is read, and each header value may hold several comma-separated
-/// links; the first whose `rel` (quoted or not, possibly a space-separated list) names
-/// `next` wins. An absolute target keeps only its path and query, on the endpoint already
-/// in use.
-fn next_page(headers: &HeaderMap) -> Option<String> {
-    let target = headers
-        .get_all(reqwest::header::LINK)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(split_outside_quotes::<','>)
-        .find_map(|link| {
-            let (target, params) = parse_link(link)?;
-            let is_next = split_outside_quotes::<';'>(params).any(|param| {
-                let (name, value) = param.split_once('=').unwrap_or((param, ""));
-                name.trim().eq_ignore_ascii_case("rel")
-                    && value
-                        .trim()
-                        .trim_matches('"')
-                        .split_ascii_whitespace()
-                        .any(|rel| rel.eq_ignore_ascii_case("next"))
-            });
-            is_next.then_some(target)
-        })?;
-    match reqwest::Url::parse(target) {
-        Ok(url) => Some(match url.query() {
-            Some(query) => format!("{}?{query}", url.path()),
-            None => url.path().to_string(),
-        }),
-        Err(_) if target.is_empty() => None,
-        Err(_) => Some(target.to_string()),
-    }
-}
-
-/// One link `<target>; params` split into the target and the parameters after it.
-fn parse_link(link: &str) -> Option<(&str, &str)> {
-    let rest = link.trim().strip_prefix('<')?;
-    let (target, params) = rest.split_once('>')?;
-    Some((target.trim(), params))
-}
-
-/// Splits on `SEP` outside double quotes and outside `<...>`, so a comma in a quoted
-/// parameter or in a link target does not split a link.
-fn split_outside_quotes<const SEP: char>(value: &str) -> impl Iterator<Item = &str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut bracketed, mut escaped) = (0, false, false, false);
-    for (i, c) in value.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' if !bracketed => quoted = !quoted,
-            '<' if !quoted => bracketed = true,
-            '>' if !quoted => bracketed = false,
-            c if c == SEP && !quoted && !bracketed => {
-                parts.push(&value[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&value[start..]);
-    parts.into_iter().filter(|part| !part.trim().is_empty())
-}
-
-/// Whether a 401 says the token lacks a permission (`error="insufficient_scope"`).
-fn insufficient_scope(headers: &HeaderMap) -> bool {
-    headers
-        .get(WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("insufficient_scope"))
-}
-
 fn with_auth(request: RequestBuilder, auth: Option<&str>) -> RequestBuilder {
     match auth {
         Some(value) => request.header(AUTHORIZATION, value),
         None => request,
     }
-}
-
-/// Connection errors worth no retry: TLS failures (an untrusted certificate, a server that
-/// does not speak TLS) and errors that are not about the network at all.
-fn is_permanent(e: &reqwest::Error) -> bool {
-    let detail = describe_reqwest(e).to_ascii_lowercase();
-    !(e.is_connect() || e.is_timeout() || e.is_request())
-        || detail.contains("certificate")
-        || detail.contains("invalidcontenttype")
-        || detail.contains("tls")
-}
-
-fn is_retryable(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
 }
 
 fn scope_strings(scope: Scope<'_>) -> Vec<String> {
@@ -923,214 +790,9 @@ fn scope_strings(scope: Scope<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Parses `WWW-Authenticate: Bearer realm="...",service="..."` or `Basic realm="..."`.
-fn parse_challenge(headers: &HeaderMap) -> Challenge {
-    let Some(value) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
-        return Challenge::Basic;
-    };
-    let (scheme, params) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Challenge::Basic;
-    }
-    let mut realm = None;
-    let mut service = None;
-    for (key, value) in parse_auth_params(params) {
-        match key.to_ascii_lowercase().as_str() {
-            "realm" => realm = Some(value),
-            "service" => service = Some(value),
-            _ => {}
-        }
-    }
-    match realm {
-        Some(realm) => Challenge::Bearer { realm, service },
-        None => Challenge::Basic,
-    }
-}
-
-/// Splits `a="x,y",b=z` into pairs, honouring quotes.
-fn parse_auth_params(params: &str) -> Vec<(String, String)> {
-    let mut pairs = Vec::new();
-    let mut rest = params.trim();
-    while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_string();
-        let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
-            let end = quoted.find('"').unwrap_or(quoted.len());
-            (
-                quoted[..end].to_string(),
-                quoted.get(end + 1..).unwrap_or(""),
-            )
-        } else {
-            let end = after.find(',').unwrap_or(after.len());
-            (after[..end].trim().to_string(), &after[end..])
-        };
-        pairs.push((key, value));
-        rest = remaining.trim_start_matches([',', ' ']);
-    }
-    pairs
-}
-
-/// Reads the registry's error body (`{"errors":[{"code","message"}]}`) up to a limit.
-async fn error_detail(response: Response) -> String {
-    let status = response.status();
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(Ok(chunk)) = stream.next().await {
-        body.extend_from_slice(&chunk);
-        if body.len() >= ERROR_BODY_LIMIT {
-            body.truncate(ERROR_BODY_LIMIT);
-            break;
-        }
-    }
-    #[derive(Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorEntry>,
-    }
-    #[derive(Deserialize)]
-    struct ErrorEntry {
-        code: Option<String>,
-        message: Option<String>,
-    }
-    if let Ok(parsed) = serde_json::from_slice::<Errors>(&body) {
-        let parts: Vec<String> = parsed
-            .errors
-            .iter()
-            .map(|e| match (&e.code, &e.message) {
-                (Some(c), Some(m)) => format!("{c}: {m}"),
-                (Some(c), None) => c.clone(),
-                (None, Some(m)) => m.clone(),
-                (None, None) => String::new(),
-            })
-            .filter(|s| !s.is_empty())
-            .collect();
-        if !parts.is_empty() {
-            return parts.join("; ");
-        }
-    }
-    let text = String::from_utf8_lossy(&body);
-    let text = text.trim();
-    if text.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!(
-            "HTTP {status}: {}",
-            text.chars().take(300).collect::<String>()
-        )
-    }
-}
-
-/// A reqwest error with its causes, without the request URL (which may hold upload state).
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    // The first message is reqwest's own, which names the URL: only the causes are shown.
-    let causes = crate::error::messages(e).split_off(1);
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else {
-        "request failed"
-    };
-    if causes.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}: {}", causes.join(": "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_challenge_is_parsed_with_quoted_commas() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            WWW_AUTHENTICATE,
-            r#"Bearer realm="https://auth.local/token",service="registry.local",scope="repository:a:pull,push""#
-                .parse()
-                .unwrap(),
-        );
-        match parse_challenge(&headers) {
-            Challenge::Bearer { realm, service } => {
-                assert_eq!(realm, "https://auth.local/token");
-                assert_eq!(service.as_deref(), Some("registry.local"));
-            }
-            other => panic!("expected bearer, got {other:?}"),
-        }
-        headers.insert(
-            WWW_AUTHENTICATE,
-            r#"Basic realm="Registry""#.parse().unwrap(),
-        );
-        assert!(matches!(parse_challenge(&headers), Challenge::Basic));
-    }
-
-    fn link_headers(values: &[&str]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for value in values {
-            headers.append(reqwest::header::LINK, value.parse().unwrap());
-        }
-        headers
-    }
-
-    #[test]
-    fn next_page_reads_quoted_and_unquoted_rel() {
-        let quoted = link_headers(&[r#"</v2/app/tags/list?n=2&last=b>; rel="next""#]);
-        assert_eq!(
-            next_page(&quoted).as_deref(),
-            Some("/v2/app/tags/list?n=2&last=b")
-        );
-        let unquoted = link_headers(&["</v2/app/tags/list?last=b>;rel=next"]);
-        assert_eq!(
-            next_page(&unquoted).as_deref(),
-            Some("/v2/app/tags/list?last=b")
-        );
-        let upper = link_headers(&[r#"</v2/app/tags/list?last=c> ; REL = "Next""#]);
-        assert_eq!(
-            next_page(&upper).as_deref(),
-            Some("/v2/app/tags/list?last=c")
-        );
-        let list = link_headers(&[r#"</v2/app/tags/list?last=d>; rel="prefetch next""#]);
-        assert_eq!(
-            next_page(&list).as_deref(),
-            Some("/v2/app/tags/list?last=d")
-        );
-    }
-
-    #[test]
-    fn next_page_splits_links_on_commas_across_headers() {
-        let one_header = link_headers(&[
-            r#"</v2/app/tags/list?last=a>; rel="prev"; title="a, b", </v2/app/tags/list?last=z>; rel="next""#,
-        ]);
-        assert_eq!(
-            next_page(&one_header).as_deref(),
-            Some("/v2/app/tags/list?last=z")
-        );
-        let two_headers = link_headers(&[
-            r#"</v2/app/tags/list?last=a>; rel="prev""#,
-            r#"<https://registry.local:5000/v2/app/tags/list?n=10&last=y>; rel="next""#,
-        ]);
-        assert_eq!(
-            next_page(&two_headers).as_deref(),
-            Some("/v2/app/tags/list?n=10&last=y")
-        );
-        let comma_in_target = link_headers(&[r#"</v2/app/tags/list?last=a,b>; rel=next"#]);
-        assert_eq!(
-            next_page(&comma_in_target).as_deref(),
-            Some("/v2/app/tags/list?last=a,b")
-        );
-    }
-
-    #[test]
-    fn next_page_ignores_other_relations() {
-        assert_eq!(next_page(&HeaderMap::new()), None);
-        let prev = link_headers(&[r#"</v2/app/tags/list?last=a>; rel="prev""#]);
-        assert_eq!(next_page(&prev), None);
-        let not_rel = link_headers(&[r#"</v2/app/tags/list?last=a>; title="rel=next""#]);
-        assert_eq!(next_page(&not_rel), None);
-        let nextish = link_headers(&[r#"</v2/app/tags/list?last=a>; rel="next-archive""#]);
-        assert_eq!(next_page(&nextish), None);
-        let malformed = link_headers(&[r#"/v2/app/tags/list?last=a; rel="next""#]);
-        assert_eq!(next_page(&malformed), None);
-    }
 
     /// A plain-HTTP registry on 127.0.0.1 whose tag list has two pages, the second linking
     /// back to the first; answers every request with `Connection: close`.
@@ -1208,13 +870,5 @@ mod tests {
                 "/v2/app/tags/list?n=1000&last=a"
             ]
         );
-    }
-
-    #[test]
-    fn retryable_statuses() {
-        assert!(is_retryable(StatusCode::BAD_GATEWAY));
-        assert!(is_retryable(StatusCode::TOO_MANY_REQUESTS));
-        assert!(!is_retryable(StatusCode::NOT_FOUND));
-        assert!(!is_retryable(StatusCode::UNAUTHORIZED));
     }
 }

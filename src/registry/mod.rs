@@ -1,9 +1,15 @@
 //! Talking to OCI registries over the distribution API, with no Docker daemon: references,
-//! credentials (`auth`) and a thin client (`client`) that streams blobs from and to disk.
+//! credentials (`auth`), how a registry authenticates (`challenge`, `token`), sending with
+//! retries (`send`) and a thin client of the API's verbs (`client`) that streams blobs from
+//! and to disk.
 
 pub mod auth;
+mod challenge;
 pub mod client;
+mod link;
 pub mod reference;
+mod send;
+mod token;
 
 pub use client::{Registries, RegistryClient, TransportOptions};
 pub use reference::Reference;

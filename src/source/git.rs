@@ -22,10 +22,9 @@ use git2::{
 
 use super::archive::Limits;
 use super::deadline::{self, CONNECT_TIMEOUT};
-use super::git_credentials::{strip_userinfo, GitCredentials, HostKeyStatus};
+use super::git_credentials::{GitCredentials, HostKeyStatus};
 use crate::error::{Error, Result};
-
-const ATTEMPTS: u32 = 3;
+use crate::net::{RedactedUrl, RetryPolicy, Transience};
 
 /// A Git source: the URL libgit2 fetches from, and what to check out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +56,9 @@ impl GitSource {
         })
     }
 
-    /// The URL as it may be shown and recorded: without user info.
+    /// The URL as it may be shown and recorded: without user info or query.
     pub fn display_url(&self) -> String {
-        strip_userinfo(&self.url)
+        RedactedUrl::new(&self.url).to_string()
     }
 }
 
@@ -568,36 +567,49 @@ impl Fetcher<'_> {
         callbacks
     }
 
-    /// Runs a network operation, retrying transient failures with back-off.
+    /// Runs a network operation under the network layer's retry policy; what is transient is
+    /// [`Fetcher::transience`]'s to say.
     fn with_retries<T>(
         &self,
         what: &str,
-        mut operation: impl FnMut() -> Result<T, git2::Error>,
+        operation: impl FnMut() -> Result<T, git2::Error>,
     ) -> Result<T> {
-        let mut delay = Duration::from_millis(500);
-        for attempt in 1..=ATTEMPTS {
-            match operation() {
-                Ok(value) => return Ok(value),
-                Err(e)
-                    if attempt < ATTEMPTS
-                        && is_transient(&e)
-                        && !self.describe(&e).starts_with("repository not found")
-                        && self.progress.expired().is_none() =>
-                {
-                    tracing::warn!(url = %self.shown, attempt, "{}; retrying in {delay:?}", self.describe(&e));
-                    std::thread::sleep(delay);
-                    delay *= 2;
-                }
-                Err(e) => {
-                    return Err(Error::Source(format!(
-                        "cannot {what} {}: {}",
-                        self.shown,
-                        self.describe(&e)
-                    )))
-                }
-            }
+        RetryPolicy::SOURCE
+            .run_blocking(
+                operation,
+                |e| self.transience(e),
+                |e, attempt, wait| {
+                    tracing::warn!(url = %self.shown, attempt, "{}; retrying in {wait:?}", self.describe(e));
+                },
+            )
+            .map_err(|e| {
+                Error::Source(format!(
+                    "cannot {what} {}: {}",
+                    self.shown,
+                    self.describe(&e)
+                ))
+            })
+    }
+
+    /// libgit2 reports no more than a class and a message: a network or OS failure is
+    /// transient unless its message says authentication, not found or host key; a 5xx or a
+    /// timeout always is. Nothing is once a deadline has passed.
+    fn transience(&self, e: &git2::Error) -> Transience {
+        let lower = e.message().to_ascii_lowercase();
+        let transient = matches!(e.class(), ErrorClass::Net | ErrorClass::Os)
+            && !lower.contains("authentication")
+            && !lower.contains("not found")
+            && !lower.contains("host key")
+            || lower.contains("status code: 5")
+            || lower.contains("timed out");
+        if transient
+            && !self.describe(e).starts_with("repository not found")
+            && self.progress.expired().is_none()
+        {
+            Transience::TRANSIENT
+        } else {
+            Transience::Permanent
         }
-        unreachable!("the last attempt always returns")
     }
 
     /// libgit2's message, classified, with credentials masked.
@@ -680,16 +692,6 @@ impl Fetcher<'_> {
         }
         out
     }
-}
-
-fn is_transient(e: &git2::Error) -> bool {
-    let lower = e.message().to_ascii_lowercase();
-    matches!(e.class(), ErrorClass::Net | ErrorClass::Os)
-        && !lower.contains("authentication")
-        && !lower.contains("not found")
-        && !lower.contains("host key")
-        || lower.contains("status code: 5")
-        || lower.contains("timed out")
 }
 
 fn url_port(url: &str) -> Option<u16> {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+use crate::net::RedactedUrl;
+
 /// The environment variables holding a token for https Git servers, and its user name.
 pub const TOKEN_ENV: &str = "FNBUILD_GIT_TOKEN";
 pub const TOKEN_USER_ENV: &str = "FNBUILD_GIT_USERNAME";
@@ -102,7 +104,7 @@ impl GitCredentials {
     /// The user and password for an https URL: the longest matching stored prefix, else the
     /// token.
     pub fn for_url(&self, url: &str) -> Option<&StoredCredential> {
-        let target = strip_userinfo(url);
+        let target = RedactedUrl::new(url).to_string();
         self.stored
             .iter()
             .filter(|c| target.starts_with(&c.prefix) && boundary_ok(&target, &c.prefix))
@@ -197,21 +199,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A URL without `user[:password]@`.
-pub fn strip_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, p)| (a, Some(p)));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    match path {
-        Some(path) => format!("{scheme}://{host}/{path}"),
-        None => format!("{scheme}://{host}"),
-    }
 }
 
 /// Private keys in an `.ssh` directory: `id_*` files that are not `.pub`.
@@ -311,13 +298,8 @@ mod tests {
 
     #[test]
     fn userinfo_is_stripped() {
-        assert_eq!(
-            strip_userinfo("https://u:p@host/a.git"),
-            "https://host/a.git"
-        );
-        assert_eq!(
-            strip_userinfo("ssh://git@host:22/a.git"),
-            "ssh://host:22/a.git"
-        );
+        let shown = |url| RedactedUrl::new(url).to_string();
+        assert_eq!(shown("https://u:p@host/a.git"), "https://host/a.git");
+        assert_eq!(shown("ssh://git@host:22/a.git"), "ssh://host:22/a.git");
     }
 }

@@ -1,33 +1,17 @@
-//! Downloading a source file over http(s), streamed to disk with a size bound, with retries on
-//! connection errors and 5xx answers; what arrives is reported to a [`Progress`], whose
-//! deadlines the caller enforces. URLs are shown without user info or query strings, which
+//! Downloading a source file over http(s), streamed to disk with a size bound, retried as the
+//! network layer's [`RetryPolicy`] says (connection errors, 408, 429 and 5xx, a server's
+//! `Retry-After`); what arrives is reported to a [`Progress`], whose deadlines the caller
+//! enforces. URLs are shown as [`RedactedUrl`]s: without user info or query strings, which
 //! often carry tokens (pre-signed URLs).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use super::deadline::{Progress, CONNECT_TIMEOUT};
 use crate::error::{Error, IoContext, Result};
-
-const ATTEMPTS: u32 = 3;
-
-/// A URL as it may be shown: without `user:password@` and without the query string.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
-    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if path.is_empty() {
-        format!("{scheme}://{host}")
-    } else {
-        format!("{scheme}://{host}/{path}")
-    }
-}
+use crate::net::{retry, RedactedUrl, RetryPolicy, Transience};
 
 /// Downloads `url` into `dir`, named after the last path segment, and returns the file's path.
 /// How long a response may take to start or to go on is for the caller's deadlines.
@@ -37,7 +21,7 @@ pub async fn download(
     max_bytes: u64,
     progress: Progress,
 ) -> Result<PathBuf> {
-    let shown = redact(url);
+    let shown = RedactedUrl::new(url).to_string();
     let client = reqwest::Client::builder()
         .user_agent(concat!("fnbuild/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
@@ -51,26 +35,49 @@ pub async fn download(
     // Apart from the directory the workspace is unpacked into.
     let path = dir.join("download").join(name);
     std::fs::create_dir_all(dir.join("download")).io_context("create", dir.join("download"))?;
-    let mut delay = Duration::from_millis(500);
-    for attempt in 1..=ATTEMPTS {
-        match try_download(&client, url, &shown, &path, max_bytes, &progress).await {
-            Ok(()) => return Ok(path),
-            Err(Attempt::Retry(msg)) if attempt < ATTEMPTS => {
-                tracing::warn!(url = %shown, attempt, "{msg}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(Attempt::Retry(msg) | Attempt::Fail(msg)) => return Err(Error::Source(msg)),
-            Err(Attempt::Io(e)) => return Err(e),
-        }
-    }
-    unreachable!("the last attempt always returns")
+    RetryPolicy::SOURCE
+        .run(
+            || try_download(&client, url, &shown, &path, max_bytes, &progress),
+            Failure::transience,
+            |failure, attempt, wait| {
+                if let Failure::Download { message, .. } = failure {
+                    tracing::warn!(url = %shown, attempt, "{message}; retrying in {wait:?}");
+                }
+            },
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::Download { message, .. } => Error::Source(message),
+            Failure::Io(e) => e,
+        })?;
+    Ok(path)
 }
 
-enum Attempt {
-    Retry(String),
-    Fail(String),
+/// Why an attempt failed.
+enum Failure {
+    /// The download failed, worth another attempt or not.
+    Download {
+        message: String,
+        transience: Transience,
+    },
+    /// Writing the file failed.
     Io(Error),
+}
+
+impl Failure {
+    fn transience(&self) -> Transience {
+        match self {
+            Failure::Download { transience, .. } => *transience,
+            Failure::Io(_) => Transience::Permanent,
+        }
+    }
+
+    fn permanent(message: String) -> Failure {
+        Failure::Download {
+            message,
+            transience: Transience::Permanent,
+        }
+    }
 }
 
 async fn try_download(
@@ -80,48 +87,48 @@ async fn try_download(
     path: &Path,
     max_bytes: u64,
     progress: &Progress,
-) -> Result<(), Attempt> {
-    let response = client.get(url).send().await.map_err(|e| {
-        let msg = format!("cannot download {shown}: {}", chain(&e));
-        if e.is_connect() || e.is_timeout() {
-            Attempt::Retry(msg)
-        } else {
-            Attempt::Fail(msg)
-        }
-    })?;
+) -> Result<(), Failure> {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| Failure::Download {
+            message: format!("cannot download {shown}: {}", chain(&e)),
+            transience: retry::reqwest_error(&e),
+        })?;
     progress.advance(0);
     let status = response.status();
     if !status.is_success() {
-        let msg = format!("cannot download {shown}: the server answered HTTP {status}");
-        return Err(if status.is_server_error() {
-            Attempt::Retry(msg)
-        } else {
-            Attempt::Fail(msg)
+        return Err(Failure::Download {
+            message: format!("cannot download {shown}: the server answered HTTP {status}"),
+            transience: retry::http_status(status, response.headers()),
         });
     }
     if response.content_length().is_some_and(|n| n > max_bytes) {
-        return Err(Attempt::Fail(format!(
+        return Err(Failure::permanent(format!(
             "{shown} is larger than the limit of {max_bytes} bytes (raise it with --max-source-size)"
         )));
     }
     let mut file = std::fs::File::create(path)
         .io_context("create", path)
-        .map_err(Attempt::Io)?;
+        .map_err(Failure::Io)?;
     let mut written = 0u64;
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| Attempt::Retry(format!("download of {shown} broke off: {}", chain(&e))))?;
+        let chunk = chunk.map_err(|e| Failure::Download {
+            message: format!("download of {shown} broke off: {}", chain(&e)),
+            transience: Transience::TRANSIENT,
+        })?;
         progress.advance(chunk.len() as u64);
         written += chunk.len() as u64;
         if written > max_bytes {
-            return Err(Attempt::Fail(format!(
+            return Err(Failure::permanent(format!(
                 "{shown} is larger than the limit of {max_bytes} bytes (raise it with --max-source-size)"
             )));
         }
         file.write_all(&chunk)
             .io_context("write", path)
-            .map_err(Attempt::Io)?;
+            .map_err(Failure::Io)?;
     }
     Ok(())
 }
@@ -133,18 +140,4 @@ fn chain(e: &dyn std::error::Error) -> String {
         parts.remove(0);
     }
     parts.join(": ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn urls_lose_credentials_and_queries() {
-        assert_eq!(
-            redact("https://user:pw@host/a/f.zip?X-Amz-Signature=abc"),
-            "https://host/a/f.zip"
-        );
-        assert_eq!(redact("http://host:8080"), "http://host:8080");
-    }
 }

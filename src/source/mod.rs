@@ -22,6 +22,7 @@ use std::str::FromStr;
 use crate::beneath;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::net::RedactedUrl;
 pub use archive::{ArchiveKind, Limits};
 pub use deadline::Deadlines;
 pub use single_file::SingleFileName;
@@ -77,7 +78,7 @@ impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Path(p) => write!(f, "{}", p.display()),
-            Self::Url(u) => f.write_str(&http::redact(u)),
+            Self::Url(u) => write!(f, "{}", RedactedUrl::new(u)),
             Self::Stdin => f.write_str("stdin"),
             Self::S3(s3) => write!(f, "{s3}"),
             Self::Git(g) => match &g.revision {
@@ -102,7 +103,10 @@ impl Origin {
     /// the fetch recorded); the URL without credentials or query string, whoever gave it.
     pub fn or(self, found: Origin) -> Origin {
         Origin {
-            url: self.url.or(found.url).map(|url| http::redact(&url)),
+            url: self
+                .url
+                .or(found.url)
+                .map(|url| RedactedUrl::new(&url).to_string()),
             revision: self.revision.or(found.revision),
         }
     }
@@ -261,12 +265,13 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
         SourceSpec::Path(path) => fetch_path(path, options),
         SourceSpec::Url(url) => {
             let temp = temp_dir(options)?;
-            let file = deadline::watch(&http::redact(url), options.deadlines, |progress| {
+            let shown = RedactedUrl::new(url).to_string();
+            let file = deadline::watch(&shown, options.deadlines, |progress| {
                 http::download(url, temp.path(), options.limits.max_bytes, progress)
             })
             .await?;
-            let mut fetched = from_file(&file, &http::redact(url), options, temp)?;
-            fetched.origin.url = Some(http::redact(url));
+            let mut fetched = from_file(&file, &shown, options, temp)?;
+            fetched.origin.url = Some(shown);
             Ok(fetched)
         }
         SourceSpec::Stdin => {
