@@ -10,14 +10,13 @@ use std::time::Instant;
 
 use futures_util::stream::{self, TryStreamExt};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::{layout, local_blob, BlobSource, Location, SourceImage};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::layer::BuiltLayer;
-use crate::image::{Descriptor, ImageConfig, Manifest, MediaFamily};
+use crate::image::{Descriptor, Manifest};
 use crate::progress::{self, Blob, BlobOutcome, Reporter};
 use crate::registry::{Reference, Registries};
 
@@ -65,44 +64,6 @@ impl BuiltImage {
             digest,
             inherited,
         }
-    }
-
-    /// An image made of `base` (read from `base_location`) and `layers` on top, with `config`
-    /// (the base's, changed). Its manifest keeps the base's media-type family; in the OCI
-    /// family it names its base (`org.opencontainers.image.base.digest` and `.base.name`)
-    /// beside `annotations`, which Docker schema 2 has no place for. The base's layers stay
-    /// where the base is.
-    pub fn on_base(
-        base: &SourceImage,
-        base_location: &Location,
-        config: &ImageConfig,
-        layers: &[&BuiltLayer],
-        annotations: BTreeMap<String, String>,
-        store: &BlobStore,
-    ) -> Result<Self> {
-        let family = base.manifest.family()?;
-        let mut descriptors = base.manifest.layers.clone();
-        descriptors.extend(
-            layers
-                .iter()
-                .map(|l| Descriptor::new(family.layer_gzip(), l.digest.clone(), l.size)),
-        );
-        let mut all = BTreeMap::new();
-        if family == MediaFamily::Oci {
-            all.insert(
-                "org.opencontainers.image.base.digest".to_string(),
-                base.digest.to_string(),
-            );
-            if let Location::Registry(reference) = base_location {
-                all.insert(
-                    "org.opencontainers.image.base.name".to_string(),
-                    reference.to_string(),
-                );
-            }
-            all.extend(annotations);
-        }
-        let manifest = Manifest::assemble(family, config, descriptors, all, store)?;
-        Ok(Self::new(manifest, vec![Inherited::layers_of(base)]))
     }
 
     /// An existing image, copied as it is: its manifest bytes are kept, so its digest is too.
