@@ -13,6 +13,7 @@ use futures_util::stream::{self, TryStreamExt};
 use std::collections::HashSet;
 
 use super::{layout, local_blob, BlobSource, Location, SourceImage};
+use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
@@ -24,6 +25,7 @@ use crate::registry::{Reference, Registries};
 const PARALLEL_BLOBS: usize = 4;
 
 /// Blobs an image shares with the image it was made from, and where they are.
+#[derive(Clone)]
 pub struct Inherited {
     pub source: BlobSource,
     pub digests: HashSet<Digest>,
@@ -46,6 +48,7 @@ impl Inherited {
 
 /// An image ready to publish. Its new blobs are in the local blob store; the ones it inherits
 /// stay where they are until a destination needs them.
+#[derive(Clone)]
 pub struct BuiltImage {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
@@ -164,33 +167,10 @@ pub async fn publish(
                     .await?;
                 reference.with_digest(&image.digest).to_string()
             }
-            Location::Layout { dir, tag } => {
-                layout::write_image(
-                    dir,
-                    tag.as_deref(),
-                    &local_blobs,
-                    &image.manifest_bytes,
-                    image.media_type(),
-                )?;
-                format!("oci:{}@{}", dir.display(), image.digest)
-            }
-            Location::Tarball { file, name } => {
-                let layers: Vec<Digest> = image
-                    .manifest
-                    .layers
-                    .iter()
-                    .map(|l| l.digest.clone())
-                    .collect();
-                layout::write_tarball(
-                    file,
-                    name.as_deref(),
-                    &image.manifest.config.digest,
-                    &layers,
-                    &local_blobs,
-                    &image.manifest_bytes,
-                    image.media_type(),
-                )?;
-                format!("tar:{}@{}", file.display(), image.digest)
+            // Blobs are copied on a blocking thread: layers can be large.
+            local => {
+                let (image, output, blobs) = (image.clone(), local.clone(), local_blobs.clone());
+                blocking::run(move || write_local(&image, &output, &blobs)).await?
             }
         };
         tracing::info!(image = %pinned, "published");
@@ -198,6 +178,46 @@ pub async fn publish(
     }
     tracing::debug!(elapsed = ?started.elapsed(), "publish finished");
     Ok(published)
+}
+
+/// Writes the image into an OCI layout or a tarball, its blobs copied from their local files;
+/// returns the image's reference there.
+fn write_local(
+    image: &BuiltImage,
+    output: &Location,
+    local_blobs: &[(Digest, PathBuf)],
+) -> Result<String> {
+    match output {
+        Location::Registry(_) => unreachable!("registries are written through their client"),
+        Location::Layout { dir, tag } => {
+            layout::write_image(
+                dir,
+                tag.as_deref(),
+                local_blobs,
+                &image.manifest_bytes,
+                image.media_type(),
+            )?;
+            Ok(format!("oci:{}@{}", dir.display(), image.digest))
+        }
+        Location::Tarball { file, name } => {
+            let layers: Vec<Digest> = image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .collect();
+            layout::write_tarball(
+                file,
+                name.as_deref(),
+                &image.manifest.config.digest,
+                &layers,
+                local_blobs,
+                &image.manifest_bytes,
+                image.media_type(),
+            )?;
+            Ok(format!("tar:{}@{}", file.display(), image.digest))
+        }
+    }
 }
 
 /// Makes sure the destination repository has every blob of the image.
