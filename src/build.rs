@@ -425,14 +425,15 @@ async fn install_deps(
         Installer::Host => None,
     };
     let work = ctx.cache.temp_dir("deps-")?;
-    let out = work.path().join("out");
-    let scratch = work.path().join("scratch");
-    for dir in [&out, &scratch] {
-        std::fs::create_dir(dir).io_context("create", dir)?;
-    }
     let (install, files, runtime, options) =
         (install.clone(), files.clone(), runtime.clone(), *options);
+    // The installed files are removed with `work` on the blocking thread too: they can be many.
     let (built, packages) = blocking::run(move || {
+        let out = work.path().join("out");
+        let scratch = work.path().join("scratch");
+        for dir in [&out, &scratch] {
+            std::fs::create_dir(dir).io_context("create", dir)?;
+        }
         deps::install(
             &install,
             &files,

@@ -73,16 +73,10 @@ impl Append {
             inherited: vec![Inherited::layers_of(base)],
             created: created.to_string(),
         };
-        let reference = match (&base.location, name) {
-            (Location::Registry(reference), BaseName::Recorded) => Some(reference.to_string()),
-            _ => None,
-        };
-        image.annotate(
-            [(BASE_DIGEST_ANNOTATION, Some(base.digest.to_string()))]
-                .into_iter()
-                .chain([(BASE_NAME_ANNOTATION, reference)])
-                .filter_map(|(key, value)| Some((key.to_string(), value?))),
-        );
+        image.annotate([(BASE_DIGEST_ANNOTATION.to_string(), base.digest.to_string())]);
+        if let (Location::Registry(reference), BaseName::Recorded) = (&base.location, name) {
+            image.annotate([(BASE_NAME_ANNOTATION.to_string(), reference.to_string())]);
+        }
         Ok(image)
     }
 
