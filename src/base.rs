@@ -5,17 +5,19 @@
 //! An upstream that shows another interpreter version than the runtime's is refused (see
 //! [`check_interpreter`]).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::blocking;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::image::config::{rfc3339, RootFs};
+use crate::function_image::{self, env, labels, CODE_DIR, SERVER_DIR};
+use crate::image::append::{Append, BaseName};
+use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
+use crate::image::ImageConfig;
 use crate::registry::Registries;
-use crate::runtime::{Language, Runtime, CODE_DIR, SERVER_DIR};
-use crate::transport::publish::{publish, BuiltImage, Inherited};
+use crate::runtime::{Language, Runtime};
+use crate::transport::publish::publish;
 use crate::transport::{Location, SourceImage};
 
 /// Where the upstream image comes from.
@@ -40,9 +42,6 @@ impl std::str::FromStr for Upstream {
     }
 }
 
-/// The user the runtime server runs as (Knative and Kubernetes prefer non-root).
-pub const RUNTIME_USER: &str = "1000:1000";
-
 pub struct BaseRequest<'a> {
     pub runtime: &'a Runtime,
     pub upstream: Upstream,
@@ -62,26 +61,11 @@ pub async fn make_base(
         ..LayerOptions::default()
     };
     let created = rfc3339(request.source_date_epoch);
-    let (family, mut layers, annotations, mut config, inherited) = match &request.upstream {
+    let mut image = match &request.upstream {
         Upstream::Image(location) => {
             let upstream = SourceImage::load(location, registries, &store).await?;
-            let family = upstream.manifest.family()?;
-            let mut annotations = BTreeMap::new();
-            if family == MediaFamily::Oci {
-                annotations.insert(
-                    "org.opencontainers.image.base.digest".to_string(),
-                    upstream.digest.to_string(),
-                );
-            }
             check_interpreter(request.runtime, &Shown::Config(&upstream.config), location)?;
-            let layers = upstream.manifest.layers.clone();
-            (
-                family,
-                layers,
-                annotations,
-                upstream.config.clone(),
-                vec![Inherited::layers_of(&upstream)],
-            )
+            Append::on(&upstream, BaseName::Omitted, &created)?
         }
         Upstream::Rootfs(dir) => {
             check_interpreter(
@@ -89,52 +73,42 @@ pub async fn make_base(
                 &Shown::Rootfs(dir),
                 format!("rootfs:{}", dir.display()),
             )?;
-            let (layer, config) = rootfs_layer(dir, &options, cache, &created)?;
-            (
-                MediaFamily::Oci,
-                vec![layer],
-                BTreeMap::new(),
-                config,
-                Vec::new(),
-            )
+            let mut image = Append::scratch(&created);
+            image.config.set_env([
+                (
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                ),
+                ("LANG", "C.UTF-8"),
+            ]);
+            image.layer(
+                &rootfs_layer(dir, options, cache).await?,
+                format!("fnbuild: root filesystem from {}", dir.display()),
+            );
+            image
         }
     };
-    let server = server_layer(request.runtime, &options, cache)?;
-    config.created = Some(created.clone());
+    let server = server_layer(request.runtime, options, cache).await?;
+    let config = &mut image.config;
     config.config.entrypoint = Some(request.runtime.language.entrypoint());
     config.config.cmd = None;
-    config.config.user = Some(RUNTIME_USER.to_string());
+    config.config.user = Some(function_image::USER.to_string());
     config.config.working_dir = Some(CODE_DIR.to_string());
-    config.set_env([("FUNC_PORT", "8080")]);
+    let port = function_image::DEFAULT_PORT.to_string();
+    config.set_env([(env::PORT, port.as_str())]);
     if request.runtime.language == Language::Python {
         config.set_env([("PYTHONUNBUFFERED", "1")]);
     }
     config.set_labels([
-        ("dev.fnbuild.runtime", request.runtime.name.as_str()),
-        (
-            "dev.fnbuild.runtime.language",
-            &request.runtime.language.to_string(),
-        ),
+        (labels::RUNTIME, request.runtime.name.as_str()),
+        (labels::LANGUAGE, &request.runtime.language.to_string()),
     ]);
-    config.expose_tcp_port(crate::build::DEFAULT_PORT);
-    config.push_layer(
-        server.diff_id.clone(),
-        &created,
+    config.expose_tcp_port(function_image::DEFAULT_PORT);
+    image.layer(
+        &server,
         format!("fnbuild: {} runtime server", request.runtime.language),
     );
-    layers.push(Descriptor::new(
-        family.layer_gzip(),
-        server.digest,
-        server.size,
-    ));
-    let manifest = Manifest::assemble(family, &config, layers, annotations, &store)?;
-    publish(
-        &BuiltImage::new(manifest, inherited),
-        &request.outputs,
-        registries,
-        &store,
-    )
-    .await
+    publish(&image.finish(&store)?, &request.outputs, registries, &store).await
 }
 
 /// What an upstream shows of its interpreter without running it.
@@ -188,7 +162,11 @@ fn check_interpreter(
 }
 
 /// The runtime server file and the (empty, root-owned) code directory.
-fn server_layer(runtime: &Runtime, options: &LayerOptions, cache: &Cache) -> Result<BuiltLayer> {
+async fn server_layer(
+    runtime: &Runtime,
+    options: LayerOptions,
+    cache: &Cache,
+) -> Result<BuiltLayer> {
     let (file, source) = runtime.language.server();
     let mut entries = layer::parent_dirs(SERVER_DIR);
     entries.push(Entry::file(
@@ -197,54 +175,31 @@ fn server_layer(runtime: &Runtime, options: &LayerOptions, cache: &Cache) -> Res
         source.as_bytes().to_vec(),
     ));
     entries.push(Entry::directory(CODE_DIR.trim_start_matches('/')));
-    layer::write_layer(entries, options, &cache.blobs())
+    let store = cache.blobs();
+    blocking::run(move || layer::write_layer(entries, &options, &store)).await
 }
 
-/// The layer of a root filesystem directory (modes and owners kept) and a config for it.
-fn rootfs_layer(
-    dir: &Path,
-    options: &LayerOptions,
-    cache: &Cache,
-    created: &str,
-) -> Result<(Descriptor, ImageConfig)> {
+/// The layer of a root filesystem directory, modes and owners kept.
+async fn rootfs_layer(dir: &Path, options: LayerOptions, cache: &Cache) -> Result<BuiltLayer> {
     if !dir.join("bin").exists() && !dir.join("usr").is_dir() {
         return Err(Error::Usage(format!(
             "rootfs:{}: not a root filesystem (no /usr or /bin in it)",
             dir.display()
         )));
     }
-    let skip = |p: &Path| {
-        // Kernel file systems and caches have no place in an image.
-        ["proc", "sys", "dev"].iter().any(|d| p == Path::new(d))
-            || p.starts_with("var/cache/apt")
-            || p.starts_with("var/lib/apt/lists")
-    };
-    let mut entries = layer::entries_from_dir(dir, "", Attributes::Preserved, &skip)?;
-    entries.extend(["proc", "sys", "dev"].map(Entry::directory));
-    let built = layer::write_layer(entries, options, &cache.blobs())?;
-    let mut config = ImageConfig {
-        created: Some(created.to_string()),
-        architecture: oci_architecture().to_string(),
-        os: "linux".to_string(),
-        rootfs: RootFs::default(),
-        ..ImageConfig::default()
-    };
-    config.set_env([
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("LANG", "C.UTF-8"),
-    ]);
-    config.push_layer(
-        built.diff_id.clone(),
-        created,
-        format!("fnbuild: root filesystem from {}", dir.display()),
-    );
-    Ok((
-        Descriptor::new(MediaFamily::Oci.layer_gzip(), built.digest, built.size),
-        config,
-    ))
+    let (dir, store) = (dir.to_path_buf(), cache.blobs());
+    blocking::run(move || {
+        let skip = |p: &Path| {
+            // Kernel file systems and caches have no place in an image.
+            ["proc", "sys", "dev"].iter().any(|d| p == Path::new(d))
+                || p.starts_with("var/cache/apt")
+                || p.starts_with("var/lib/apt/lists")
+        };
+        let mut entries = layer::entries_from_dir(&dir, "", Attributes::Preserved, &skip)?;
+        entries.extend(["proc", "sys", "dev"].map(Entry::directory));
+        layer::write_layer(entries, &options, &store)
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::blocking;
 use crate::builder_image;
 use crate::cache::Cache;
 use crate::cache_repo::{CacheRepo, DepsLayer, Lookup};
@@ -13,13 +14,15 @@ use crate::compile_check::{self, Compiled, Interpreter};
 use crate::deps::{self, DepsFiles, ImageRoot, InstallOptions, Installer};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::function_image::{self, env, CODE_DIR};
 use crate::handler_check;
+use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{Descriptor, ImageConfig, CREATED_ANNOTATION, REVISION_KEY, SOURCE_KEY};
+use crate::image::{Descriptor, CREATED_ANNOTATION, REVISION_KEY, SOURCE_KEY};
 use crate::registry::Registries;
 use crate::rootfs;
-use crate::runtime::{Catalog, Handler, Language, Runtime, CODE_DIR};
+use crate::runtime::{Catalog, Handler, Language, Runtime};
 use crate::sbom;
 use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
 use crate::transport::publish::{publish, BuiltImage, Inherited};
@@ -29,8 +32,6 @@ use crate::transport::{BlobSource, Location, SourceImage};
 /// Bumped when the deps layer's content, or what a cache entry records of it, changes for the
 /// same inputs, to retire cache entries.
 const DEPS_LAYER_FORMAT: &str = "2";
-/// The port the runtime servers listen on unless `PORT` says otherwise.
-pub const DEFAULT_PORT: u16 = 8080;
 
 /// Everything a build needs to know, as the CLI gathered it.
 #[derive(Debug, Clone)]
@@ -143,13 +144,12 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         }
         _ => None,
     };
-    let code_layer = code_layer(&workspace, deps_files.as_ref(), &layer_options, ctx.cache)?;
+    let code_layer = code_layer(&workspace, deps_files.as_ref(), layer_options, ctx.cache).await?;
 
     let mut image = assemble(
         request,
         runtime,
         &base,
-        &base_location,
         &workspace,
         deps.as_ref().map(|d| d.layer.built()).as_ref(),
         &code_layer,
@@ -425,34 +425,29 @@ async fn install_deps(
         Installer::Host => None,
     };
     let work = ctx.cache.temp_dir("deps-")?;
-    let out = work.path().join("out");
-    let scratch = work.path().join("scratch");
-    for dir in [&out, &scratch] {
-        std::fs::create_dir(dir).io_context("create", dir)?;
-    }
-    let (install, install_files, version, out_dir, scratch_dir) = (
-        install.clone(),
-        files.clone(),
-        runtime.version.clone(),
-        out.clone(),
-        scratch.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
+    let (install, files, runtime, options) =
+        (install.clone(), files.clone(), runtime.clone(), *options);
+    // The installed files are removed with `work` on the blocking thread too: they can be many.
+    let (built, packages) = blocking::run(move || {
+        let out = work.path().join("out");
+        let scratch = work.path().join("scratch");
+        for dir in [&out, &scratch] {
+            std::fs::create_dir(dir).io_context("create", dir)?;
+        }
         deps::install(
             &install,
-            &install_files,
-            &version,
+            &files,
+            &runtime.version,
             image_root.as_ref(),
-            &out_dir,
-            &scratch_dir,
-        )
+            &out,
+            &scratch,
+        )?;
+        let packages = sbom::installed_packages(&out, runtime.language);
+        tracing::info!(elapsed = ?started.elapsed(), packages = packages.len(), "dependencies installed");
+        let entries = layer::entries_from_dir(&out, CODE_DIR, Attributes::Normalized, &|_| false)?;
+        Ok::<_, Error>((layer::write_layer(entries, &options, &store)?, packages))
     })
-    .await
-    .expect("the install task does not panic")?;
-    let packages = sbom::installed_packages(&out, runtime.language);
-    tracing::info!(elapsed = ?started.elapsed(), packages = packages.len(), "dependencies installed");
-    let entries = layer::entries_from_dir(&out, CODE_DIR, Attributes::Normalized, &|_| false)?;
-    let built = layer::write_layer(entries, options, &store)?;
+    .await?;
     Ok(DepsLayer {
         digest: built.digest,
         size: built.size,
@@ -500,7 +495,8 @@ async fn image_root(
 /// cache lacks them).
 async fn base_rootfs(base: &SourceImage, ctx: &BuildContext<'_>) -> Result<PathBuf> {
     let layers = base.layer_files(&ctx.cache.blobs()).await?;
-    rootfs::ensure_unpacked(ctx.cache, &layers)
+    let cache = ctx.cache.clone();
+    blocking::run(move || rootfs::ensure_unpacked(&cache, &layers)).await
 }
 
 /// Compiles the Python handler's module with the runtime's own interpreter: the base image's
@@ -521,10 +517,7 @@ async fn compile_handler(
         Some(root) if can_sandbox => Interpreter::Image(root),
         _ => {
             let host_version = version.clone();
-            if tokio::task::spawn_blocking(move || compile_check::host_python_is(&host_version))
-                .await
-                .expect("the version check does not panic")
-            {
+            if blocking::run(move || compile_check::host_python_is(&host_version)).await {
                 Interpreter::Host
             } else if can_sandbox {
                 tracing::info!(runtime = %runtime.name, "unpacking the base image's root filesystem once, to compile the handler with its Python");
@@ -541,11 +534,9 @@ async fn compile_handler(
         }
     };
     let (module, handler) = (module.clone(), request.handler.clone());
-    let compiled = tokio::task::spawn_blocking(move || {
-        compile_check::python(&module, &handler, &interpreter, &version)
-    })
-    .await
-    .expect("the compile task does not panic")?;
+    let compiled =
+        blocking::run(move || compile_check::python(&module, &handler, &interpreter, &version))
+            .await?;
     if let Compiled::Unavailable(why) = compiled {
         tracing::warn!("the handler is not compiled at build time ({why}); a syntax error shows when the function starts");
     }
@@ -553,17 +544,14 @@ async fn compile_handler(
 }
 
 /// The code layer: the workspace at the code directory, plus a deps file given from elsewhere.
-fn code_layer(
+async fn code_layer(
     workspace: &Workspace,
     deps: Option<&DepsFiles>,
-    options: &LayerOptions,
+    options: LayerOptions,
     cache: &Cache,
 ) -> Result<BuiltLayer> {
-    let skip = |p: &Path| p.file_name() == Some(std::ffi::OsStr::new(".git"));
-    let mut entries =
-        layer::entries_from_dir(&workspace.root, CODE_DIR, Attributes::Normalized, &skip)?;
-    if let Some(files) = deps.filter(|files| !files.in_source) {
-        entries.push(Entry::file(
+    let deps_file = deps.filter(|files| !files.in_source).map(|files| {
+        Entry::file(
             format!(
                 "{}/{}",
                 CODE_DIR.trim_start_matches('/'),
@@ -571,37 +559,42 @@ fn code_layer(
             ),
             0o644,
             files.manifest.clone(),
-        ));
-    }
-    layer::write_layer(entries, options, &cache.blobs())
+        )
+    });
+    let (root, store) = (workspace.root.clone(), cache.blobs());
+    blocking::run(move || {
+        let skip = |p: &Path| p.file_name() == Some(std::ffi::OsStr::new(".git"));
+        let mut entries = layer::entries_from_dir(&root, CODE_DIR, Attributes::Normalized, &skip)?;
+        entries.extend(deps_file);
+        layer::write_layer(entries, &options, &store)
+    })
+    .await
 }
 
-/// The function image's config and manifest, derived from the base's.
-#[allow(clippy::too_many_arguments)]
+/// The function image: the base's, with the deps and code layers and the function's settings.
 fn assemble(
     request: &BuildRequest,
     runtime: &Runtime,
     base: &SourceImage,
-    base_location: &Location,
     workspace: &Workspace,
     deps_layer: Option<&BuiltLayer>,
     code_layer: &BuiltLayer,
     cache: &Cache,
 ) -> Result<BuiltImage> {
     let created = rfc3339(request.source_date_epoch);
-    let mut config: ImageConfig = base.config.clone();
-    config.created = Some(created.clone());
+    let mut image = Append::on(base, BaseName::Recorded, &created)?;
+    let config = &mut image.config;
     let timeout = request.timeout_seconds.to_string();
     let port = request.port.to_string();
     config.set_env([
-        ("FUNC_HANDLER", request.handler.function.as_str()),
-        ("MOD_NAME", request.handler.module.as_str()),
-        ("FUNC_RUNTIME", runtime.name.as_str()),
-        ("FUNC_TIMEOUT", timeout.as_str()),
-        ("FUNC_PORT", port.as_str()),
+        (env::HANDLER, request.handler.function.as_str()),
+        (env::MODULE, request.handler.module.as_str()),
+        (env::RUNTIME, runtime.name.as_str()),
+        (env::TIMEOUT, timeout.as_str()),
+        (env::PORT, port.as_str()),
     ]);
     if let Some(bytes) = request.memory_limit_bytes {
-        config.set_env([("FUNC_MEMORY_LIMIT", bytes.to_string().as_str())]);
+        config.set_env([(env::MEMORY_LIMIT, bytes.to_string().as_str())]);
     }
     config.set_env(request.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // The source labels the base may carry name the base's source, not the function's.
@@ -618,36 +611,20 @@ fn assemble(
         .as_deref()
         .is_none_or(|u| u.is_empty() || u == "root" || u == "0")
     {
-        config.config.user = Some("1000:1000".to_string());
+        config.config.user = Some(function_image::USER.to_string());
     }
     if let Some(deps) = deps_layer {
-        config.push_layer(
-            deps.diff_id.clone(),
-            &created,
-            format!("fnbuild: {} dependencies", runtime.language),
-        );
+        image.layer(deps, format!("fnbuild: {} dependencies", runtime.language));
     }
-    config.push_layer(
-        code_layer.diff_id.clone(),
-        &created,
+    image.layer(
+        code_layer,
         format!("fnbuild: function code, handler {}", request.handler),
     );
-
-    let mut annotations = std::collections::BTreeMap::new();
-    annotations.insert(CREATED_ANNOTATION.to_string(), created);
-    annotations.extend(
-        workspace
-            .origin
-            .oci_keys()
+    image.annotate(
+        [(CREATED_ANNOTATION, created.as_str())]
+            .into_iter()
+            .chain(workspace.origin.oci_keys())
             .map(|(key, value)| (key.to_string(), value.to_string())),
     );
-    let layers: Vec<&BuiltLayer> = deps_layer.into_iter().chain([code_layer]).collect();
-    BuiltImage::on_base(
-        base,
-        base_location,
-        &config,
-        &layers,
-        annotations,
-        &cache.blobs(),
-    )
+    image.finish(&cache.blobs())
 }

@@ -18,15 +18,16 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::blocking;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
-use crate::image::layer::{self, Content, Entry, FileSource, LayerOptions};
-use crate::image::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
+use crate::image::layer::{self, BuiltLayer, Content, Entry, FileSource, LayerOptions};
 use crate::registry::Registries;
 use crate::runtime::Runtime;
-use crate::transport::publish::{publish, BuiltImage};
+use crate::transport::publish::publish;
 use crate::transport::{Location, SourceImage};
 
 /// Where the binary lives in the image.
@@ -57,18 +58,15 @@ pub async fn make_runtime_builder_image(
     let store = cache.blobs();
     let base = SourceImage::load(base_location, registries, &store).await?;
     let exe = std::env::current_exe().io_context("find", "the fnbuild executable")?;
-    let mut workspace = Entry::directory(WORKSPACE.trim_start_matches('/'));
-    workspace.mode = 0o1777;
-    let entries = add_parent_dirs(vec![workspace, file_entry(&exe, BINARY, 0o755)]);
-    let options = LayerOptions {
-        mtime: source_date_epoch,
-        ..LayerOptions::default()
-    };
-    let built = layer::write_layer(entries, &options, &store)?;
+    let built = write_layer(source_date_epoch, cache, move || {
+        let mut workspace = Entry::directory(WORKSPACE.trim_start_matches('/'));
+        workspace.mode = 0o1777;
+        Ok(vec![workspace, file_entry(&exe, BINARY, 0o755)])
+    })
+    .await?;
 
-    let created = rfc3339(source_date_epoch);
-    let mut config = base.config.clone();
-    config.created = Some(created.clone());
+    let mut image = Append::on(&base, BaseName::Recorded, &rfc3339(source_date_epoch))?;
+    let config = &mut image.config;
     let base_digest = base.digest.to_string();
     config.set_env([(BASE_DIGEST_ENV, base_digest.as_str())]);
     let title = format!("fnbuild builder for {}", runtime.name);
@@ -82,20 +80,8 @@ pub async fn make_runtime_builder_image(
     config.config.entrypoint = Some(vec![BINARY.to_string()]);
     config.config.cmd = None;
     config.config.working_dir = Some(WORKSPACE.to_string());
-    config.push_layer(
-        built.diff_id.clone(),
-        &created,
-        "fnbuild: the fnbuild binary".to_string(),
-    );
-    let image = BuiltImage::on_base(
-        &base,
-        base_location,
-        &config,
-        &[&built],
-        Default::default(),
-        &store,
-    )?;
-    publish(&image, outputs, registries, &store).await
+    image.layer(&built, "fnbuild: the fnbuild binary".to_string());
+    publish(&image.finish(&store)?, outputs, registries, &store).await
 }
 
 /// Makes and publishes the builder image; returns the published references.
@@ -105,6 +91,45 @@ pub async fn make_builder_image(
     cache: &Cache,
     source_date_epoch: u64,
 ) -> Result<Vec<String>> {
+    let built = write_layer(source_date_epoch, cache, generic_entries).await?;
+    let mut image = Append::scratch(&rfc3339(source_date_epoch));
+    let config = &mut image.config;
+    config.set_env([("PATH", "/usr/local/bin"), ("SSL_CERT_FILE", CA_BUNDLE)]);
+    config.set_labels([
+        ("org.opencontainers.image.title", "fnbuild builder"),
+        (
+            "org.opencontainers.image.version",
+            env!("CARGO_PKG_VERSION"),
+        ),
+    ]);
+    config.config.entrypoint = Some(vec![BINARY.to_string()]);
+    config.config.working_dir = Some(WORKSPACE.to_string());
+    image.layer(
+        &built,
+        "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
+    );
+    let store = cache.blobs();
+    publish(&image.finish(&store)?, outputs, registries, &store).await
+}
+
+/// The builder's layer of `entries` and their parent directories, gathered and written off the
+/// async workers (the binary alone is tens of megabytes).
+async fn write_layer(
+    source_date_epoch: u64,
+    cache: &Cache,
+    entries: impl FnOnce() -> Result<Vec<Entry>> + Send + 'static,
+) -> Result<BuiltLayer> {
+    let options = LayerOptions {
+        mtime: source_date_epoch,
+        ..LayerOptions::default()
+    };
+    let store = cache.blobs();
+    blocking::run(move || layer::write_layer(add_parent_dirs(entries()?), &options, &store)).await
+}
+
+/// The generic builder image's files: this binary, its libraries and loader, CA certificates,
+/// and the few files and directories programs expect.
+fn generic_entries() -> Result<Vec<Entry>> {
     let exe = std::env::current_exe().io_context("find", "the fnbuild executable")?;
     let mut entries = vec![
         Entry::directory("tmp"),
@@ -138,49 +163,7 @@ pub async fn make_builder_image(
         )));
     }
     entries.push(file_entry(&ca, CA_BUNDLE, 0o644));
-    let with_parents = add_parent_dirs(entries);
-
-    let options = LayerOptions {
-        mtime: source_date_epoch,
-        ..LayerOptions::default()
-    };
-    let built = layer::write_layer(with_parents, &options, &cache.blobs())?;
-    let created = rfc3339(source_date_epoch);
-    let mut config = ImageConfig {
-        created: Some(created.clone()),
-        architecture: oci_architecture().to_string(),
-        os: "linux".to_string(),
-        ..ImageConfig::default()
-    };
-    config.set_env([("PATH", "/usr/local/bin"), ("SSL_CERT_FILE", CA_BUNDLE)]);
-    config.set_labels([
-        ("org.opencontainers.image.title", "fnbuild builder"),
-        (
-            "org.opencontainers.image.version",
-            env!("CARGO_PKG_VERSION"),
-        ),
-    ]);
-    config.config.entrypoint = Some(vec![BINARY.to_string()]);
-    config.config.working_dir = Some("/workspace".to_string());
-    config.push_layer(
-        built.diff_id.clone(),
-        &created,
-        "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
-    );
-    let family = MediaFamily::Oci;
-    let layers = vec![Descriptor::new(
-        family.layer_gzip(),
-        built.digest,
-        built.size,
-    )];
-    let manifest = Manifest::assemble(family, &config, layers, Default::default(), &cache.blobs())?;
-    publish(
-        &BuiltImage::new(manifest, Vec::new()),
-        outputs,
-        registries,
-        &cache.blobs(),
-    )
-    .await
+    Ok(entries)
 }
 
 fn file_entry(source: &Path, path_in_image: &str, mode: u32) -> Entry {

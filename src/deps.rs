@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::confine::{self, ConfinedSpec};
 use crate::error::{Error, IoContext, Result};
-use crate::runtime::{Language, CODE_DIR};
+use crate::function_image::CODE_DIR;
+use crate::runtime::Language;
 use crate::sandbox::{Bind, SandboxSpec, UNPRIVILEGED};
 
 /// Lines of installer output kept for the error message of a failed install.

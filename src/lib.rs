@@ -8,6 +8,7 @@
 
 pub mod base;
 pub mod beneath;
+pub mod blocking;
 pub mod build;
 pub mod builder_image;
 pub mod cache;
@@ -18,6 +19,7 @@ pub mod confine;
 pub mod deps;
 pub mod digest;
 pub mod error;
+pub mod function_image;
 pub mod handler_check;
 pub mod image;
 pub mod knative;

@@ -22,8 +22,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::json;
 
+use crate::blocking;
 use crate::cache::Cache;
 use crate::error::{Error, IoContext, Result};
+use crate::function_image;
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::rootfs;
@@ -40,10 +42,6 @@ pub struct RunRequest {
     pub stop_timeout: Duration,
 }
 
-/// The image variable holding the function's memory limit in bytes (set by `fnbuild build
-/// --memory`).
-const MEMORY_LIMIT_ENV: &str = "FUNC_MEMORY_LIMIT";
-
 /// The function's process as the image config describes it.
 struct Process {
     args: Vec<String>,
@@ -58,7 +56,8 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
     let store = cache.blobs();
     let image = SourceImage::load(&request.image, registries, &store).await?;
     let layers = image.layer_files(&store).await?;
-    let root = rootfs::ensure_unpacked(cache, &layers)?;
+    let unpacking = cache.clone();
+    let root = blocking::run(move || rootfs::ensure_unpacked(&unpacking, &layers)).await?;
     let mut process = process_of(&image.config, &root, request)?;
     let rootless = !nix::unistd::geteuid().is_root();
     if rootless {
@@ -74,7 +73,7 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
     let memory_limit = request.memory_limit_bytes.or_else(|| {
         image
             .config
-            .env_var(MEMORY_LIMIT_ENV)
+            .env_var(function_image::env::MEMORY_LIMIT)
             .and_then(|v| v.parse().ok())
     });
     let runc = find_runc();

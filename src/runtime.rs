@@ -12,18 +12,13 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::function_image::SERVER_DIR;
 
 const EMBEDDED_CATALOG: &str = include_str!("../runtimes/catalog.json");
 
 /// The environment variable naming the registry that holds the runtime base images.
 pub const BASE_REGISTRY_ENV: &str = "FNBUILD_BASE_REGISTRY";
 const DEFAULT_BASE_REGISTRY: &str = "localhost:5000";
-
-/// Where a function's code lives in the image (the Kubeless layout); deps go there too
-/// (`lib/pythonX.Y/site-packages` from `pip --prefix`, `node_modules` from npm).
-pub const CODE_DIR: &str = "/kubeless";
-/// Where the runtime server lives in a runtime base image.
-pub const SERVER_DIR: &str = "/opt/fnbuild/runtime";
 
 /// The languages fnbuild has a runtime server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

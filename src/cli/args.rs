@@ -248,7 +248,7 @@ pub struct BuildArgs {
     pub memory: Option<String>,
 
     /// The port the function listens on when Knative's PORT is not set (FUNC_PORT).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, default_value_t = crate::function_image::DEFAULT_PORT)]
     pub port: u16,
 
     /// Seconds a call may take before the runtime answers 408 (FUNC_TIMEOUT).
@@ -445,7 +445,7 @@ pub struct RunArgs {
     pub image: String,
 
     /// The port the function answers on (localhost:PORT).
-    #[arg(long, short = 'p', default_value_t = 8080)]
+    #[arg(long, short = 'p', default_value_t = crate::function_image::DEFAULT_PORT)]
     pub port: u16,
 
     /// An environment variable, K=V. Repeatable.

@@ -1,10 +1,12 @@
 //! The image model: descriptors, manifests, indexes and configs as the OCI image spec and
 //! Docker schema 2 define them, plus the layers fnbuild makes (`layer`, compressed on several
-//! cores by `gzip`), the config it derives (`config`).
+//! cores by `gzip`), the config it derives (`config`), and the one way images are made of a
+//! base, layers and config changes (`append`).
 //!
 //! Values here are plain data: reading and writing them is done by `registry` and
-//! `transport`; deciding what goes in them is done by `build` and `base`.
+//! `transport`; deciding what goes in them is done by `build`, `base` and `builder_image`.
 
+pub mod append;
 pub mod config;
 pub mod gzip;
 pub mod layer;
@@ -130,26 +132,6 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// A manifest of the family's media types for a config and layers; the config blob is
-    /// stored in `store`.
-    pub fn assemble(
-        family: MediaFamily,
-        config: &ImageConfig,
-        layers: Vec<Descriptor>,
-        annotations: BTreeMap<String, String>,
-        store: &crate::cache::BlobStore,
-    ) -> Result<Self> {
-        let config_bytes = config.to_bytes();
-        let config_digest = store.insert_bytes(&config_bytes)?;
-        Ok(Self {
-            schema_version: 2,
-            media_type: Some(family.manifest().to_string()),
-            config: Descriptor::new(family.config(), config_digest, config_bytes.len() as u64),
-            layers,
-            annotations,
-        })
-    }
-
     pub fn family(&self) -> Result<MediaFamily> {
         MediaFamily::of_manifest(self.media_type.as_deref())
     }

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
-use crate::runtime::{CODE_DIR, SERVER_DIR};
+use crate::function_image::{CODE_DIR, SERVER_DIR};
 
 /// Env names Knative sets in every revision itself.
 const RESERVED_ENV: [&str; 4] = ["PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"];

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use super::eventing;
 use super::function::{read_objects, Content, Function};
-use crate::build::{build, BuildContext, BuildRequest, DEFAULT_PORT};
+use crate::build::{build, BuildContext, BuildRequest};
 use crate::deps::{InstallOptions, Installer};
 use crate::error::{Error, IoContext, Result};
+use crate::function_image::DEFAULT_PORT;
 use crate::knative::{self, ServiceOptions};
 use crate::runtime::Handler;
 use crate::source::{git::GitOptions, s3::S3Options, Deadlines, Limits};

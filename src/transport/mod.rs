@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -159,7 +160,12 @@ impl SourceImage {
                 (bytes, digest, BlobSource::Layout(dir.clone()))
             }
             Location::Tarball { file, name } => {
-                let (bytes, digest) = layout::read_tarball(file, name.as_deref(), store)?;
+                // Unpacking copies and hashes every blob: on a blocking thread.
+                let (tarball, name, unpack_into) = (file.clone(), name.clone(), store.clone());
+                let (bytes, digest) = blocking::run(move || {
+                    layout::read_tarball(&tarball, name.as_deref(), &unpack_into)
+                })
+                .await?;
                 (bytes, digest, BlobSource::Tarball(file.clone()))
             }
         };

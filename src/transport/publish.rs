@@ -10,14 +10,14 @@ use std::time::Instant;
 
 use futures_util::stream::{self, TryStreamExt};
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::{layout, local_blob, BlobSource, Location, SourceImage};
+use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::image::layer::BuiltLayer;
-use crate::image::{Descriptor, ImageConfig, Manifest, MediaFamily};
+use crate::image::{Descriptor, Manifest};
 use crate::progress::{self, Blob, BlobOutcome, Reporter};
 use crate::registry::{Reference, Registries};
 
@@ -25,6 +25,7 @@ use crate::registry::{Reference, Registries};
 const PARALLEL_BLOBS: usize = 4;
 
 /// Blobs an image shares with the image it was made from, and where they are.
+#[derive(Clone)]
 pub struct Inherited {
     pub source: BlobSource,
     pub digests: HashSet<Digest>,
@@ -47,6 +48,7 @@ impl Inherited {
 
 /// An image ready to publish. Its new blobs are in the local blob store; the ones it inherits
 /// stay where they are until a destination needs them.
+#[derive(Clone)]
 pub struct BuiltImage {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
@@ -65,44 +67,6 @@ impl BuiltImage {
             digest,
             inherited,
         }
-    }
-
-    /// An image made of `base` (read from `base_location`) and `layers` on top, with `config`
-    /// (the base's, changed). Its manifest keeps the base's media-type family; in the OCI
-    /// family it names its base (`org.opencontainers.image.base.digest` and `.base.name`)
-    /// beside `annotations`, which Docker schema 2 has no place for. The base's layers stay
-    /// where the base is.
-    pub fn on_base(
-        base: &SourceImage,
-        base_location: &Location,
-        config: &ImageConfig,
-        layers: &[&BuiltLayer],
-        annotations: BTreeMap<String, String>,
-        store: &BlobStore,
-    ) -> Result<Self> {
-        let family = base.manifest.family()?;
-        let mut descriptors = base.manifest.layers.clone();
-        descriptors.extend(
-            layers
-                .iter()
-                .map(|l| Descriptor::new(family.layer_gzip(), l.digest.clone(), l.size)),
-        );
-        let mut all = BTreeMap::new();
-        if family == MediaFamily::Oci {
-            all.insert(
-                "org.opencontainers.image.base.digest".to_string(),
-                base.digest.to_string(),
-            );
-            if let Location::Registry(reference) = base_location {
-                all.insert(
-                    "org.opencontainers.image.base.name".to_string(),
-                    reference.to_string(),
-                );
-            }
-            all.extend(annotations);
-        }
-        let manifest = Manifest::assemble(family, config, descriptors, all, store)?;
-        Ok(Self::new(manifest, vec![Inherited::layers_of(base)]))
     }
 
     /// An existing image, copied as it is: its manifest bytes are kept, so its digest is too.
@@ -203,33 +167,10 @@ pub async fn publish(
                     .await?;
                 reference.with_digest(&image.digest).to_string()
             }
-            Location::Layout { dir, tag } => {
-                layout::write_image(
-                    dir,
-                    tag.as_deref(),
-                    &local_blobs,
-                    &image.manifest_bytes,
-                    image.media_type(),
-                )?;
-                format!("oci:{}@{}", dir.display(), image.digest)
-            }
-            Location::Tarball { file, name } => {
-                let layers: Vec<Digest> = image
-                    .manifest
-                    .layers
-                    .iter()
-                    .map(|l| l.digest.clone())
-                    .collect();
-                layout::write_tarball(
-                    file,
-                    name.as_deref(),
-                    &image.manifest.config.digest,
-                    &layers,
-                    &local_blobs,
-                    &image.manifest_bytes,
-                    image.media_type(),
-                )?;
-                format!("tar:{}@{}", file.display(), image.digest)
+            // Blobs are copied on a blocking thread: layers can be large.
+            local => {
+                let (image, output, blobs) = (image.clone(), local.clone(), local_blobs.clone());
+                blocking::run(move || write_local(&image, &output, &blobs)).await?
             }
         };
         tracing::info!(image = %pinned, "published");
@@ -237,6 +178,46 @@ pub async fn publish(
     }
     tracing::debug!(elapsed = ?started.elapsed(), "publish finished");
     Ok(published)
+}
+
+/// Writes the image into an OCI layout or a tarball, its blobs copied from their local files;
+/// returns the image's reference there.
+fn write_local(
+    image: &BuiltImage,
+    output: &Location,
+    local_blobs: &[(Digest, PathBuf)],
+) -> Result<String> {
+    match output {
+        Location::Registry(_) => unreachable!("registries are written through their client"),
+        Location::Layout { dir, tag } => {
+            layout::write_image(
+                dir,
+                tag.as_deref(),
+                local_blobs,
+                &image.manifest_bytes,
+                image.media_type(),
+            )?;
+            Ok(format!("oci:{}@{}", dir.display(), image.digest))
+        }
+        Location::Tarball { file, name } => {
+            let layers: Vec<Digest> = image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| l.digest.clone())
+                .collect();
+            layout::write_tarball(
+                file,
+                name.as_deref(),
+                &image.manifest.config.digest,
+                &layers,
+                local_blobs,
+                &image.manifest_bytes,
+                image.media_type(),
+            )?;
+            Ok(format!("tar:{}@{}", file.display(), image.digest))
+        }
+    }
 }
 
 /// Makes sure the destination repository has every blob of the image.
