@@ -257,7 +257,8 @@ pub async fn mirror(
         )));
     }
     if let (Place::Tarball(file), Some(staging)) = (&request.to, &staging) {
-        layout::write_tarball_of_layout(staging.path(), file)?;
+        let (layout_dir, tarball) = (staging.path().to_path_buf(), file.clone());
+        crate::blocking::run(move || layout::write_tarball_of_layout(&layout_dir, &tarball)).await?;
         for image in &mut mirrored {
             image.published = format!("tar:{}:{}@{}", file.display(), image.name, image.digest);
         }

@@ -170,7 +170,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
 }
 
 /// The registry clients and cache every registry-facing command uses.
-fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
+async fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
     // Every command treats an empty flag value (an unset template parameter) as not given.
     let args = &args.clone().without_empty_values();
     let registries = Registries::new(&TransportOptions {
@@ -183,7 +183,9 @@ fn setup(args: &RegistryArgs) -> Result<(Registries, Cache, Catalog)> {
             .concat(),
         docker_config: args.docker_config.clone(),
     })?;
-    let cache = Cache::open(&args.cache_dir.clone().unwrap_or_else(Cache::default_root))?;
+    let cache_root = args.cache_dir.clone().unwrap_or_else(Cache::default_root);
+    // Opening sweeps what dead processes left in the cache: file system work.
+    let cache = crate::blocking::run(move || Cache::open(&cache_root)).await?;
     let catalog = Catalog::load(args.catalog.as_deref())?;
     Ok((registries, cache, catalog))
 }
@@ -198,7 +200,7 @@ fn cache_repo(args: &CacheRepoArgs, registries: &Registries) -> Result<Option<Ca
 }
 
 async fn run_build(args: BuildArgs) -> Result<ExitCode> {
-    let (registries, cache, catalog) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry).await?;
     let cache_repo = cache_repo(&args.cache, &registries)?;
     let mut outputs = Vec::new();
     for image in &args.image {
@@ -431,7 +433,7 @@ fn source_spec(args: &BuildArgs) -> Result<SourceSpec> {
 }
 
 async fn run_base(args: BaseArgs) -> Result<ExitCode> {
-    let (registries, cache, catalog) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry).await?;
     let resolved = catalog.resolve(&args.runtime)?;
     if let Some(warning) = &resolved.alias_warning {
         tracing::warn!("{warning}");
@@ -454,7 +456,7 @@ async fn run_base(args: BaseArgs) -> Result<ExitCode> {
 }
 
 async fn builder_image(args: BuilderImageArgs) -> Result<ExitCode> {
-    let (registries, cache, catalog) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry).await?;
     let outputs = args
         .image
         .iter()
@@ -492,7 +494,7 @@ async fn builder_image(args: BuilderImageArgs) -> Result<ExitCode> {
 }
 
 async fn run_image(args: RunArgs) -> Result<ExitCode> {
-    let (registries, cache, _) = setup(&args.registry)?;
+    let (registries, cache, _) = setup(&args.registry).await?;
     let request = RunRequest {
         image: args.image.parse()?,
         port: args.port,
@@ -514,7 +516,7 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
 
 async fn mirror_images(args: args::MirrorArgs) -> Result<ExitCode> {
     use crate::mirror::{mirror, MirrorRequest, Place};
-    let (registries, cache, catalog) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry).await?;
     let request = MirrorRequest {
         from: match &args.from {
             Some(from) => Place::parse("--from", from)?,
@@ -539,7 +541,7 @@ async fn mirror_images(args: args::MirrorArgs) -> Result<ExitCode> {
 }
 
 async fn push_image(args: PushArgs) -> Result<ExitCode> {
-    let (registries, cache, _) = setup(&args.registry)?;
+    let (registries, cache, _) = setup(&args.registry).await?;
     let from: Location = args.from.parse()?;
     let to = args
         .to
@@ -565,7 +567,7 @@ fn service_pod(args: &BuildArgs) -> Result<knative::ReadPod> {
 }
 
 async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
-    let (registries, cache, catalog) = setup(&args.registry)?;
+    let (registries, cache, catalog) = setup(&args.registry).await?;
     let cache_repo = cache_repo(&args.cache, &registries)?;
     let request = ConvertRequest {
         file: args.file.clone(),
@@ -603,7 +605,7 @@ async fn convert_functions(args: ConvertArgs) -> Result<ExitCode> {
 /// were deleted (or, with `--dry-run`, which would be). An entry that cannot be deleted is
 /// reported and the rest are still deleted; the exit code is then 1.
 async fn collect_garbage(args: GcArgs) -> Result<ExitCode> {
-    let (registries, _cache, _catalog) = setup(&args.registry)?;
+    let (registries, _cache, _catalog) = setup(&args.registry).await?;
     let Some(repo) = cache_repo(&args.cache, &registries)? else {
         return Err(Error::Usage(
             "fnbuild gc needs --cache-repo REPOSITORY (or FNBUILD_CACHE_REPO): the repository \

@@ -3,10 +3,13 @@
 # used by the integration tests, without Docker: debootstrap, then (nodejs) a second apt step
 # inside a chroot.
 #
-#   usage: make-rootfs.sh python|nodejs OUT_DIR [SUITE]
+#   usage: make-rootfs.sh python|nodejs OUT_DIR [SUITE [ARCH]]
 #
 # SUITE is the Debian release (default $FNBUILD_DEBIAN_SUITE, else trixie): trixie has Python
 # 3.13 and Node.js 20, bookworm Python 3.11 and Node.js 18, bullseye Python 3.9.
+# ARCH is the Debian architecture (default this machine's). Another one (e.g. arm64 on amd64)
+# runs its second stage under emulation: qemu-user-static registered in binfmt_misc with the
+# F flag (tests/setup.sh does that).
 #
 # The rootfs is built in a temporary directory next to OUT_DIR and renamed into place at the
 # end, with the marker file OUT_DIR/.fnbuild-rootfs-complete already inside it, so a
@@ -19,14 +22,15 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 python|nodejs OUT_DIR [SUITE]" >&2
+    echo "usage: $0 python|nodejs OUT_DIR [SUITE [ARCH]]" >&2
     exit 2
 }
-[[ $# -eq 2 || $# -eq 3 ]] || usage
+[[ $# -ge 2 && $# -le 4 ]] || usage
 lang=$1
 out=$2
 mirror=${FNBUILD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 suite=${3:-${FNBUILD_DEBIAN_SUITE:-trixie}}
+arch=${4:-$(dpkg --print-architecture)}
 marker=.fnbuild-rootfs-complete
 
 case "$lang" in
@@ -102,9 +106,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start=$SECONDS
-echo "make-rootfs.sh: building the $lang rootfs ($suite, minbase, +$include) in $tmp"
+echo "make-rootfs.sh: building the $lang rootfs ($suite/$arch, minbase, +$include) in $tmp"
 
-debootstrap --variant=minbase --include="$include" "$suite" "$tmp" "$mirror"
+debootstrap --variant=minbase --arch="$arch" --include="$include" "$suite" "$tmp" "$mirror"
 
 # Mounts $1 (bind) or a proc filesystem at $2 inside the rootfs and remembers it.
 mount_in_rootfs() {
