@@ -475,6 +475,13 @@ pub struct PushArgs {
     #[arg(required = true)]
     pub to: Vec<String>,
 
+    /// Only these platforms of a multi-platform image (an index), comma-separated:
+    /// linux/amd64,linux/arm64. The index copied is then a new one, listing just those
+    /// platforms' images, which keep their digests [default: every platform, the index copied
+    /// byte for byte].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -517,6 +524,13 @@ pub struct MirrorArgs {
     /// repository (relative to --from when under it) and tag. Repeatable.
     #[arg(long, value_name = "REF", visible_alias = "builder-image")]
     pub image: Vec<String>,
+
+    /// Only these platforms of a multi-platform image (an index), comma-separated:
+    /// linux/amd64,linux/arm64. The index copied is then a new one, listing just those
+    /// platforms' images, which keep their digests [default: every platform, the index copied
+    /// byte for byte].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
