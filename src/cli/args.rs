@@ -461,6 +461,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_timeout: std::time::Duration,
 
+    /// The platform whose image to run, e.g. linux/arm64: of a multi-platform image (an
+    /// index), that platform's entry; a single-platform image must be for it. Another
+    /// architecture than this machine's runs under emulation (binfmt_misc with qemu-user,
+    /// registered with the F flag) [default: this machine's; a single-platform image of
+    /// another architecture runs under emulation, with a warning].
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

@@ -510,6 +510,17 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
             .map(crate::quantity::memory_bytes)
             .transpose()?,
         stop_timeout: args.stop_timeout,
+        platform: match platforms_flag(args.platform.as_deref())?.as_deref() {
+            None => None,
+            Some([one]) => Some(one.clone()),
+            Some(several) => {
+                return Err(Error::Usage(format!(
+                    "--platform: fnbuild run runs one platform's image, not {}; e.g. \
+                     --platform linux/arm64",
+                    crate::image::platform::list(several)
+                )))
+            }
+        },
     };
     let code = run(&request, &registries, &cache).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
