@@ -224,7 +224,7 @@ fn mirror_keeps_the_index_into_a_layout_a_tarball_and_another_registry() {
         ));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
-            stdout.contains(&format!("multi/app:v1\t")) && stdout.contains(&image.index_digest),
+            stdout.contains("multi/app:v1\t") && stdout.contains(&image.index_digest),
             "{to}: {stdout}"
         );
     }

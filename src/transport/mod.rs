@@ -417,6 +417,141 @@ pub async fn local_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// Writes a blob into the layout at `dir`; its descriptor's digest and size.
+    fn put(dir: &std::path::Path, bytes: &[u8]) -> (Digest, usize) {
+        let digest = Digest::of(bytes);
+        let path = layout::blob_path(dir, &digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        (digest, bytes.len())
+    }
+
+    /// An OCI layout at `dir` naming `multi` an index, pretty-printed (no serializer of
+    /// fnbuild's writes it so), of one tiny image per architecture (this machine's and
+    /// another) and an attestation manifest (`unknown/unknown`); the index as stored and its
+    /// entries' platforms and digests.
+    pub(super) fn index_layout(dir: &std::path::Path) -> (Stored, Vec<(Platform, Digest)>) {
+        let other = if image::oci_architecture() == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let mut descriptors = Vec::new();
+        let mut entries = Vec::new();
+        for arch in [image::oci_architecture(), other, "unknown"] {
+            let os = if arch == "unknown" {
+                "unknown"
+            } else {
+                "linux"
+            };
+            let (layer, layer_size) = put(dir, arch.as_bytes());
+            let config = json!({
+                "architecture": arch, "os": os,
+                "rootfs": { "type": "layers", "diff_ids": [layer.to_string()] },
+            });
+            let (config, config_size) = put(dir, &serde_json::to_vec(&config).unwrap());
+            let manifest = json!({
+                "schemaVersion": 2, "mediaType": image::OCI_MANIFEST,
+                "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
+                            "digest": config.to_string(), "size": config_size },
+                "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                             "digest": layer.to_string(), "size": layer_size }],
+            });
+            let (digest, size) = put(dir, &serde_json::to_vec(&manifest).unwrap());
+            let platform = Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: None,
+            };
+            descriptors.push(json!({
+                "mediaType": image::OCI_MANIFEST, "digest": digest.to_string(), "size": size,
+                "platform": platform,
+            }));
+            entries.push((platform, digest));
+        }
+        let bytes = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": descriptors,
+        }))
+        .unwrap();
+        let (digest, size) = put(dir, &bytes);
+        let top = json!({ "schemaVersion": 2, "manifests": [{
+            "mediaType": image::OCI_INDEX, "digest": digest.to_string(), "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": "multi" },
+        }]});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+        (Stored::new(bytes, image::OCI_INDEX.into()), entries)
+    }
+
+    /// A layout with [`index_layout`], a blob store and registries (none reached).
+    pub(super) fn index_fixture() -> (
+        tempfile::TempDir,
+        Location,
+        Stored,
+        Vec<(Platform, Digest)>,
+        BlobStore,
+        Registries,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, entries) = index_layout(&dir.path().join("layout"));
+        let location: Location = format!("oci:{}:multi", dir.path().join("layout").display())
+            .parse()
+            .unwrap();
+        let store = crate::cache::Cache::open(&dir.path().join("cache"))
+            .unwrap()
+            .blobs();
+        let registries = Registries::new(&Default::default()).unwrap();
+        (dir, location, index, entries, store, registries)
+    }
+
+    #[tokio::test]
+    async fn every_these_or_this_machines_images_of_an_index_load() {
+        let (_dir, location, _, entries, store, registries) = index_fixture();
+        let [(here, here_digest), (other, other_digest), _attestation] = &entries[..] else {
+            unreachable!()
+        };
+        let load = |wanted| SourceImage::load_all(&location, wanted, &registries, &store);
+        let digests = |images: Vec<SourceImage>| {
+            images
+                .into_iter()
+                .map(|i| (i.platform.to_string(), i.digest))
+                .collect::<Vec<_>>()
+        };
+        // Every platform, in the index's order; the attestation is no platform's image.
+        assert_eq!(
+            digests(load(Wanted::Every).await.unwrap()),
+            [
+                (here.to_string(), here_digest.clone()),
+                (other.to_string(), other_digest.clone())
+            ]
+        );
+        assert_eq!(
+            digests(load(Wanted::ThisMachine).await.unwrap()),
+            [(here.to_string(), here_digest.clone())]
+        );
+        // In the order asked for; arm64/v8 is arm64.
+        let asked = [other.clone(), here.clone()];
+        let images = load(Wanted::These(&asked)).await.unwrap();
+        assert_eq!(images[0].config.architecture, other.architecture);
+        assert_eq!(
+            digests(images),
+            [
+                (other.to_string(), other_digest.clone()),
+                (here.to_string(), here_digest.clone())
+            ]
+        );
+        let missing = ["linux/s390x".parse().unwrap()];
+        let Err(err) = load(Wanted::These(&missing)).await else {
+            panic!("an index without linux/s390x gave a linux/s390x image");
+        };
+        let err = err.to_string();
+        assert!(err.contains("no linux/s390x image"), "{err}");
+        assert!(
+            err.contains(&format!("platforms: {here}, {other}")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn locations_parse() {

@@ -480,3 +480,54 @@ async fn push_blobs(
     reporter.on_destination_done(id, pushed.is_ok());
     pushed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::tests::index_fixture;
+
+    #[tokio::test]
+    async fn a_copy_keeps_the_index_and_its_entries_byte_for_byte() {
+        let (dir, location, index, entries, store, registries) = index_fixture();
+        let copy = Publication::copy(&location, None, &registries, &store)
+            .await
+            .unwrap();
+        assert_eq!(copy.top.bytes, index.bytes);
+        assert_eq!(copy.digest(), &index.digest);
+        let copied: Vec<&Digest> = copy.images.iter().map(|i| &i.digest).collect();
+        let listed: Vec<&Digest> = entries.iter().map(|(_, d)| d).collect();
+        assert_eq!(copied, listed, "every entry, the attestation too");
+        for image in &copy.images {
+            assert_eq!(Digest::of(&image.manifest_bytes), image.digest);
+        }
+
+        // Written to another layout, it is the same index there.
+        let out = Location::Layout {
+            dir: dir.path().join("copy"),
+            tag: Some("v1".into()),
+        };
+        publish(&copy, std::slice::from_ref(&out), &registries, &store)
+            .await
+            .unwrap();
+        let again = Publication::copy(&out, None, &registries, &store)
+            .await
+            .unwrap();
+        assert_eq!(again.top.bytes, index.bytes);
+
+        // One platform: a new index of that entry alone, which keeps its digest.
+        let (other, other_digest) = &entries[1];
+        let cut = Publication::copy(
+            &location,
+            Some(std::slice::from_ref(other)),
+            &registries,
+            &store,
+        )
+        .await
+        .unwrap();
+        assert_ne!(cut.digest(), &index.digest);
+        let cut_index: Index = serde_json::from_slice(&cut.top.bytes).unwrap();
+        assert_eq!(cut_index.manifests.len(), 1);
+        assert_eq!(&cut_index.manifests[0].digest, other_digest);
+        assert_eq!(&cut.images[0].digest, other_digest);
+    }
+}
