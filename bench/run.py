@@ -25,7 +25,11 @@ tests/setup.sh when they are missing), then measures, in this one run:
      beside a plain JSON POST, the same data as a CloudEvent in binary and structured mode;
   5. a soak: each runtime server for --soak-seconds under mixed traffic (bench/soak.py: good
      calls, hung calls, malformed requests, hundreds of slow clients, a /healthz probe), with
-     the answers by kind, the probe's worst latency and the server's RSS over time.
+     the answers by kind, the probe's worst latency and the server's RSS over time;
+  6. multi-platform builds: a Python function with a native dependency (MarkupSafe) on a
+     linux/amd64 + linux/arm64 base image (made with `fnbuild base` from the two test root
+     filesystems; arm64 runs under qemu-user), built for both platforms against a build for
+     one, first build and code-only rebuild.
 
 It prints a table of ratios against the baselines measured in the same run (and writes JSON
 with --json). Everything it starts is stopped and its temporary files removed at the end.
@@ -116,6 +120,12 @@ FUNCTIONS = {
     },
 }
 
+# The multi-platform section's function: a native dependency, installed per platform.
+MULTIARCH_HANDLER = ('from markupsafe import escape\n\n\ndef handler(event, context):\n'
+                     '    return str(escape("<hello>")) + " %s"\n')
+MULTIARCH_DEPS = 'MarkupSafe==3.0.2\n'
+MULTIARCH_BASE = ('fnbuild/runtime-python-multi', '3.13')
+PLATFORMS = {'one': 'linux/amd64', 'two': 'linux/amd64,linux/arm64'}
 # The soak's function (bench/soak.py sends the traffic): /hello answers at once; the hung
 # paths outlive FUNC_TIMEOUT. Python: /hang sleeps 30 s, /spin burns CPU for 10 s (both keep
 # their thread after the 408). Node.js: /hang resolves after 30 s, /never never settles.
@@ -267,7 +277,8 @@ class Bench:
         self.seq = 0
         self.procs = []          # long-running children we started (Popen), stopped at the end
         self.results = {'machine': machine_info(), 'settings': {}, 'builds': {},
-                        'push': {}, 'bigmem': None, 'runtimes': {}, 'soak': {}, 'setup': {}}
+                        'push': {}, 'bigmem': None, 'runtimes': {}, 'soak': {}, 'setup': {},
+                        'multiarch': {}}
         self.fnbuild = None
         self.registry = None     # (port, Popen, dir)
         self.ca_bundle = None
@@ -640,6 +651,49 @@ class Bench:
             safe_rmtree(work)
         safe_rmtree(pod)
         self.results['builds'][lang] = samples
+
+    # --- 6. multi-platform builds ----------------------------------------------------------
+
+    def bench_multiarch(self):
+        """Per round, with a fresh cache directory each: a first build and a code-only rebuild
+        for linux/amd64 only, then the same for linux/amd64 + linux/arm64, each pushed."""
+        port = self.registry[0]
+        host = f'127.0.0.1:{port}'
+        cache = Path(os.environ.get('FNBUILD_TEST_CACHE', '/var/cache/fnbuild-test'))
+        arm64 = cache / 'rootfs' / 'python-arm64'
+        if not (arm64 / ROOTFS_MARKER).exists():
+            raise BenchError(f'{arm64} is missing: run tests/setup.sh (it builds it)')
+        base = f'{host}/{MULTIARCH_BASE[0]}:{MULTIARCH_BASE[1]}'
+        log(f'making the two-platform base image {base}')
+        r = self.run('base-multiarch', [
+            self.fnbuild, 'base', '--runtime', 'python3.13',
+            '--from', f'rootfs:{self.rootfs["python"]}', '--from', f'rootfs:{arm64}',
+            '--image', base, '--cache-dir', str(self.tmp / 'base-cache-multiarch')],
+            env=self.fnbuild_env)
+        self.check_pushed(port, *MULTIARCH_BASE)
+        self.results['setup']['base_multiarch'] = {'seconds': r.seconds, 'maxrss_mb': r.maxrss_mb}
+        safe_rmtree(self.tmp / 'base-cache-multiarch')
+        samples = {f'{n}/{case}': [] for n in PLATFORMS for case in ('first', 'code')}
+        for i in range(self.args.runs):
+            for n, platforms in PLATFORMS.items():
+                work = self.tmp / f'multiarch-{n}-{i}'
+                src = work / 'src'
+                src.mkdir(parents=True)
+                (src / 'requirements.txt').write_text(MULTIARCH_DEPS)
+                repo = f'bench/multiarch-{n}-{i}'
+                for case, tag in (('first', 'v1'), ('code', 'v2')):
+                    (src / 'hello.py').write_text(MULTIARCH_HANDLER % tag)
+                    log(f'multi-platform round {i + 1}/{self.args.runs}: {platforms} {case}')
+                    r = self.run(f'multiarch-{n}-{case}-{i}', [
+                        self.fnbuild, 'build', '--source', str(src), '--runtime', 'python3.13',
+                        '--handler', 'hello.handler', '--base-image', base,
+                        '--platform', platforms, '--image', f'{host}/{repo}:{tag}',
+                        '--cache-dir', str(work / 'cache')], env=self.fnbuild_env, settle=True)
+                    self.check_built(port, repo, tag, r)
+                    samples[f'{n}/{case}'].append({'seconds': r.seconds,
+                                                   'maxrss_mb': r.maxrss_mb})
+                safe_rmtree(work)
+        self.results['multiarch'] = samples
 
     # --- 2. push throughput ----------------------------------------------------------------
 
@@ -1058,7 +1112,8 @@ def table(headers, rows):
 
 def summarize(results, args):
     """Medians, ratios and targets from the raw samples (also stored in the JSON)."""
-    s = {'builds': {}, 'push': None, 'runtimes': {}, 'soak': {}, 'targets': []}
+    s = {'builds': {}, 'push': None, 'runtimes': {}, 'soak': {}, 'multiarch': None,
+         'targets': []}
     for lang, samples in results['builds'].items():
         for case, _ in CASES:
             f = samples['fnbuild'][case]
@@ -1116,6 +1171,15 @@ def summarize(results, args):
         soak = results['soak'].get(lang)
         if soak:
             s['soak'][lang] = summarize_soak(soak, results['soak']['seconds'])
+    m = results.get('multiarch') or {}
+    if m:
+        sec = {key: median([x['seconds'] for x in values]) for key, values in m.items()}
+        s['multiarch'] = {
+            'seconds': sec,
+            'ranges': {key: spread([x['seconds'] for x in values]) for key, values in m.items()},
+            'rss_mb': {key: max(x['maxrss_mb'] for x in values) for key, values in m.items()},
+            'first_two_over_one': sec['two/first'] / sec['one/first'],
+            'code_two_over_one': sec['two/code'] / sec['one/code']}
 
     t = s['targets']
     b = s['builds'].get('python/code')
@@ -1130,6 +1194,10 @@ def summarize(results, args):
                       f'{BUILDER_POD_TARGET_RATIO:.0f}x faster than buildah\'s first build',
                       f'{b["ratio"]:.1f}x, {b["fnbuild_s"]:.2f} s',
                       b['ratio'] >= BUILDER_POD_TARGET_RATIO))
+    if s['multiarch']:
+        code = s['multiarch']['seconds']['two/code']
+        t.append(('two-platform code-only rebuild+push: well under a second', f'{code:.3f} s',
+                  code < REBUILD_TARGET_SECONDS))
     if s['push']:
         t.append(('push throughput >= skopeo\'s',
                   f'{s["push"]["fnbuild_mb_s"]:.0f} vs {s["push"]["skopeo_mb_s"]:.0f} MB/s '
@@ -1269,6 +1337,17 @@ def report(results, summary, args):
         out.append('')
     if summary['soak']:
         out.extend(report_soak(results['soak'], summary['soak']))
+    if summary['multiarch']:
+        m = summary['multiarch']
+        rows = [[f'{PLATFORMS[n]} {"first build" if case == "first" else "code-only rebuild"}',
+                 fmt(m['seconds'][f'{n}/{case}'], 3), m['ranges'][f'{n}/{case}'],
+                 fmt(m['rss_mb'][f'{n}/{case}'], 0)]
+                for case in ('first', 'code') for n in PLATFORMS]
+        out.append('6. Multi-platform builds (Python + MarkupSafe, pushed; arm64 under qemu-user)')
+        out.append(table(['build', 'fnbuild s', '(min-max)', 'MB'], rows))
+        out.append(f'   two platforms / one: first build {m["first_two_over_one"]:.2f}x, '
+                   f'code-only rebuild {m["code_two_over_one"]:.2f}x')
+        out.append('')
     if summary['targets']:
         out.append('Targets')
         out.append(table(['target', 'measured', 'met'],
@@ -1321,7 +1400,7 @@ def main():
     parser.add_argument('--runtimes-before', metavar='REV',
                         help='also measure the runtime servers as they were at git revision REV')
     parser.add_argument('--skip', action='append', default=[],
-                        choices=['builds', 'push', 'bigmem', 'runtimes', 'soak'],
+                        choices=['builds', 'push', 'bigmem', 'runtimes', 'soak', 'multiarch'],
                         help='skip a section (repeatable)')
     parser.add_argument('--skip-buildah', action='store_true', help='builds: fnbuild only')
     parser.add_argument('--command-timeout', type=int, default=1200,
@@ -1360,6 +1439,8 @@ def main():
             bench.bench_runtimes()
         if 'soak' not in args.skip:
             bench.bench_soak()
+        if 'multiarch' not in args.skip:
+            bench.bench_multiarch()
     except BenchError as e:
         log(f'FAILED: {e}')
         bench.cleanup()

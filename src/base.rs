@@ -17,7 +17,7 @@ use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
 use crate::image::ImageConfig;
 use crate::registry::Registries;
 use crate::runtime::{Language, Runtime};
-use crate::transport::publish::publish;
+use crate::transport::publish::{publish, Publication};
 use crate::transport::{Location, SourceImage};
 
 /// Where the upstream image comes from.
@@ -108,7 +108,13 @@ pub async fn make_base(
         &server,
         format!("fnbuild: {} runtime server", request.runtime.language),
     );
-    publish(&image.finish(&store)?, &request.outputs, registries, &store).await
+    publish(
+        &Publication::image(image.finish(&store)?),
+        &request.outputs,
+        registries,
+        &store,
+    )
+    .await
 }
 
 /// What an upstream shows of its interpreter without running it.

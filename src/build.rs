@@ -25,7 +25,7 @@ use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime};
 use crate::sbom;
 use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
-use crate::transport::publish::{publish, BuiltImage, Inherited};
+use crate::transport::publish::{publish, BuiltImage, Inherited, Publication};
 use crate::transport::referrers;
 use crate::transport::{BlobSource, Location, SourceImage};
 
@@ -165,7 +165,13 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             digests: [layer.digest.clone()].into(),
         });
     }
-    let published = publish(&image, &request.outputs, ctx.registries, &store).await?;
+    let published = publish(
+        &Publication::image(image.clone()),
+        &request.outputs,
+        ctx.registries,
+        &store,
+    )
+    .await?;
     let packages = deps.as_ref().map_or(&[][..], |d| &d.layer.packages[..]);
     let created = rfc3339(request.source_date_epoch);
     let contents = sbom::Contents {

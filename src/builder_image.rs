@@ -27,7 +27,7 @@ use crate::image::config::rfc3339;
 use crate::image::layer::{self, BuiltLayer, Content, Entry, FileSource, LayerOptions};
 use crate::registry::Registries;
 use crate::runtime::Runtime;
-use crate::transport::publish::publish;
+use crate::transport::publish::{publish, Publication};
 use crate::transport::{Location, SourceImage};
 
 /// Where the binary lives in the image.
@@ -81,7 +81,13 @@ pub async fn make_runtime_builder_image(
     config.config.cmd = None;
     config.config.working_dir = Some(WORKSPACE.to_string());
     image.layer(&built, "fnbuild: the fnbuild binary".to_string());
-    publish(&image.finish(&store)?, outputs, registries, &store).await
+    publish(
+        &Publication::image(image.finish(&store)?),
+        outputs,
+        registries,
+        &store,
+    )
+    .await
 }
 
 /// Makes and publishes the builder image; returns the published references.
@@ -109,7 +115,13 @@ pub async fn make_builder_image(
         "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
     );
     let store = cache.blobs();
-    publish(&image.finish(&store)?, outputs, registries, &store).await
+    publish(
+        &Publication::image(image.finish(&store)?),
+        outputs,
+        registries,
+        &store,
+    )
+    .await
 }
 
 /// The builder's layer of `entries` and their parent directories, gathered and written off the

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::digest::{Digest, HashingWriter};
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// The cache root, opened and laid out, with this process's session in it.
 #[derive(Debug, Clone)]
@@ -113,6 +113,17 @@ impl BlobStore {
 
     pub fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
+    }
+
+    /// A small blob's bytes (a manifest, a config), checked against its digest; `place` names
+    /// where it came from, for errors.
+    pub fn read_checked(&self, digest: &Digest, place: &str) -> Result<Vec<u8>> {
+        let bytes = fs::read(self.path(digest))
+            .map_err(|e| Error::Image(format!("{place} lacks blob {digest}: {e}")))?;
+        if &Digest::of(&bytes) != digest {
+            return Err(Error::Image(format!("{place}: blob {digest} is corrupt")));
+        }
+        Ok(bytes)
     }
 
     /// Stores bytes and returns their digest.

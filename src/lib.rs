@@ -18,6 +18,7 @@ pub mod compile_check;
 pub mod confine;
 pub mod deps;
 pub mod digest;
+pub mod emulation;
 pub mod error;
 pub mod function_image;
 pub mod handler_check;

@@ -9,8 +9,9 @@
 //! `FNBUILD_BASE_REGISTRY` is `REGISTRY[/PREFIX]`; `fnbuild build --base-image
 //! oci:DIR:fnbuild/runtime-python:3.13` reads it straight from the layout.
 //!
-//! Every copy is `publish` of `BuiltImage::copy_of`: manifests are copied byte for byte, so
-//! digests never change. This module only decides what goes where; every name is checked
+//! Every copy is `publish` of a `Publication::copy`: manifests and indexes (with every
+//! platform) are copied byte for byte, so digests never change, unless `--platform` asks for
+//! fewer platforms (the index is then a new one; its entries keep their digests). This module only decides what goes where; every name is checked
 //! before anything is copied.
 
 use std::path::PathBuf;
@@ -18,11 +19,12 @@ use std::path::PathBuf;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::image::Platform;
 use crate::registry::{Reference, Registries, RegistryError};
 use crate::runtime::{Catalog, Runtime};
 use crate::transport::layout::{self, REF_NAME};
-use crate::transport::publish::{publish, BuiltImage};
-use crate::transport::{Location, SourceImage};
+use crate::transport::publish::{publish, Publication};
+use crate::transport::Location;
 
 /// Where images are mirrored from or to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,9 @@ pub struct MirrorRequest {
     pub runtimes: Vec<String>,
     /// Further images to copy from a registry source (the builder image, say).
     pub images: Vec<Reference>,
+    /// `--platform`: only these platforms of multi-platform images; `None`: every platform,
+    /// each index copied byte for byte.
+    pub platforms: Option<Vec<Platform>>,
 }
 
 /// One image mirrored.
@@ -206,8 +211,15 @@ pub async fn mirror(
     let mut mirrored = Vec::with_capacity(planned.len());
     let mut skipped = Vec::new();
     for (image, target) in planned.iter().zip(&targets) {
-        let source = match SourceImage::load(&image.from, registries, &store).await {
-            Ok(source) => source,
+        let copy = match Publication::copy(
+            &image.from,
+            request.platforms.as_deref(),
+            registries,
+            &store,
+        )
+        .await
+        {
+            Ok(copy) => copy,
             Err(Error::Registry(RegistryError::NotFound { .. })) if image.optional => {
                 tracing::warn!(
                     "not mirrored: {} ({}) is not in {} (a runtime named with --runtime must be)",
@@ -227,25 +239,21 @@ pub async fn mirror(
             Err(other) => return Err(other),
         };
         if let Some(pinned) = pinned_digest(&image.name) {
-            if pinned != source.digest {
+            if &pinned != copy.digest() {
                 return Err(Error::Image(format!(
-                    "{} is named {} but has digest {} (a multi-platform image is copied as this \
-                     machine's platform's image, whose digest differs: name it by a tag)",
-                    image.from, image.name, source.digest
+                    "{} is named {} but its copy has digest {} (--platform cut its index down to \
+                     a new one: name it by a tag)",
+                    image.from,
+                    image.name,
+                    copy.digest()
                 )));
             }
         }
-        let published = publish(
-            &BuiltImage::copy_of(&source),
-            std::slice::from_ref(target),
-            registries,
-            &store,
-        )
-        .await?;
-        tracing::info!(name = %image.name, digest = %source.digest, from = %image.from, "mirrored");
+        let published = publish(&copy, std::slice::from_ref(target), registries, &store).await?;
+        tracing::info!(name = %image.name, digest = %copy.digest(), from = %image.from, platforms = copy.images.len(), "mirrored");
         mirrored.push(Mirrored {
             name: image.name.clone(),
-            digest: source.digest.clone(),
+            digest: copy.digest().clone(),
             published: published.into_iter().next().unwrap_or_default(),
         });
     }
@@ -258,7 +266,8 @@ pub async fn mirror(
     }
     if let (Place::Tarball(file), Some(staging)) = (&request.to, &staging) {
         let (layout_dir, tarball) = (staging.path().to_path_buf(), file.clone());
-        crate::blocking::run(move || layout::write_tarball_of_layout(&layout_dir, &tarball)).await?;
+        crate::blocking::run(move || layout::write_tarball_of_layout(&layout_dir, &tarball))
+            .await?;
         for image in &mut mirrored {
             image.published = format!("tar:{}:{}@{}", file.display(), image.name, image.digest);
         }

@@ -8,6 +8,10 @@
 //! limit (`--memory`, else the image's `FUNC_MEMORY_LIMIT`, as Kubeless applied the function's
 //! memory), and an out-of-memory kill is reported.
 //!
+//! `--platform` picks one platform's image of a multi-platform one; an image of another
+//! architecture than this machine's runs under emulation (qemu-user through binfmt_misc, see
+//! `emulation`), or fails before anything is unpacked, naming what the machine lacks.
+//!
 //! Run by an ordinary user, runc runs rootless (its state under `$XDG_RUNTIME_DIR`), in a user
 //! namespace mapping just that user, as rootless podman does; the chroot is the sandbox's user
 //! namespace. Either way the only user there is uid 0, which is the user outside: the image's
@@ -23,14 +27,15 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 
 use crate::blocking;
-use crate::cache::Cache;
+use crate::cache::{BlobStore, Cache};
+use crate::emulation::{self, Emulation};
 use crate::error::{Error, IoContext, Result};
 use crate::function_image;
-use crate::image::ImageConfig;
+use crate::image::{ImageConfig, Platform};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::sandbox::{wait_stopping_on_signals, Bind, SandboxSpec};
-use crate::transport::{Location, SourceImage};
+use crate::transport::{Location, SourceImage, Wanted};
 
 pub struct RunRequest {
     pub image: Location,
@@ -40,6 +45,9 @@ pub struct RunRequest {
     pub memory_limit_bytes: Option<u64>,
     /// How long the function has to stop after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// Whose image to run: that platform's entry of an index (a single-platform image must be
+    /// for it); `None` takes this machine's.
+    pub platform: Option<Platform>,
 }
 
 /// The function's process as the image config describes it.
@@ -54,7 +62,7 @@ struct Process {
 /// Runs the image until it exits or is interrupted; returns its exit code.
 pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -> Result<i32> {
     let store = cache.blobs();
-    let image = SourceImage::load(&request.image, registries, &store).await?;
+    let image = load_image(request, registries, &store).await?;
     let layers = image.layer_files(&store).await?;
     let unpacking = cache.clone();
     let root = blocking::run(move || rootfs::ensure_unpacked(&unpacking, &layers)).await?;
@@ -111,6 +119,50 @@ pub async fn run(request: &RunRequest, registries: &Registries, cache: &Cache) -
         }
     };
     Ok(status.code().unwrap_or(0))
+}
+
+/// The image to run, checked to be runnable here before anything is unpacked: an image of
+/// another architecture than this machine's needs an emulator (see [`emulation`]). One that
+/// was not asked for by `--platform` (a single-platform image of that architecture) runs under
+/// emulation too, as `docker run` does, with a warning.
+async fn load_image(
+    request: &RunRequest,
+    registries: &Registries,
+    store: &BlobStore,
+) -> Result<SourceImage> {
+    let wanted = match &request.platform {
+        Some(platform) => Wanted::These(std::slice::from_ref(platform)),
+        None => Wanted::ThisMachine,
+    };
+    let image = SourceImage::load_all(&request.image, wanted, registries, store)
+        .await?
+        .remove(0);
+    match emulation::for_platform(&image.platform)? {
+        Emulation::Native => {}
+        Emulation::Emulated {
+            registration,
+            interpreter,
+        } => {
+            if request.platform.is_none() {
+                tracing::warn!(
+                    image = %request.image,
+                    platform = %image.platform,
+                    this_machine = %Platform::this_machine(),
+                    "the image is for another platform than this machine's: running it under \
+                     emulation (--platform {} asks for it and silences this warning)",
+                    image.platform
+                );
+            }
+            tracing::info!(
+                platform = %image.platform,
+                binfmt_misc = %registration,
+                emulator = %interpreter.display(),
+                "running under emulation: slower than on a {} machine",
+                image.platform
+            );
+        }
+    }
+    Ok(image)
 }
 
 /// How a running function is stopped: SIGTERM, then SIGKILL after `grace` or at a second

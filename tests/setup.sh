@@ -4,11 +4,16 @@
 #
 #   1. installs the Debian packages the tests use, when one of their commands or libraries is
 #      missing (apt-get update runs once first, and only then), and moto from PyPI;
-#   2. builds the runtime root filesystems (Debian minbase + python3/pip, + nodejs/npm) into
+#   2. lets this machine run the other architecture's programs (amd64 <-> arm64): mounts
+#      binfmt_misc when it is not, and registers qemu-user-static's emulator for it, with the
+#      F flag, so that it also runs inside chroots and containers;
+#   3. builds the runtime root filesystems (Debian minbase + python3/pip, + nodejs/npm) into
 #      $FNBUILD_TEST_CACHE/rootfs/NAME when they are not complete yet, all at the same time:
 #      python and nodejs (trixie: Python 3.13, Node.js 20, the default runtimes), python3.11
-#      and nodejs18 (bookworm), and python3.9 (bullseye): the older versions the
-#      runtime-version tests build for (3.9 is what old Kubeless Python names are built as).
+#      and nodejs18 (bookworm), python3.9 (bullseye): the older versions the runtime-version
+#      tests build for (3.9 is what old Kubeless Python names are built as), and python-arm64
+#      (trixie for the other architecture, python-amd64 on an arm64 machine; about 8 minutes
+#      under emulation) for the multi-platform tests.
 #
 # Re-running it when everything is there takes well under a second.
 #
@@ -42,9 +47,11 @@ declare -A package_of=(
     # Running fnbuild as an ordinary user, and in a user namespace that refuses more of them.
     [setpriv]=util-linux
     [unshare]=util-linux
+    # Running the other architecture's programs (multi-platform images).
+    [qemu-aarch64-static]=qemu-user-static
 )
 # Stable order for printing and installing.
-commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd buildah /usr/bin/time setpriv unshare)
+commands=(docker-registry runc skopeo debootstrap htpasswd openssl git curl python3 node pkg-config sshd buildah /usr/bin/time setpriv unshare qemu-aarch64-static)
 
 # Libraries the Rust build links (git2's OpenSSL), found by their pkg-config name.
 declare -A package_of_library=(
@@ -100,17 +107,39 @@ if ! command -v moto_server >/dev/null 2>&1 || ! command -v pyspdxtools >/dev/nu
     python3 -m pip install --quiet 'moto[server]' jsonschema pyyaml spdx-tools 'cloudevents==2.2.0'
 fi
 
-# --- 2. runtime root filesystems -------------------------------------------------------
-# rootfs name -> "language Debian-suite".
+# --- 2. the other architecture, emulated ------------------------------------------------
+case "$(dpkg --print-architecture)" in
+    amd64) foreign=arm64 emulated=aarch64 ;;
+    arm64) foreign=amd64 emulated=x86_64 ;;
+    *) echo "setup.sh: the multi-platform tests need an amd64 or arm64 machine" >&2; exit 1 ;;
+esac
+binfmt=/proc/sys/fs/binfmt_misc
+if [[ ! -e $binfmt/qemu-$emulated ]]; then
+    if [[ $EUID -ne 0 ]]; then
+        echo "setup.sh: registering the $foreign emulator (binfmt_misc) needs root" >&2
+        exit 1
+    fi
+    if [[ ! -e $binfmt/register ]]; then
+        mount -t binfmt_misc binfmt_misc "$binfmt"
+    fi
+    # qemu-user-static's own registration line: magic, mask, interpreter, flags (F: the
+    # emulator is opened now, so chroots and containers need no copy of it).
+    cat "/usr/lib/binfmt.d/qemu-$emulated.conf" >"$binfmt/register"
+    echo "setup.sh: registered qemu-$emulated in binfmt_misc"
+fi
+
+# --- 3. runtime root filesystems -------------------------------------------------------
+# rootfs name -> "language Debian-suite [Debian-architecture]".
 declare -A rootfs_of=(
     [python]="python trixie"
     [nodejs]="nodejs trixie"
     [python3.11]="python bookworm"
     [nodejs18]="nodejs bookworm"
     [python3.9]="python bullseye"
+    [python-$foreign]="python trixie $foreign"
 )
-# Stable order for building and reporting.
-names=(python nodejs python3.11 nodejs18 python3.9)
+# Stable order for building and reporting; the emulated one first, as it takes longest.
+names=(python-$foreign python nodejs python3.11 nodejs18 python3.9)
 
 incomplete() { # prints the rootfs names without a completion marker
     local name
@@ -138,10 +167,10 @@ mapfile -t todo < <(incomplete)
 start=$SECONDS
 declare -A pid_of log_of
 for name in "${todo[@]}"; do
-    read -r lang suite <<<"${rootfs_of[$name]}"
+    read -r lang suite arch <<<"${rootfs_of[$name]}"
     log_of[$name]=$cache/logs/rootfs-$name.log
-    echo "setup.sh: building the $name rootfs ($lang, Debian $suite; log: ${log_of[$name]})"
-    bash "$here/support/make-rootfs.sh" "$lang" "$cache/rootfs/$name" "$suite" >"${log_of[$name]}" 2>&1 9>&- &
+    echo "setup.sh: building the $name rootfs ($lang, Debian $suite${arch:+ for $arch}; log: ${log_of[$name]})"
+    bash "$here/support/make-rootfs.sh" "$lang" "$cache/rootfs/$name" "$suite" $arch >"${log_of[$name]}" 2>&1 9>&- &
     pid_of[$name]=$!
 done
 

@@ -461,6 +461,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stop_timeout: std::time::Duration,
 
+    /// The platform whose image to run, e.g. linux/arm64: of a multi-platform image (an
+    /// index), that platform's entry; a single-platform image must be for it. Another
+    /// architecture than this machine's runs under emulation (binfmt_misc with qemu-user,
+    /// registered with the F flag) [default: this machine's; a single-platform image of
+    /// another architecture runs under emulation, with a warning].
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -474,6 +482,13 @@ pub struct PushArgs {
     /// Where to copy it: REF, oci:DIR[:NAME] or tar:FILE[:NAME]. Repeatable.
     #[arg(required = true)]
     pub to: Vec<String>,
+
+    /// Only these platforms of a multi-platform image (an index), comma-separated:
+    /// linux/amd64,linux/arm64. The index copied is then a new one, listing just those
+    /// platforms' images, which keep their digests [default: every platform, the index copied
+    /// byte for byte].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -517,6 +532,13 @@ pub struct MirrorArgs {
     /// repository (relative to --from when under it) and tag. Repeatable.
     #[arg(long, value_name = "REF", visible_alias = "builder-image")]
     pub image: Vec<String>,
+
+    /// Only these platforms of a multi-platform image (an index), comma-separated:
+    /// linux/amd64,linux/arm64. The index copied is then a new one, listing just those
+    /// platforms' images, which keep their digests [default: every platform, the index copied
+    /// byte for byte].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
 
     #[command(flatten)]
     pub registry: RegistryArgs,

@@ -17,6 +17,7 @@ use crate::cache_repo::{CacheRepo, Entry};
 use crate::deps::InstallOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::function_image::CODE_DIR;
+use crate::image::Platform;
 use crate::knative::{self, ServiceOptions};
 use crate::kubeless::ConvertRequest;
 use crate::registry::{Reference, Registries, TransportOptions};
@@ -26,8 +27,8 @@ use crate::source::git::{GitOptions, GitSource};
 use crate::source::git_credentials::{GitCredentialOptions, GitCredentials};
 use crate::source::s3::S3Options;
 use crate::source::{Deadlines, Limits, Origin, SourceSpec};
-use crate::transport::publish::{publish, BuiltImage};
-use crate::transport::{Location, SourceImage};
+use crate::transport::publish::{publish, Publication};
+use crate::transport::Location;
 use args::{
     BaseArgs, BuildArgs, BuilderImageArgs, CacheRepoArgs, Cli, Command, ConvertArgs,
     EmptyMeansAbsent, GcArgs, ListFormat, LogFormat, PushArgs, RegistryArgs, RunArgs, RuntimesArgs,
@@ -509,6 +510,17 @@ async fn run_image(args: RunArgs) -> Result<ExitCode> {
             .map(crate::quantity::memory_bytes)
             .transpose()?,
         stop_timeout: args.stop_timeout,
+        platform: match platforms_flag(args.platform.as_deref())?.as_deref() {
+            None => None,
+            Some([one]) => Some(one.clone()),
+            Some(several) => {
+                return Err(Error::Usage(format!(
+                    "--platform: fnbuild run runs one platform's image, not {}; e.g. \
+                     --platform linux/arm64",
+                    crate::image::platform::list(several)
+                )))
+            }
+        },
     };
     let code = run(&request, &registries, &cache).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
@@ -532,6 +544,7 @@ async fn mirror_images(args: args::MirrorArgs) -> Result<ExitCode> {
             .iter()
             .map(|i| i.parse().map_err(|e| Error::Usage(format!("--image: {e}"))))
             .collect::<Result<_>>()?,
+        platforms: platforms_flag(args.platform.as_deref())?,
     };
     let mut stdout = std::io::stdout().lock();
     for image in mirror(&request, &catalog, &registries, &cache).await? {
@@ -548,12 +561,21 @@ async fn push_image(args: PushArgs) -> Result<ExitCode> {
         .iter()
         .map(|t| t.parse())
         .collect::<Result<Vec<Location>>>()?;
+    let platforms = platforms_flag(args.platform.as_deref())?;
     let store = cache.blobs();
-    let source = SourceImage::load(&from, &registries, &store).await?;
-    for reference in publish(&BuiltImage::copy_of(&source), &to, &registries, &store).await? {
+    let copy = Publication::copy(&from, platforms.as_deref(), &registries, &store).await?;
+    for reference in publish(&copy, &to, &registries, &store).await? {
         println!("{reference}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The platforms of a `--platform` value; none when it is not given or empty.
+fn platforms_flag(value: Option<&str>) -> Result<Option<Vec<Platform>>> {
+    value
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| Platform::parse_list(v).map_err(|e| Error::Usage(format!("--platform: {e}"))))
+        .transpose()
 }
 
 /// The Service's pod fields from `--knative-pod FILE` and `--secrets`; what Knative has no

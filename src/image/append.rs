@@ -143,6 +143,7 @@ mod tests {
             digest: image.digest.clone(),
             config: parse_json("the config", &config_bytes).unwrap(),
             blobs: BlobSource::Layout("/nonexistent".into()),
+            platform: crate::image::Platform::this_machine(),
         }
     }
 

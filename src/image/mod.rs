@@ -10,6 +10,7 @@ pub mod append;
 pub mod config;
 pub mod gzip;
 pub mod layer;
+pub mod platform;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 
 pub use config::ImageConfig;
+pub use platform::Platform;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -84,15 +86,6 @@ impl MediaFamily {
     }
 }
 
-/// The platform of one manifest in an index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-}
-
 /// A pointer to a blob or a manifest: its media type, digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -155,32 +148,27 @@ pub struct Index {
 }
 
 impl Index {
-    /// The manifest for the platform fnbuild builds for (linux and this machine's architecture).
-    pub fn manifest_for_this_platform(&self) -> Result<&Descriptor> {
-        let arch = oci_architecture();
+    /// The entry for `platform`; the error lists the platforms there are.
+    pub fn manifest_for(&self, platform: &Platform) -> Result<&Descriptor> {
         self.manifests
             .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(platform)))
             .ok_or_else(|| {
-                let found: Vec<String> = self
-                    .manifests
-                    .iter()
-                    .filter_map(|d| d.platform.as_ref())
-                    .map(|p| format!("{}/{}", p.os, p.architecture))
-                    .collect();
                 Error::Image(format!(
-                    "the base image index has no linux/{arch} image (platforms found: {})",
-                    if found.is_empty() {
-                        "none".to_string()
-                    } else {
-                        found.join(", ")
-                    }
+                    "the image index has no {platform} image (platforms: {})",
+                    platform::list(&self.platforms())
                 ))
             })
+    }
+
+    /// The platforms of the images in the index, in its order. Entries without a platform, or
+    /// with `unknown/unknown` (the attestation manifests BuildKit adds), are not images to run.
+    pub fn platforms(&self) -> Vec<Platform> {
+        self.manifests
+            .iter()
+            .filter_map(|d| d.platform.clone())
+            .filter(|p| p.os != "unknown")
+            .collect()
     }
 }
 

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::{self, Descriptor, Index, Manifest, OCI_INDEX};
+use crate::image::{self, Descriptor, Index, Manifest, Platform, OCI_INDEX};
 use crate::registry::Reference;
+use crate::transport::Stored;
 
 /// The annotation naming an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -38,33 +39,16 @@ pub fn read_index(dir: &Path) -> Result<Index> {
     image::parse_json(&format!("{}", index_path.display()), &bytes)
 }
 
-/// The manifest named by `tag` (or the only one) in a layout, with its digest. An index
-/// entry is followed to this platform's manifest.
-pub fn read_manifest(dir: &Path, tag: Option<&str>) -> Result<(Vec<u8>, Digest)> {
+/// The manifest or index named by `tag` (or the only entry) in a layout, with its digest and
+/// media type; the entries of an index are read with [`read_blob`].
+pub fn read_named(dir: &Path, tag: Option<&str>) -> Result<Stored> {
     let index = read_index(dir)?;
     let place = format!("oci:{}", dir.display());
-    pick_manifest(&index, tag, &place, |digest| read_blob(dir, digest))
-}
-
-/// The manifest of the image named `name` (or the only one) in `index`, with its digest:
-/// a nested index is followed to this platform's manifest. `read` gives a blob's bytes,
-/// checked against its digest; `place` names where the index is, for errors.
-fn pick_manifest(
-    index: &Index,
-    name: Option<&str>,
-    place: &str,
-    read: impl Fn(&Digest) -> Result<Vec<u8>>,
-) -> Result<(Vec<u8>, Digest)> {
-    let mut descriptor = choose(index, name, place)?;
-    let nested: Index;
-    if image::is_index(&descriptor.media_type) {
-        nested = image::parse_json(
-            &format!("the index {} in {place}", descriptor.digest),
-            &read(&descriptor.digest)?,
-        )?;
-        descriptor = nested.manifest_for_this_platform()?;
-    }
-    Ok((read(&descriptor.digest)?, descriptor.digest.clone()))
+    let descriptor = choose(&index, tag, &place)?;
+    Ok(Stored::new(
+        read_blob(dir, &descriptor.digest)?,
+        descriptor.media_type.clone(),
+    ))
 }
 
 /// The entry of an index named `name`, or its only entry; errors list the names there are.
@@ -103,7 +87,8 @@ fn choose<'a>(index: &'a Index, name: Option<&str>, place: &str) -> Result<&'a D
     }
 }
 
-fn read_blob(dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
+/// A blob of a layout, checked against its digest.
+pub fn read_blob(dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
     let path = blob_path(dir, digest);
     let bytes = fs::read(&path).io_context("read blob", &path)?;
     if &Digest::of(&bytes) != digest {
@@ -115,12 +100,14 @@ fn read_blob(dir: &Path, digest: &Digest) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Adds an image to a layout directory (created if needed): blobs (hard-linked from the cache
-/// where possible), then the manifest, then the index entry, replacing one of the same tag.
+/// Adds an image or an index to a layout directory (created if needed): blobs (hard-linked
+/// from the cache where possible) and an index's `entries` (its manifests), then the manifest
+/// or index itself, then the `index.json` entry, replacing one of the same tag.
 pub fn write_image(
     dir: &Path,
     tag: Option<&str>,
     blobs: &[(Digest, PathBuf)],
+    entries: &[&[u8]],
     manifest: &[u8],
     media_type: &str,
 ) -> Result<Descriptor> {
@@ -135,8 +122,11 @@ pub fn write_image(
             fs::rename(&temp, &dest).io_context("store blob", &dest)?;
         }
     }
+    for bytes in entries.iter().chain([&manifest]) {
+        fs::write(blob_dir.join(Digest::of(bytes).hex()), bytes)
+            .io_context("write manifest to", &blob_dir)?;
+    }
     let digest = Digest::of(manifest);
-    fs::write(blob_dir.join(digest.hex()), manifest).io_context("write manifest to", &blob_dir)?;
 
     let index_path = dir.join("index.json");
     let mut index = match fs::read(&index_path) {
@@ -209,17 +199,17 @@ fn blob_entry(digest: &Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-/// Writes a tarball holding the image as an OCI layout and as a Docker archive.
+/// Writes a tarball holding an image or an index (with its `entries`) as an OCI layout, and
+/// `loaded` (the image, or one of the index's) as a Docker archive.
 pub fn write_tarball(
     file: &Path,
     repo_tag: Option<&str>,
-    config: &Digest,
-    layers: &[Digest],
+    loaded: &Manifest,
     blobs: &[(Digest, PathBuf)],
-    manifest: &[u8],
-    media_type: &str,
+    entries: &[&[u8]],
+    top: &Stored,
 ) -> Result<()> {
-    let mut descriptor = Descriptor::new(media_type, Digest::of(manifest), manifest.len() as u64);
+    let mut descriptor = top.descriptor();
     if let Some(tag) = repo_tag {
         descriptor.annotations.insert(REF_NAME.into(), tag.into());
     }
@@ -229,8 +219,17 @@ pub fn write_tarball(
         manifests: vec![descriptor],
         annotations: BTreeMap::new(),
     };
-    let docker = [DockerArchiveEntry::new(repo_tag, config, layers)];
-    write_archive(file, blobs, &[manifest], &index, &docker)
+    let docker = [DockerArchiveEntry::new(
+        repo_tag,
+        &loaded.config.digest,
+        loaded.layers.iter().map(|l| &l.digest),
+    )];
+    let in_memory: Vec<&[u8]> = entries
+        .iter()
+        .copied()
+        .chain([top.bytes.as_slice()])
+        .collect();
+    write_archive(file, blobs, &in_memory, &index, &docker)
 }
 
 /// Writes `file` under a temporary name and moves it into place once complete: `oci-layout`,
@@ -347,24 +346,17 @@ pub fn unpack_tarball(file: &Path, store: &BlobStore) -> Result<Index> {
     })
 }
 
-/// The manifest named `name` (or the only one) in a tarball, with its digest; the tarball's
-/// blobs are unpacked into the blob store first (see [`unpack_tarball`]).
-pub fn read_tarball(
-    file: &Path,
-    name: Option<&str>,
-    store: &BlobStore,
-) -> Result<(Vec<u8>, Digest)> {
+/// The manifest or index named `name` (or the only entry) in a tarball, with its digest and
+/// media type; the tarball's blobs are unpacked into the blob store first (see
+/// [`unpack_tarball`]), where the entries of an index are then read.
+pub fn read_tarball(file: &Path, name: Option<&str>, store: &BlobStore) -> Result<Stored> {
     let index = unpack_tarball(file, store)?;
     let place = format!("tar:{}", file.display());
-    let read = |digest: &Digest| -> Result<Vec<u8>> {
-        let bytes = fs::read(store.path(digest))
-            .map_err(|e| Error::Image(format!("{place} lacks blob {digest}: {e}")))?;
-        if &Digest::of(&bytes) != digest {
-            return Err(Error::Image(format!("{place}: blob {digest} is corrupt")));
-        }
-        Ok(bytes)
-    };
-    pick_manifest(&index, name, &place, read)
+    let descriptor = choose(&index, name, &place)?;
+    Ok(Stored::new(
+        store.read_checked(&descriptor.digest, &place)?,
+        descriptor.media_type.clone(),
+    ))
 }
 
 /// Writes a layout (with any number of images) as one tarball: the layout's files, plus a
@@ -373,16 +365,26 @@ pub fn read_tarball(
 pub fn write_tarball_of_layout(dir: &Path, file: &Path) -> Result<()> {
     let index = read_index(dir)?;
     let mut docker = Vec::new();
-    for descriptor in &index.manifests {
-        if image::is_index(&descriptor.media_type) {
-            continue;
+    for named in &index.manifests {
+        // Of a multi-platform image, Docker loads this machine's platform's (if it has one).
+        let mut descriptor = named;
+        let nested: Index;
+        if image::is_index(&named.media_type) {
+            nested = image::parse_json(
+                &format!("the index {} in {}", named.digest, dir.display()),
+                &read_blob(dir, &named.digest)?,
+            )?;
+            match nested.manifest_for(&Platform::this_machine()) {
+                Ok(entry) => descriptor = entry,
+                Err(_) => continue,
+            }
         }
         let manifest: Manifest = image::parse_json(
             &format!("the manifest {} in {}", descriptor.digest, dir.display()),
             &read_blob(dir, &descriptor.digest)?,
         )?;
         docker.push(DockerArchiveEntry::new(
-            descriptor.annotations.get(REF_NAME).map(String::as_str),
+            named.annotations.get(REF_NAME).map(String::as_str),
             &manifest.config.digest,
             manifest.layers.iter().map(|l| &l.digest),
         ));
@@ -436,9 +438,10 @@ mod tests {
     }
 
     /// A layout and a tarball holding an index named `multi` (pointing to this platform's
-    /// manifest and another one) and a manifest named `single` are read the same way.
+    /// manifest and another one) and a manifest named `single` are read the same way: a name
+    /// gives its index or manifest as stored, with its media type.
     #[test]
-    fn layouts_and_tarballs_follow_a_nested_index_to_this_platform() {
+    fn layouts_and_tarballs_give_the_named_index_or_manifest() {
         let temp = tempfile::tempdir().unwrap();
         let blob = |name: &str, bytes: &[u8]| -> (Digest, PathBuf) {
             let path = temp.path().join(name);
@@ -484,29 +487,44 @@ mod tests {
             &layout,
             Some("multi"),
             &[config.clone(), ours_blob.clone(), theirs_blob.clone()],
+            &[],
             &nested,
             OCI_INDEX,
         )
         .unwrap();
-        write_image(&layout, Some("single"), &[], theirs, image::OCI_MANIFEST).unwrap();
+        write_image(
+            &layout,
+            Some("single"),
+            &[],
+            &[],
+            theirs,
+            image::OCI_MANIFEST,
+        )
+        .unwrap();
 
-        /// Reads the manifest of a name from the layout or the tarball.
-        type Read<'a> = &'a dyn Fn(Option<&str>) -> Result<(Vec<u8>, Digest)>;
+        /// Reads what a name names in the layout or the tarball: digest, bytes, media type.
+        type Read<'a> = &'a dyn Fn(Option<&str>) -> Result<Stored>;
         let expect = |read: Read<'_>| {
+            let multi = read(Some("multi")).unwrap();
             assert_eq!(
-                read(Some("multi")).unwrap(),
-                (ours.to_vec(), ours_blob.0.clone())
+                (multi.bytes, multi.digest, multi.media_type.as_str()),
+                (nested.clone(), Digest::of(&nested), OCI_INDEX)
             );
+            let single = read(Some("single")).unwrap();
             assert_eq!(
-                read(Some("single")).unwrap(),
-                (theirs.to_vec(), theirs_blob.0.clone())
+                (
+                    single.bytes.as_slice(),
+                    single.digest,
+                    single.media_type.as_str()
+                ),
+                (theirs, theirs_blob.0.clone(), image::OCI_MANIFEST)
             );
             let missing = read(Some("other")).unwrap_err().to_string();
             assert!(missing.contains("no image named 'other'"), "{missing}");
             let several = read(None).unwrap_err().to_string();
             assert!(several.contains("several images"), "{several}");
         };
-        expect(&|name| read_manifest(&layout, name));
+        expect(&|name| read_named(&layout, name));
 
         let tarball = temp.path().join("image.tar");
         write_tarball_of_layout(&layout, &tarball).unwrap();

@@ -16,7 +16,7 @@ use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{self, Descriptor, ImageConfig, Manifest};
+use crate::image::{self, Descriptor, ImageConfig, Index, Manifest, Platform};
 use crate::registry::{Reference, Registries, RegistryClient};
 
 /// An image location as written on the command line.
@@ -116,6 +116,147 @@ pub enum BlobSource {
     Tarball(PathBuf),
 }
 
+/// A manifest or index exactly as stored (its digest is over these bytes), with its media
+/// type.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+impl Stored {
+    /// Bytes read from a layout or tarball, whose index entry gave the media type (or, when it
+    /// gave none, the bytes' own `mediaType`).
+    pub fn new(bytes: Vec<u8>, media_type: String) -> Self {
+        let media_type = if media_type.is_empty() {
+            image::sniff_media_type(&bytes).unwrap_or_default()
+        } else {
+            media_type
+        };
+        Self {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type,
+        }
+    }
+
+    pub fn is_index(&self) -> bool {
+        image::is_index(&self.media_type)
+    }
+
+    /// The descriptor naming it.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            self.media_type.clone(),
+            self.digest.clone(),
+            self.bytes.len() as u64,
+        )
+    }
+}
+
+/// What a location names, opened: its manifest or index, and where the manifests an index
+/// points to and every blob are read from.
+pub struct Opened {
+    pub location: Location,
+    pub named: Stored,
+    pub blobs: BlobSource,
+}
+
+impl Opened {
+    pub async fn open(
+        location: &Location,
+        registries: &Registries,
+        store: &BlobStore,
+    ) -> Result<Self> {
+        let (named, blobs) = match location {
+            Location::Registry(reference) => {
+                let client = registries.client(&reference.registry)?;
+                let fetched = client
+                    .get_manifest(&reference.repository, &reference.manifest_reference())
+                    .await?;
+                let source = BlobSource::Registry {
+                    client,
+                    repository: reference.repository.clone(),
+                };
+                let named = Stored {
+                    bytes: fetched.bytes,
+                    digest: fetched.digest,
+                    media_type: fetched.media_type,
+                };
+                (named, source)
+            }
+            Location::Layout { dir, tag } => (
+                layout::read_named(dir, tag.as_deref())?,
+                BlobSource::Layout(dir.clone()),
+            ),
+            Location::Tarball { file, name } => {
+                // Unpacking copies and hashes every blob: on a blocking thread.
+                let (tarball, name, unpack_into) = (file.clone(), name.clone(), store.clone());
+                let named = blocking::run(move || {
+                    layout::read_tarball(&tarball, name.as_deref(), &unpack_into)
+                })
+                .await?;
+                (named, BlobSource::Tarball(file.clone()))
+            }
+        };
+        Ok(Self {
+            location: location.clone(),
+            named,
+            blobs,
+        })
+    }
+
+    /// The index it names; an error when it names an image.
+    pub fn index(&self) -> Result<Option<Index>> {
+        if !self.named.is_index() {
+            return Ok(None);
+        }
+        image::parse_json(
+            &format!("the image index {}", self.location),
+            &self.named.bytes,
+        )
+        .map(Some)
+    }
+
+    /// A manifest the index points to, checked against its digest.
+    pub async fn entry(&self, descriptor: &Descriptor, store: &BlobStore) -> Result<Stored> {
+        let digest = &descriptor.digest;
+        let bytes = match &self.blobs {
+            BlobSource::Registry { client, repository } => {
+                client
+                    .get_manifest(repository, &digest.to_string())
+                    .await?
+                    .bytes
+            }
+            BlobSource::Layout(dir) => layout::read_blob(dir, digest)?,
+            BlobSource::Tarball(file) => {
+                store.read_checked(digest, &format!("tar:{}", file.display()))?
+            }
+        };
+        let entry = Stored::new(bytes, descriptor.media_type.clone());
+        if image::is_index(&entry.media_type) {
+            return Err(Error::Image(format!(
+                "{}: the index entry {digest} is itself an index; fnbuild reads one level of \
+                 index (an index of images, one per platform)",
+                self.location
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+/// Which images of a location are wanted.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted<'a> {
+    /// This machine's: from an index, its entry; else the one image, whatever its platform.
+    ThisMachine,
+    /// These platforms, each of which the location must have.
+    These(&'a [Platform]),
+    /// Every platform an index has (the one image, when the location names an image).
+    Every,
+}
+
 /// An image whose manifest and config are known; its layers are fetched on demand.
 #[derive(Clone)]
 pub struct SourceImage {
@@ -126,6 +267,8 @@ pub struct SourceImage {
     pub digest: Digest,
     pub config: ImageConfig,
     pub blobs: BlobSource,
+    /// What it runs on: its index entry's platform, else its config's.
+    pub platform: Platform,
 }
 
 impl SourceImage {
@@ -135,44 +278,65 @@ impl SourceImage {
         registries: &Registries,
         store: &BlobStore,
     ) -> Result<Self> {
-        let (manifest_bytes, digest, blobs) = match location {
-            Location::Registry(reference) => {
-                let client = registries.client(&reference.registry)?;
-                let repo = &reference.repository;
-                let mut fetched = client
-                    .get_manifest(repo, &reference.manifest_reference())
-                    .await?;
-                if image::is_index(&fetched.media_type) {
-                    let index: image::Index = image::parse_json("the image index", &fetched.bytes)?;
-                    let chosen = index.manifest_for_this_platform()?;
-                    fetched = client
-                        .get_manifest(repo, &chosen.digest.to_string())
-                        .await?;
+        let mut images = Self::load_all(location, Wanted::ThisMachine, registries, store).await?;
+        Ok(images.remove(0))
+    }
+
+    /// Reads the images `wanted` of a location: their manifests and configs, in the order of
+    /// the platforms asked for (or of the index).
+    pub async fn load_all(
+        location: &Location,
+        wanted: Wanted<'_>,
+        registries: &Registries,
+        store: &BlobStore,
+    ) -> Result<Vec<Self>> {
+        let opened = Opened::open(location, registries, store).await?;
+        let Some(index) = opened.index()? else {
+            let image = Self::read(&opened, opened.named.clone(), None, store).await?;
+            if let Wanted::These(platforms) = wanted {
+                if let Some(missing) = platforms.iter().find(|p| !p.matches(&image.platform)) {
+                    return Err(Error::Image(format!(
+                        "{location} is a {} image, not a multi-platform one: it has no {missing} \
+                         image",
+                        image.platform
+                    )));
                 }
-                let source = BlobSource::Registry {
-                    client,
-                    repository: repo.clone(),
-                };
-                (fetched.bytes, fetched.digest, source)
             }
-            Location::Layout { dir, tag } => {
-                let (bytes, digest) = layout::read_manifest(dir, tag.as_deref())?;
-                (bytes, digest, BlobSource::Layout(dir.clone()))
-            }
-            Location::Tarball { file, name } => {
-                // Unpacking copies and hashes every blob: on a blocking thread.
-                let (tarball, name, unpack_into) = (file.clone(), name.clone(), store.clone());
-                let (bytes, digest) = blocking::run(move || {
-                    layout::read_tarball(&tarball, name.as_deref(), &unpack_into)
-                })
-                .await?;
-                (bytes, digest, BlobSource::Tarball(file.clone()))
-            }
+            return Ok(vec![image]);
         };
+        let entries: Vec<&Descriptor> = match wanted {
+            Wanted::ThisMachine => vec![index.manifest_for(&Platform::this_machine())?],
+            Wanted::These(platforms) => platforms
+                .iter()
+                .map(|p| index.manifest_for(p))
+                .collect::<Result<_>>()
+                .map_err(|e| Error::Image(format!("{location}: {e}")))?,
+            Wanted::Every => index
+                .manifests
+                .iter()
+                .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+                .collect(),
+        };
+        let mut images = Vec::with_capacity(entries.len());
+        for descriptor in entries {
+            let stored = opened.entry(descriptor, store).await?;
+            images.push(Self::read(&opened, stored, descriptor.platform.clone(), store).await?);
+        }
+        Ok(images)
+    }
+
+    /// The image of a manifest: its config read, its layers counted against the config's.
+    pub(crate) async fn read(
+        opened: &Opened,
+        stored: Stored,
+        platform: Option<Platform>,
+        store: &BlobStore,
+    ) -> Result<Self> {
+        let location = &opened.location;
         let manifest: Manifest =
-            image::parse_json(&format!("the manifest of {location}"), &manifest_bytes)?;
+            image::parse_json(&format!("the manifest of {location}"), &stored.bytes)?;
         manifest.family()?;
-        let config_path = local_blob(&blobs, &manifest.config, store).await?;
+        let config_path = local_blob(&opened.blobs, &manifest.config, store).await?;
         let config_bytes = std::fs::read(&config_path)
             .map_err(|e| Error::Image(format!("cannot read config of {location}: {e}")))?;
         let config: ImageConfig =
@@ -186,11 +350,12 @@ impl SourceImage {
         }
         Ok(Self {
             location: location.clone(),
+            platform: platform.unwrap_or_else(|| Platform::of_config(&config)),
             manifest,
-            manifest_bytes,
-            digest,
+            manifest_bytes: stored.bytes,
+            digest: stored.digest,
             config,
-            blobs,
+            blobs: opened.blobs.clone(),
         })
     }
 
@@ -252,6 +417,141 @@ pub async fn local_blob(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// Writes a blob into the layout at `dir`; its descriptor's digest and size.
+    fn put(dir: &std::path::Path, bytes: &[u8]) -> (Digest, usize) {
+        let digest = Digest::of(bytes);
+        let path = layout::blob_path(dir, &digest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        (digest, bytes.len())
+    }
+
+    /// An OCI layout at `dir` naming `multi` an index, pretty-printed (no serializer of
+    /// fnbuild's writes it so), of one tiny image per architecture (this machine's and
+    /// another) and an attestation manifest (`unknown/unknown`); the index as stored and its
+    /// entries' platforms and digests.
+    pub(super) fn index_layout(dir: &std::path::Path) -> (Stored, Vec<(Platform, Digest)>) {
+        let other = if image::oci_architecture() == "arm64" {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let mut descriptors = Vec::new();
+        let mut entries = Vec::new();
+        for arch in [image::oci_architecture(), other, "unknown"] {
+            let os = if arch == "unknown" {
+                "unknown"
+            } else {
+                "linux"
+            };
+            let (layer, layer_size) = put(dir, arch.as_bytes());
+            let config = json!({
+                "architecture": arch, "os": os,
+                "rootfs": { "type": "layers", "diff_ids": [layer.to_string()] },
+            });
+            let (config, config_size) = put(dir, &serde_json::to_vec(&config).unwrap());
+            let manifest = json!({
+                "schemaVersion": 2, "mediaType": image::OCI_MANIFEST,
+                "config": { "mediaType": "application/vnd.oci.image.config.v1+json",
+                            "digest": config.to_string(), "size": config_size },
+                "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                             "digest": layer.to_string(), "size": layer_size }],
+            });
+            let (digest, size) = put(dir, &serde_json::to_vec(&manifest).unwrap());
+            let platform = Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: None,
+            };
+            descriptors.push(json!({
+                "mediaType": image::OCI_MANIFEST, "digest": digest.to_string(), "size": size,
+                "platform": platform,
+            }));
+            entries.push((platform, digest));
+        }
+        let bytes = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2, "mediaType": image::OCI_INDEX, "manifests": descriptors,
+        }))
+        .unwrap();
+        let (digest, size) = put(dir, &bytes);
+        let top = json!({ "schemaVersion": 2, "manifests": [{
+            "mediaType": image::OCI_INDEX, "digest": digest.to_string(), "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": "multi" },
+        }]});
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+        (Stored::new(bytes, image::OCI_INDEX.into()), entries)
+    }
+
+    /// A layout with [`index_layout`], a blob store and registries (none reached).
+    pub(super) fn index_fixture() -> (
+        tempfile::TempDir,
+        Location,
+        Stored,
+        Vec<(Platform, Digest)>,
+        BlobStore,
+        Registries,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, entries) = index_layout(&dir.path().join("layout"));
+        let location: Location = format!("oci:{}:multi", dir.path().join("layout").display())
+            .parse()
+            .unwrap();
+        let store = crate::cache::Cache::open(&dir.path().join("cache"))
+            .unwrap()
+            .blobs();
+        let registries = Registries::new(&Default::default()).unwrap();
+        (dir, location, index, entries, store, registries)
+    }
+
+    #[tokio::test]
+    async fn every_these_or_this_machines_images_of_an_index_load() {
+        let (_dir, location, _, entries, store, registries) = index_fixture();
+        let [(here, here_digest), (other, other_digest), _attestation] = &entries[..] else {
+            unreachable!()
+        };
+        let load = |wanted| SourceImage::load_all(&location, wanted, &registries, &store);
+        let digests = |images: Vec<SourceImage>| {
+            images
+                .into_iter()
+                .map(|i| (i.platform.to_string(), i.digest))
+                .collect::<Vec<_>>()
+        };
+        // Every platform, in the index's order; the attestation is no platform's image.
+        assert_eq!(
+            digests(load(Wanted::Every).await.unwrap()),
+            [
+                (here.to_string(), here_digest.clone()),
+                (other.to_string(), other_digest.clone())
+            ]
+        );
+        assert_eq!(
+            digests(load(Wanted::ThisMachine).await.unwrap()),
+            [(here.to_string(), here_digest.clone())]
+        );
+        // In the order asked for; arm64/v8 is arm64.
+        let asked = [other.clone(), here.clone()];
+        let images = load(Wanted::These(&asked)).await.unwrap();
+        assert_eq!(images[0].config.architecture, other.architecture);
+        assert_eq!(
+            digests(images),
+            [
+                (other.to_string(), other_digest.clone()),
+                (here.to_string(), here_digest.clone())
+            ]
+        );
+        let missing = ["linux/s390x".parse().unwrap()];
+        let Err(err) = load(Wanted::These(&missing)).await else {
+            panic!("an index without linux/s390x gave a linux/s390x image");
+        };
+        let err = err.to_string();
+        assert!(err.contains("no linux/s390x image"), "{err}");
+        assert!(
+            err.contains(&format!("platforms: {here}, {other}")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn locations_parse() {

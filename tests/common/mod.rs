@@ -12,6 +12,7 @@
 pub mod functions;
 pub mod git_server;
 pub mod hostile;
+pub mod multiarch;
 pub mod packages;
 pub mod s3_server;
 pub mod template_runner;

@@ -1,0 +1,204 @@
+//! Multi-platform images written by hand into an OCI layout: an index of tiny images, one per
+//! architecture (a one-file layer, a config with that architecture), and, as BuildKit adds,
+//! an attestation manifest for the first (platform `unknown/unknown`). The index is written
+//! pretty-printed, as no serializer of fnbuild's would: a copy that re-serialized it would
+//! change its digest.
+
+use std::path::Path;
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// What a registry is asked for to get an index or a manifest as stored.
+pub const ACCEPT_ANY: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// One entry of the index: its platform (`unknown/unknown` for the attestation) and digest.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub platform: String,
+    pub digest: String,
+}
+
+/// What [`write_layout`] wrote.
+#[derive(Debug, Clone)]
+pub struct MultiPlatform {
+    pub index_digest: String,
+    pub index_bytes: Vec<u8>,
+    pub entries: Vec<Entry>,
+    /// Every blob: layers, configs, the attestation's.
+    pub blobs: Vec<String>,
+}
+
+impl MultiPlatform {
+    /// The digest of `platform`'s entry (`linux/arm64`).
+    pub fn entry(&self, platform: &str) -> &str {
+        &self
+            .entries
+            .iter()
+            .find(|e| e.platform == platform)
+            .unwrap_or_else(|| panic!("no {platform} entry in {:?}", self.entries))
+            .digest
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Writes a blob into the layout; its digest and size.
+fn blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
+    let digest = sha256(bytes);
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
+    (digest, bytes.len())
+}
+
+/// A tar holding one file.
+fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder.append_data(&mut header, name, content).unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// A manifest of `config` (with its media type) and `layers` (media type, bytes).
+fn manifest(dir: &Path, config_type: &str, config: &[u8], layers: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let (config_digest, config_size) = blob(dir, config);
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(media_type, bytes)| {
+            let (digest, size) = blob(dir, bytes);
+            json!({ "mediaType": media_type, "digest": digest, "size": size })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": config_type, "digest": config_digest, "size": config_size },
+        "layers": layers,
+    }))
+    .unwrap()
+}
+
+/// Writes an OCI layout at `dir` holding, named `name`, an index of one tiny image per
+/// architecture in `architectures` (linux), plus an attestation manifest for the first.
+pub fn write_layout(dir: &Path, name: &str, architectures: &[&str]) -> MultiPlatform {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut descriptors = Vec::new();
+    let mut entries = Vec::new();
+    for arch in architectures {
+        let layer = one_file_tar("etc/architecture", arch.as_bytes());
+        let config = serde_json::to_vec(&json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": { "Cmd": ["/bin/true"] },
+            "rootfs": { "type": "layers", "diff_ids": [sha256(&layer)] },
+        }))
+        .unwrap();
+        let bytes = manifest(
+            dir,
+            "application/vnd.oci.image.config.v1+json",
+            &config,
+            &[("application/vnd.oci.image.layer.v1.tar", layer)],
+        );
+        let (digest, size) = blob(dir, &bytes);
+        descriptors.push(json!({
+            "mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+        entries.push(Entry {
+            platform: format!("linux/{arch}"),
+            digest,
+        });
+    }
+    let statement = json!({ "_type": "https://in-toto.io/Statement/v0.1", "subject": [] });
+    let attestation = manifest(
+        dir,
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+        &[(
+            "application/vnd.in-toto+json",
+            serde_json::to_vec(&statement).unwrap(),
+        )],
+    );
+    let (digest, size) = blob(dir, &attestation);
+    descriptors.push(json!({
+        "mediaType": OCI_MANIFEST, "digest": digest, "size": size,
+        "platform": { "architecture": "unknown", "os": "unknown" },
+        "annotations": {
+            "vnd.docker.reference.digest": entries[0].digest,
+            "vnd.docker.reference.type": "attestation-manifest",
+        },
+    }));
+    entries.push(Entry {
+        platform: "unknown/unknown".into(),
+        digest,
+    });
+    let index_bytes = serde_json::to_vec_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": descriptors,
+        "annotations": { "org.opencontainers.image.description": "made by hand" },
+    }))
+    .unwrap();
+    let (index_digest, size) = blob(dir, &index_bytes);
+    let top = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": OCI_INDEX, "digest": index_digest, "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": name },
+        }],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    let blobs = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|d| *d != index_digest && !entries.iter().any(|e| e.digest == *d))
+        .collect();
+    MultiPlatform {
+        index_digest,
+        index_bytes,
+        entries,
+        blobs,
+    }
+}
+
+/// Names, in the layout at `dir`, an index holding the image named `image` alone, labelled
+/// `platform` (`linux/arm64`), `name`: what a multi-platform build of one platform writes.
+pub fn index_of_one(dir: &Path, image: &str, platform: &str, name: &str) -> String {
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifests = top["manifests"].as_array_mut().unwrap();
+    let mut entry = manifests
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == image)
+        .unwrap_or_else(|| panic!("no image named {image} in {}", dir.display()))
+        .clone();
+    entry.as_object_mut().unwrap().remove("annotations");
+    let (os, architecture) = platform.split_once('/').unwrap();
+    entry["platform"] = json!({ "architecture": architecture, "os": os });
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [entry],
+    }))
+    .unwrap();
+    let (digest, size) = blob(dir, &index);
+    manifests.push(json!({
+        "mediaType": OCI_INDEX, "digest": digest, "size": size,
+        "annotations": { "org.opencontainers.image.ref.name": name },
+    }));
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    digest
+}
