@@ -128,23 +128,43 @@ async fn platform_parts(
     cache: &Cache,
 ) -> Result<Vec<(Platform, Part)>> {
     let mut parts: Vec<(Platform, Part, String)> = Vec::new();
+    let mut found_platforms = Vec::new();
     for upstream in &request.upstreams {
         let found = match upstream {
             Upstream::Image(location) => {
                 SourceImage::load_all(location, Wanted::Every, registries, &cache.blobs())
                     .await?
                     .into_iter()
-                    .map(|image| (image.platform.clone(), Part::Image(image), location.to_string()))
+                    .map(|image| {
+                        (
+                            image.platform.clone(),
+                            Part::Image(image),
+                            location.to_string(),
+                        )
+                    })
                     .collect()
             }
             Upstream::Rootfs(dir) => {
                 let platform = Platform::of_root_filesystem(dir)?;
-                vec![(platform, Part::Rootfs(dir.clone()), format!("rootfs:{}", dir.display()))]
+                vec![(
+                    platform,
+                    Part::Rootfs(dir.clone()),
+                    format!("rootfs:{}", dir.display()),
+                )]
             }
         };
+        found_platforms.extend(found.iter().map(|(p, _, _)| p.clone()));
         for (platform, part, named) in found {
             if let Some(asked) = &request.platforms {
                 if !asked.iter().any(|p| p.matches(&platform)) {
+                    // A root filesystem is given for its one platform; an image's others are
+                    // left out.
+                    if let Part::Rootfs(_) = part {
+                        return Err(Error::Usage(format!(
+                            "--from {named} is {platform}, not one of --platform {}",
+                            platform::list(asked)
+                        )));
+                    }
                     continue;
                 }
             }
@@ -157,13 +177,13 @@ async fn platform_parts(
             parts.push((platform, part, named));
         }
     }
-    let had: Vec<Platform> = parts.iter().map(|(p, _, _)| p.clone()).collect();
     if let Some(asked) = &request.platforms {
-        if let Some(missing) = asked.iter().find(|a| !had.iter().any(|p| p.matches(a))) {
+        let kept: Vec<Platform> = parts.iter().map(|(p, _, _)| p.clone()).collect();
+        if let Some(missing) = asked.iter().find(|a| !kept.iter().any(|p| p.matches(a))) {
             return Err(Error::Usage(format!(
-                "--platform {missing}: no upstream is {missing} (the upstreams given are {}); \
-                 give a --from image that has it, or a rootfs:DIR of that architecture",
-                platform::list(&had)
+                "--platform {missing}: no upstream given is {missing} (they have {}); give a \
+                 --from image that has it, or a rootfs:DIR of that architecture",
+                platform::list(&found_platforms)
             )));
         }
     }

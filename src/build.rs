@@ -250,7 +250,10 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
 
 /// The platforms of the images built, in their order.
 fn publication_platforms(images: &[(Platform, BuiltImage)]) -> Vec<Platform> {
-    images.iter().map(|(platform, _)| platform.clone()).collect()
+    images
+        .iter()
+        .map(|(platform, _)| platform.clone())
+        .collect()
 }
 
 /// The base whose interpreter compiles the handler: this machine's platform's, else the

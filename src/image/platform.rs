@@ -277,7 +277,10 @@ mod tests {
 
         std::fs::write(bin.join("coreutils"), "#!/bin/sh\n").unwrap();
         let err = Platform::of_root_filesystem(root.path()).unwrap_err();
-        assert!(err.is_usage() && err.to_string().contains("not an ELF binary"), "{err}");
+        assert!(
+            err.is_usage() && err.to_string().contains("not an ELF binary"),
+            "{err}"
+        );
         let empty = tempfile::tempdir().unwrap();
         let err = Platform::of_root_filesystem(empty.path()).unwrap_err();
         assert!(err.to_string().contains("/usr/bin/env"), "{err}");
