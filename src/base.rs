@@ -56,7 +56,7 @@ pub struct BaseRequest<'a> {
 
 /// One platform's upstream: an image read, or a root filesystem directory.
 enum Part {
-    Image(SourceImage),
+    Image(Box<SourceImage>),
     Rootfs(PathBuf),
 }
 
@@ -138,7 +138,7 @@ async fn platform_parts(
                     .map(|image| {
                         (
                             image.platform.clone(),
-                            Part::Image(image),
+                            Part::Image(Box::new(image)),
                             location.to_string(),
                         )
                     })
