@@ -139,15 +139,12 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
                 "cannot read the base image {base_location} of runtime {}: {inner}",
                 runtime.name
             )),
-            Error::Image(inner) if request.platforms.is_some() => {
-                Error::Image(format!("--platform: the base image {inner}"))
-            }
             other => other,
         })?;
     for base in &bases {
         tracing::info!(base = %base_location, platform = %base.platform, digest = %base.digest, "read the base image's manifest and config");
     }
-    let declared = match deps_files {
+    let declared = match &deps_files {
         Some(files) if files.declares_dependencies()? => Some(files),
         _ => None,
     };
@@ -170,7 +167,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             false => tracing::Span::none(),
         };
         async {
-            match &declared {
+            match declared {
                 Some(files) => {
                     deps_layer(files, runtime, base, &request.install, &layer_options, ctx)
                         .await
@@ -183,7 +180,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     }))
     .await?;
     // One code layer, the same in every platform's image.
-    let code_layer = code_layer(&workspace, declared.as_ref(), layer_options, ctx.cache).await?;
+    let code_layer = code_layer(&workspace, deps_files.as_ref(), layer_options, ctx.cache).await?;
 
     let mut images = Vec::with_capacity(bases.len());
     for (base, deps) in bases.iter().zip(&deps) {
@@ -240,20 +237,13 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         }
     }
     let digest = publication.digest().clone();
-    tracing::info!(%digest, platforms = %platform::list(&publication_platforms(&images)), elapsed = ?started.elapsed(), "build finished");
+    let platforms: Vec<Platform> = images.iter().map(|(p, _)| p.clone()).collect();
+    tracing::info!(%digest, platforms = %platform::list(&platforms), elapsed = ?started.elapsed(), "build finished");
     Ok(BuildOutcome {
         digest,
         published,
         sbom: sbom_document,
     })
-}
-
-/// The platforms of the images built, in their order.
-fn publication_platforms(images: &[(Platform, BuiltImage)]) -> Vec<Platform> {
-    images
-        .iter()
-        .map(|(platform, _)| platform.clone())
-        .collect()
 }
 
 /// The base whose interpreter compiles the handler: this machine's platform's, else the
