@@ -77,23 +77,28 @@ pub async fn make_base(
     let several = parts.len() > 1;
     // The same server layer (the same bytes) in every platform's image.
     let server = server_layer(request.runtime, options, cache).await?;
-    let mut images = Vec::with_capacity(parts.len());
-    for (platform, part) in parts {
-        let mut image = match part {
+    // Every platform's interpreter is checked before any layer is made.
+    for (platform, part) in &parts {
+        match part {
             Part::Image(upstream) => {
                 let named = match several {
                     true => format!("{} ({platform})", upstream.location),
                     false => upstream.location.to_string(),
                 };
-                check_interpreter(request.runtime, &Shown::Config(&upstream.config), named)?;
-                Append::on(&upstream, BaseName::Omitted, &created)?
+                check_interpreter(request.runtime, &Shown::Config(&upstream.config), named)?
             }
+            Part::Rootfs(dir) => check_interpreter(
+                request.runtime,
+                &Shown::Rootfs(dir),
+                format!("rootfs:{}", dir.display()),
+            )?,
+        }
+    }
+    let mut images = Vec::with_capacity(parts.len());
+    for (platform, part) in parts {
+        let mut image = match part {
+            Part::Image(upstream) => Append::on(&upstream, BaseName::Omitted, &created)?,
             Part::Rootfs(dir) => {
-                check_interpreter(
-                    request.runtime,
-                    &Shown::Rootfs(&dir),
-                    format!("rootfs:{}", dir.display()),
-                )?;
                 let mut image = Append::scratch(&created, &platform);
                 image.config.set_env([
                     (

@@ -3,7 +3,8 @@
 //! registered with binfmt_misc by tests/setup.sh), and a function with a native dependency
 //! (MarkupSafe's `_speedups` module) built for both into one index: each platform's deps
 //! layer installed by its own interpreter, the code layer shared, the index and each
-//! platform's image checked with skopeo, the amd64 image run. The arm64 install runs under
+//! platform's image checked with skopeo, the amd64 image run; each platform's deps layer is
+//! cached (locally and in the cache repository) and gets its own SBOM. The arm64 install runs under
 //! emulation and takes a minute or more: it is done once, in one test.
 //!
 //! Running the arm64 image (`fnbuild run --platform linux/arm64`) is left to the test that
@@ -167,6 +168,8 @@ fn a_function_with_a_native_dependency_builds_for_both_platforms() {
             digest_file.to_str().unwrap(),
             "--knative-service",
             service_file.to_str().unwrap(),
+            "--cache-repo",
+            &format!("{}/fnbuild/cache", registry.host()),
         ],
     );
     eprintln!("[timing] two-platform build with a native dependency: {took:.1?}");
@@ -207,6 +210,20 @@ fn a_function_with_a_native_dependency_builds_for_both_platforms() {
         )),
         "{service}"
     );
+
+    // Each platform's deps layer is cached under its own key in the cache repository, and
+    // each platform's image has its own SBOM (listed at its referrers tag).
+    let cached = registry.tags("fnbuild/cache");
+    assert_eq!(
+        cached.iter().filter(|t| t.starts_with("deps-")).count(),
+        2,
+        "{cached:?}"
+    );
+    let tags = registry.tags(repository);
+    for entry in index["manifests"].as_array().unwrap() {
+        let referrers = entry["digest"].as_str().unwrap().replace(':', "-");
+        assert!(tags.contains(&referrers), "{referrers} not in {tags:?}");
+    }
 
     // Each platform's config; the code layer shared, the deps layers each platform's own.
     let arm64_config = skopeo_json(
