@@ -25,6 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, BuiltLayer, Content, Entry, FileSource, LayerOptions};
+use crate::image::Platform;
 use crate::registry::Registries;
 use crate::runtime::Runtime;
 use crate::transport::publish::{publish, Publication};
@@ -98,7 +99,7 @@ pub async fn make_builder_image(
     source_date_epoch: u64,
 ) -> Result<Vec<String>> {
     let built = write_layer(source_date_epoch, cache, generic_entries).await?;
-    let mut image = Append::scratch(&rfc3339(source_date_epoch));
+    let mut image = Append::scratch(&rfc3339(source_date_epoch), &Platform::this_machine());
     let config = &mut image.config;
     config.set_env([("PATH", "/usr/local/bin"), ("SSL_CERT_FILE", CA_BUNDLE)]);
     config.set_labels([
