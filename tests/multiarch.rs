@@ -3,12 +3,10 @@
 //! registered with binfmt_misc by tests/setup.sh), and a function with a native dependency
 //! (MarkupSafe's `_speedups` module) built for both into one index: each platform's deps
 //! layer installed by its own interpreter, the code layer shared, the index and each
-//! platform's image checked with skopeo, the amd64 image run; each platform's deps layer is
-//! cached (locally and in the cache repository) and gets its own SBOM. The arm64 install runs under
-//! emulation and takes a minute or more: it is done once, in one test.
-//!
-//! Running the arm64 image (`fnbuild run --platform linux/arm64`) is left to the test that
-//! comes with that flag.
+//! platform's image checked with skopeo, both images run (the arm64 one under emulation, with
+//! `fnbuild run --platform linux/arm64`); each platform's deps layer is cached (locally and in
+//! the cache repository) and gets its own SBOM. The arm64 install runs under emulation and
+//! takes a minute or more: it is done once, in one test.
 
 mod common;
 
@@ -269,6 +267,22 @@ fn a_function_with_a_native_dependency_builds_for_both_platforms() {
         (status, String::from_utf8_lossy(&body).into_owned()),
         (200, "&lt;b&gt; markupsafe._speedups".to_string())
     );
+    drop(function);
+    // And the arm64 one, under emulation, with its own aarch64 build of the native module.
+    let function = RunningFunction::start_with_flags(
+        fnbuild(),
+        &pinned,
+        cache.path(),
+        &["--platform", "linux/arm64"],
+    );
+    let (status, _, body) = call("GET", &function.url("/"), &[], b"");
+    let log = function.log();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (200, "&lt;b&gt; markupsafe._speedups".to_string()),
+        "{log}"
+    );
+    assert!(log.contains("running under emulation"), "{log}");
     drop(function);
 
     // A code-only rebuild (every platform of the base, by default): both deps layers are
