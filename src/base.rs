@@ -117,11 +117,13 @@ pub async fn make_base(
         serve(&mut image, request.runtime, &server);
         images.push((platform, image.finish(&store)?));
     }
-    let publication = match several {
-        true => Publication::index(images),
-        false => Publication::image(images.remove(0).1),
-    };
-    publish(&publication, &request.outputs, registries, &store).await
+    publish(
+        &Publication::of(images),
+        &request.outputs,
+        registries,
+        &store,
+    )
+    .await
 }
 
 /// The upstream of each platform: every platform of an image upstream, one per root

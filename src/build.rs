@@ -205,10 +205,7 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         }
         images.push((base.platform.clone(), image));
     }
-    let publication = match several {
-        true => Publication::index(images.clone()),
-        false => Publication::image(images[0].1.clone()),
-    };
+    let publication = Publication::of(images.clone());
     let published = publish(&publication, &request.outputs, ctx.registries, &store).await?;
     let created = rfc3339(request.source_date_epoch);
     let contents: Vec<sbom::Contents> = bases

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::blocking;
-use crate::cache::Cache;
+use crate::cache::{BlobStore, Cache};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::append::{Append, BaseName};
@@ -82,13 +82,7 @@ pub async fn make_runtime_builder_image(
     config.config.cmd = None;
     config.config.working_dir = Some(WORKSPACE.to_string());
     image.layer(&built, "fnbuild: the fnbuild binary".to_string());
-    publish(
-        &Publication::image(image.finish(&store)?),
-        outputs,
-        registries,
-        &store,
-    )
-    .await
+    finish_and_publish(image, outputs, registries, &store).await
 }
 
 /// Makes and publishes the builder image; returns the published references.
@@ -116,11 +110,21 @@ pub async fn make_builder_image(
         "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
     );
     let store = cache.blobs();
+    finish_and_publish(image, outputs, registries, &store).await
+}
+
+/// Stores the image's config and publishes it to every output.
+async fn finish_and_publish(
+    image: Append,
+    outputs: &[Location],
+    registries: &Registries,
+    store: &BlobStore,
+) -> Result<Vec<String>> {
     publish(
-        &Publication::image(image.finish(&store)?),
+        &Publication::image(image.finish(store)?),
         outputs,
         registries,
-        &store,
+        store,
     )
     .await
 }
