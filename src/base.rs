@@ -1,6 +1,8 @@
 //! Making a runtime base image: an upstream language image (from a registry, an OCI layout,
 //! or a root filesystem directory such as a debootstrap) plus one layer holding the runtime
-//! server, with the config that starts it. Upstream layers are not downloaded when the
+//! server, with the config that starts it. Several platforms (every one of a multi-platform
+//! upstream, or one root filesystem each) make an index of such images, which share the
+//! server layer; one platform makes a plain image. Upstream layers are not downloaded when the
 //! upstream is in a registry: they are mounted or copied blob by blob at publish time.
 //! An upstream that shows another interpreter version than the runtime's is refused (see
 //! [`check_interpreter`]).
@@ -14,11 +16,11 @@ use crate::function_image::{self, env, labels, CODE_DIR, SERVER_DIR};
 use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::ImageConfig;
+use crate::image::{platform, ImageConfig, Platform};
 use crate::registry::Registries;
 use crate::runtime::{Language, Runtime};
 use crate::transport::publish::{publish, Publication};
-use crate::transport::{Location, SourceImage};
+use crate::transport::{Location, SourceImage, Wanted};
 
 /// Where the upstream image comes from.
 #[derive(Debug, Clone)]
@@ -44,12 +46,22 @@ impl std::str::FromStr for Upstream {
 
 pub struct BaseRequest<'a> {
     pub runtime: &'a Runtime,
-    pub upstream: Upstream,
+    /// An image (each of its platforms), or root filesystems (one per platform).
+    pub upstreams: Vec<Upstream>,
+    /// `--platform`: only these, each of which an upstream must have.
+    pub platforms: Option<Vec<Platform>>,
     pub outputs: Vec<Location>,
     pub source_date_epoch: u64,
 }
 
-/// Builds and publishes a runtime base image; returns the published references.
+/// One platform's upstream: an image read, or a root filesystem directory.
+enum Part {
+    Image(Box<SourceImage>),
+    Rootfs(PathBuf),
+}
+
+/// Builds and publishes a runtime base image, one per platform the upstreams have (an index
+/// of them when they are several); returns the published references.
 pub async fn make_base(
     request: &BaseRequest<'_>,
     registries: &Registries,
@@ -61,60 +73,156 @@ pub async fn make_base(
         ..LayerOptions::default()
     };
     let created = rfc3339(request.source_date_epoch);
-    let mut image = match &request.upstream {
-        Upstream::Image(location) => {
-            let upstream = SourceImage::load(location, registries, &store).await?;
-            check_interpreter(request.runtime, &Shown::Config(&upstream.config), location)?;
-            Append::on(&upstream, BaseName::Omitted, &created)?
-        }
-        Upstream::Rootfs(dir) => {
-            check_interpreter(
+    let parts = platform_parts(request, registries, cache).await?;
+    let several = parts.len() > 1;
+    // The same server layer (the same bytes) in every platform's image.
+    let server = server_layer(request.runtime, options, cache).await?;
+    // Every platform's interpreter is checked before any layer is made.
+    for (platform, part) in &parts {
+        match part {
+            Part::Image(upstream) => {
+                let named = match several {
+                    true => format!("{} ({platform})", upstream.location),
+                    false => upstream.location.to_string(),
+                };
+                check_interpreter(request.runtime, &Shown::Config(&upstream.config), named)?
+            }
+            Part::Rootfs(dir) => check_interpreter(
                 request.runtime,
                 &Shown::Rootfs(dir),
                 format!("rootfs:{}", dir.display()),
-            )?;
-            let mut image = Append::scratch(&created);
-            image.config.set_env([
-                (
-                    "PATH",
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                ),
-                ("LANG", "C.UTF-8"),
-            ]);
-            image.layer(
-                &rootfs_layer(dir, options, cache).await?,
-                format!("fnbuild: root filesystem from {}", dir.display()),
-            );
-            image
+            )?,
         }
-    };
-    let server = server_layer(request.runtime, options, cache).await?;
-    let config = &mut image.config;
-    config.config.entrypoint = Some(request.runtime.language.entrypoint());
-    config.config.cmd = None;
-    config.config.user = Some(function_image::USER.to_string());
-    config.config.working_dir = Some(CODE_DIR.to_string());
-    let port = function_image::DEFAULT_PORT.to_string();
-    config.set_env([(env::PORT, port.as_str())]);
-    if request.runtime.language == Language::Python {
-        config.set_env([("PYTHONUNBUFFERED", "1")]);
     }
-    config.set_labels([
-        (labels::RUNTIME, request.runtime.name.as_str()),
-        (labels::LANGUAGE, &request.runtime.language.to_string()),
-    ]);
-    config.expose_tcp_port(function_image::DEFAULT_PORT);
-    image.layer(
-        &server,
-        format!("fnbuild: {} runtime server", request.runtime.language),
-    );
+    let mut images = Vec::with_capacity(parts.len());
+    for (platform, part) in parts {
+        let mut image = match part {
+            Part::Image(upstream) => Append::on(&upstream, BaseName::Omitted, &created)?,
+            Part::Rootfs(dir) => {
+                let mut image = Append::scratch(&created, &platform);
+                image.config.set_env([
+                    (
+                        "PATH",
+                        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    ),
+                    ("LANG", "C.UTF-8"),
+                ]);
+                image.layer(
+                    &rootfs_layer(&dir, options, cache).await?,
+                    format!("fnbuild: root filesystem from {}", dir.display()),
+                );
+                image
+            }
+        };
+        serve(&mut image, request.runtime, &server);
+        images.push((platform, image.finish(&store)?));
+    }
     publish(
-        &Publication::image(image.finish(&store)?),
+        &Publication::of(images),
         &request.outputs,
         registries,
         &store,
     )
     .await
+}
+
+/// The upstream of each platform: every platform of an image upstream, one per root
+/// filesystem (its binaries' architecture), only `--platform`'s when given. Two upstreams of
+/// one platform, or a platform asked for that none has, are refused.
+async fn platform_parts(
+    request: &BaseRequest<'_>,
+    registries: &Registries,
+    cache: &Cache,
+) -> Result<Vec<(Platform, Part)>> {
+    let mut parts: Vec<(Platform, Part, String)> = Vec::new();
+    let mut found_platforms = Vec::new();
+    for upstream in &request.upstreams {
+        let found = match upstream {
+            Upstream::Image(location) => {
+                SourceImage::load_all(location, Wanted::Every, registries, &cache.blobs())
+                    .await?
+                    .into_iter()
+                    .map(|image| {
+                        (
+                            image.platform.clone(),
+                            Part::Image(Box::new(image)),
+                            location.to_string(),
+                        )
+                    })
+                    .collect()
+            }
+            Upstream::Rootfs(dir) => {
+                let platform = Platform::of_root_filesystem(dir)?;
+                vec![(
+                    platform,
+                    Part::Rootfs(dir.clone()),
+                    format!("rootfs:{}", dir.display()),
+                )]
+            }
+        };
+        found_platforms.extend(found.iter().map(|(p, _, _)| p.clone()));
+        for (platform, part, named) in found {
+            if let Some(asked) = &request.platforms {
+                if !asked.iter().any(|p| p.matches(&platform)) {
+                    // A root filesystem is given for its one platform; an image's others are
+                    // left out.
+                    if let Part::Rootfs(_) = part {
+                        return Err(Error::Usage(format!(
+                            "--from {named} is {platform}, not one of --platform {}",
+                            platform::list(asked)
+                        )));
+                    }
+                    continue;
+                }
+            }
+            if let Some((_, _, first)) = parts.iter().find(|(p, _, _)| p.matches(&platform)) {
+                return Err(Error::Usage(format!(
+                    "--from {first} and --from {named} are both {platform}: give one upstream \
+                     per platform"
+                )));
+            }
+            parts.push((platform, part, named));
+        }
+    }
+    if let Some(asked) = &request.platforms {
+        let kept: Vec<Platform> = parts.iter().map(|(p, _, _)| p.clone()).collect();
+        if let Some(missing) = asked.iter().find(|a| !kept.iter().any(|p| p.matches(a))) {
+            return Err(Error::Usage(format!(
+                "--platform {missing}: no upstream given is {missing} (they have {}); give a \
+                 --from image that has it, or a rootfs:DIR of that architecture",
+                platform::list(&found_platforms)
+            )));
+        }
+    }
+    if parts.is_empty() {
+        return Err(Error::Usage(
+            "no upstream has a platform to make a base image of".into(),
+        ));
+    }
+    Ok(parts.into_iter().map(|(p, part, _)| (p, part)).collect())
+}
+
+/// Sets what starts the runtime server, and adds its layer.
+fn serve(image: &mut Append, runtime: &Runtime, server: &BuiltLayer) {
+    let config = &mut image.config;
+    config.config.entrypoint = Some(runtime.language.entrypoint());
+    config.config.cmd = None;
+    config.config.user = Some(function_image::USER.to_string());
+    config.config.working_dir = Some(CODE_DIR.to_string());
+    let port = function_image::DEFAULT_PORT.to_string();
+    config.set_env([(env::PORT, port.as_str())]);
+    if runtime.language == Language::Python {
+        config.set_env([("PYTHONUNBUFFERED", "1")]);
+    }
+    config.set_labels([
+        (labels::RUNTIME, runtime.name.as_str()),
+        (labels::LANGUAGE, &runtime.language.to_string()),
+    ]);
+    config.expose_tcp_port(function_image::DEFAULT_PORT);
+    image.layer(
+        server,
+        format!("fnbuild: {} runtime server", runtime.language),
+    );
 }
 
 /// What an upstream shows of its interpreter without running it.

@@ -1,7 +1,10 @@
 //! The build: the one place that knows the whole path from a function's source to a
 //! published image (see DESIGN.md). Source → workspace; runtime → base image (manifest and
 //! config only); deps → cached deps layer; code → code layer; config and manifest derived from
-//! the base's; then every output receives the image.
+//! the base's; then every output receives the image. For several platforms (every one of a
+//! multi-platform base, or `--platform`'s), each gets its base's image with its own deps layer
+//! (installed by its own interpreter, and cached under its base's digest) and the one code
+//! layer, and the outputs receive the index of them.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +22,7 @@ use crate::handler_check;
 use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, Attributes, BuiltLayer, Entry, LayerOptions};
-use crate::image::{Descriptor, CREATED_ANNOTATION, REVISION_KEY, SOURCE_KEY};
+use crate::image::{platform, Descriptor, Platform, CREATED_ANNOTATION, REVISION_KEY, SOURCE_KEY};
 use crate::registry::Registries;
 use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime};
@@ -27,7 +30,8 @@ use crate::sbom;
 use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
 use crate::transport::publish::{publish, BuiltImage, Inherited, Publication};
 use crate::transport::referrers;
-use crate::transport::{BlobSource, Location, SourceImage};
+use crate::transport::{BlobSource, Location, SourceImage, Wanted};
+use tracing::Instrument;
 
 /// Bumped when the deps layer's content, or what a cache entry records of it, changes for the
 /// same inputs, to retire cache entries.
@@ -65,15 +69,19 @@ pub struct BuildRequest {
     pub source_date_epoch: u64,
     /// Attach an SPDX SBOM to the image in every registry output.
     pub sbom: bool,
+    /// `--platform`: the base image's platforms to build for [default: every one it has].
+    pub platforms: Option<Vec<Platform>>,
 }
 
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct BuildOutcome {
+    /// The image's digest; of several platforms' images, the index's.
     pub digest: Digest,
     /// Per output, the image by digest (`REF@sha256:...`).
     pub published: Vec<String>,
-    /// The image's SPDX document, naming the image as its first output does.
+    /// The image's SPDX document, naming the image as its first output does; of several
+    /// platforms' images, the first platform's (each is attached to its own image).
     pub sbom: serde_json::Value,
 }
 
@@ -120,7 +128,11 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         None => runtime.base_image_ref().parse()?,
     };
     let store = ctx.cache.blobs();
-    let base = SourceImage::load(&base_location, ctx.registries, &store)
+    let wanted = match &request.platforms {
+        Some(platforms) => Wanted::These(platforms),
+        None => Wanted::Every,
+    };
+    let bases = SourceImage::load_all(&base_location, wanted, ctx.registries, &store)
         .await
         .map_err(|e| match e {
             Error::Registry(inner) => Error::Image(format!(
@@ -129,76 +141,131 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
             )),
             other => other,
         })?;
-    tracing::info!(base = %base_location, digest = %base.digest, "read the base image's manifest and config");
+    for base in &bases {
+        tracing::info!(base = %base_location, platform = %base.platform, digest = %base.digest, "read the base image's manifest and config");
+    }
+    let declared = match &deps_files {
+        Some(files) if files.declares_dependencies()? => Some(files),
+        _ => None,
+    };
+    if declared.is_some() && request.install.installer == Installer::Host {
+        refuse_foreign_host_install(&bases)?;
+    }
     if language == Language::Python {
-        compile_handler(&module, request, runtime, &base, ctx).await?;
+        compile_handler(&module, request, runtime, compile_base(&bases), ctx).await?;
     }
 
     let layer_options = LayerOptions {
         mtime: request.source_date_epoch,
         ..LayerOptions::default()
     };
-    let deps = match &deps_files {
-        Some(files) if files.declares_dependencies()? => {
-            Some(deps_layer(files, runtime, &base, &request.install, &layer_options, ctx).await?)
+    // Each platform's deps are installed by its own interpreter, the platforms at once.
+    let several = bases.len() > 1;
+    let deps = futures_util::future::try_join_all(bases.iter().map(|base| {
+        let span = match several {
+            true => tracing::info_span!("platform", platform = %base.platform),
+            false => tracing::Span::none(),
+        };
+        async {
+            match declared {
+                Some(files) => {
+                    deps_layer(files, runtime, base, &request.install, &layer_options, ctx)
+                        .await
+                        .map(Some)
+                }
+                None => Ok(None),
+            }
         }
-        _ => None,
-    };
+        .instrument(span)
+    }))
+    .await?;
+    // One code layer, the same in every platform's image.
     let code_layer = code_layer(&workspace, deps_files.as_ref(), layer_options, ctx.cache).await?;
 
-    let mut image = assemble(
-        request,
-        runtime,
-        &base,
-        &workspace,
-        deps.as_ref().map(|d| d.layer.built()).as_ref(),
-        &code_layer,
-        ctx.cache,
-    )?;
-    if let Some(ResolvedDeps {
-        layer,
-        remote: Some(source),
-    }) = &deps
-    {
-        image.inherited.push(Inherited {
-            source: source.clone(),
-            digests: [layer.digest.clone()].into(),
-        });
+    let mut images = Vec::with_capacity(bases.len());
+    for (base, deps) in bases.iter().zip(&deps) {
+        let mut image = assemble(
+            request,
+            runtime,
+            base,
+            &workspace,
+            deps.as_ref().map(|d| d.layer.built()).as_ref(),
+            &code_layer,
+            ctx.cache,
+        )?;
+        if let Some(ResolvedDeps {
+            layer,
+            remote: Some(source),
+        }) = deps
+        {
+            image.inherited.push(Inherited {
+                source: source.clone(),
+                digests: [layer.digest.clone()].into(),
+            });
+        }
+        images.push((base.platform.clone(), image));
     }
-    let published = publish(
-        &Publication::image(image.clone()),
-        &request.outputs,
-        ctx.registries,
-        &store,
-    )
-    .await?;
-    let packages = deps.as_ref().map_or(&[][..], |d| &d.layer.packages[..]);
+    let publication = Publication::of(images.clone());
+    let published = publish(&publication, &request.outputs, ctx.registries, &store).await?;
     let created = rfc3339(request.source_date_epoch);
-    let contents = sbom::Contents {
-        runtime,
-        base_image: base_location.to_string(),
-        base_digest: &base.digest,
-        packages,
-        created: &created,
-    };
-    // The document as the first output names the image (for `--sbom-file`).
+    let contents: Vec<sbom::Contents> = bases
+        .iter()
+        .zip(&deps)
+        .map(|(base, deps)| sbom::Contents {
+            runtime,
+            base_image: base_location.to_string(),
+            base_digest: &base.digest,
+            packages: deps.as_ref().map_or(&[][..], |d| &d.layer.packages[..]),
+            created: &created,
+        })
+        .collect();
+    // The first platform's document as the first output names its image (for `--sbom-file`).
     let sbom_document = sbom::spdx_document(
         &request
             .outputs
             .first()
             .map_or_else(|| sbom::ImageName::local("function"), sbom_name),
-        &image.digest,
-        &contents,
+        &images[0].1.digest,
+        &contents[0],
     );
     if request.sbom {
-        attach_sbom(&image, &request.outputs, &contents, ctx).await;
+        for ((_, image), contents) in images.iter().zip(&contents) {
+            attach_sbom(image, &request.outputs, contents, ctx).await;
+        }
     }
-    tracing::info!(digest = %image.digest, elapsed = ?started.elapsed(), "build finished");
+    let digest = publication.digest().clone();
+    let platforms: Vec<Platform> = images.iter().map(|(p, _)| p.clone()).collect();
+    tracing::info!(%digest, platforms = %platform::list(&platforms), elapsed = ?started.elapsed(), "build finished");
     Ok(BuildOutcome {
-        digest: image.digest,
+        digest,
         published,
         sbom: sbom_document,
     })
+}
+
+/// The base whose interpreter compiles the handler: this machine's platform's, else the
+/// first (run under emulation).
+fn compile_base(bases: &[SourceImage]) -> &SourceImage {
+    let here = Platform::this_machine();
+    bases
+        .iter()
+        .find(|base| base.platform.matches(&here))
+        .unwrap_or(&bases[0])
+}
+
+/// `--deps-installer host` installs with this machine's pip or npm, whose native modules are
+/// this machine's: refused for a base of another platform.
+fn refuse_foreign_host_install(bases: &[SourceImage]) -> Result<()> {
+    let here = Platform::this_machine();
+    match bases.iter().find(|base| !base.platform.matches(&here)) {
+        Some(foreign) => Err(Error::Usage(format!(
+            "--deps-installer host installs dependencies with this machine's pip or npm, for \
+             {here}: it cannot install them for {}; use --deps-installer image (each \
+             platform's own interpreter, under emulation where needed) or --platform {here}",
+            foreign.platform
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Attaches the image's SBOM to it in every registry output. The image is published by now:

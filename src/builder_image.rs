@@ -19,12 +19,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::blocking;
-use crate::cache::Cache;
+use crate::cache::{BlobStore, Cache};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::image::append::{Append, BaseName};
 use crate::image::config::rfc3339;
 use crate::image::layer::{self, BuiltLayer, Content, Entry, FileSource, LayerOptions};
+use crate::image::Platform;
 use crate::registry::Registries;
 use crate::runtime::Runtime;
 use crate::transport::publish::{publish, Publication};
@@ -81,13 +82,7 @@ pub async fn make_runtime_builder_image(
     config.config.cmd = None;
     config.config.working_dir = Some(WORKSPACE.to_string());
     image.layer(&built, "fnbuild: the fnbuild binary".to_string());
-    publish(
-        &Publication::image(image.finish(&store)?),
-        outputs,
-        registries,
-        &store,
-    )
-    .await
+    finish_and_publish(image, outputs, registries, &store).await
 }
 
 /// Makes and publishes the builder image; returns the published references.
@@ -98,7 +93,7 @@ pub async fn make_builder_image(
     source_date_epoch: u64,
 ) -> Result<Vec<String>> {
     let built = write_layer(source_date_epoch, cache, generic_entries).await?;
-    let mut image = Append::scratch(&rfc3339(source_date_epoch));
+    let mut image = Append::scratch(&rfc3339(source_date_epoch), &Platform::this_machine());
     let config = &mut image.config;
     config.set_env([("PATH", "/usr/local/bin"), ("SSL_CERT_FILE", CA_BUNDLE)]);
     config.set_labels([
@@ -115,11 +110,21 @@ pub async fn make_builder_image(
         "fnbuild: the fnbuild binary, its libraries and CA certificates".to_string(),
     );
     let store = cache.blobs();
+    finish_and_publish(image, outputs, registries, &store).await
+}
+
+/// Stores the image's config and publishes it to every output.
+async fn finish_and_publish(
+    image: Append,
+    outputs: &[Location],
+    registries: &Registries,
+    store: &BlobStore,
+) -> Result<Vec<String>> {
     publish(
-        &Publication::image(image.finish(&store)?),
+        &Publication::image(image.finish(store)?),
         outputs,
         registries,
-        &store,
+        store,
     )
     .await
 }

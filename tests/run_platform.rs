@@ -1,4 +1,4 @@
-//! `fnbuild run --platform`: the arm64 image of a multi-platform function image runs on this
+//! `fnbuild run` of another architecture's image: an arm64 function image runs on this
 //! machine under qemu-user (registered in binfmt_misc by `tests/setup.sh`) and answers, its
 //! Python reporting an aarch64 machine; an architecture with no emulator here fails before
 //! anything is unpacked, naming what is missing and how to add it. Waits follow `fnbuild
@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use common::functions::{call, failure, function_dir, success, RunningFunction, PYTHON};
-use common::multiarch::{index_of_one, write_layout};
+use common::multiarch::write_layout;
 use common::{fnbuild, rootfs};
 
 /// Architectures that may lack an emulator; setup.sh registers only the other of amd64 and
@@ -64,30 +64,28 @@ fn the_arm64_image_answers_under_emulation() {
             .arg("--cache-dir")
             .arg(&cache),
     );
-    // TODO(after the `fnbuild base` platform fix merges): a base made from an arm64 rootfs
-    // still says amd64 in its config, and so does the function built on it; until then the
-    // test labels it linux/arm64 in an index of its own, as a multi-platform build does. Then
-    // drop `index_of_one` here and run `oci:...:fn` itself with --platform linux/arm64 (and
-    // check the config says arm64 with `skopeo inspect`).
-    index_of_one(&layout, "fn", "linux/arm64", "fn-index");
-    let image = format!("oci:{}:fn-index", layout.display());
+    let image = format!("oci:{}:fn", layout.display());
 
-    // Without --platform, this machine's image is wanted, and the index has none.
-    let (code, stderr) = failure(&mut run_cmd(&image, &cache, None));
+    // A single-platform image must be for the platform asked for.
+    let (code, stderr) = failure(&mut run_cmd(&image, &cache, Some("linux/amd64")));
     assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("platforms: linux/arm64"), "{stderr}");
-
-    let running = RunningFunction::start_with_flags(
-        fnbuild(),
-        &image,
-        &cache,
-        &["--platform", "linux/arm64"],
+    assert!(
+        stderr.contains("is a linux/arm64 image, not a multi-platform one"),
+        "{stderr}"
     );
+
+    // Without --platform, it runs all the same, under emulation, with a warning (as `docker
+    // run` does); `--platform linux/arm64` of an index is run by tests/multiarch.rs.
+    let running = RunningFunction::start_with_flags(fnbuild(), &image, &cache, &[]);
     let (status, _, body) = call("POST", &running.url("/"), &[], b"");
     let log = running.log();
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
         (200, "machine=aarch64"),
+        "{log}"
+    );
+    assert!(
+        log.contains("the image is for another platform than this machine's"),
         "{log}"
     );
     assert!(log.contains("running under emulation"), "{log}");

@@ -567,6 +567,8 @@ fn the_task_builds_from_the_source_workspace_with_dependencies_and_reports_the_i
         ("BASE_REGISTRY", &bases.host()),
         ("BUILDER_IMAGE", &builder),
         ("CACHE_REPO", &cache_repo),
+        // The base image's one platform, asked for: a plain image, as without it.
+        ("PLATFORMS", "linux/amd64"),
     ]);
     let outcome = succeeded(run.run(&template("tekton/task.yaml")), |outcome| {
         &outcome.steps
@@ -1519,6 +1521,60 @@ fn extra_args_expand_into_separate_arguments() {
         Err(RunError::Invalid(message)) => assert!(message.contains("EXTRA_ARGS"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// PLATFORMS becomes `--platform`: empty by default (every platform the base image has), the
+/// platforms given otherwise, in the Task, both Knative Build templates and the Pipeline,
+/// which passes its own PLATFORMS to the Task.
+#[test]
+fn the_platforms_parameter_becomes_the_platform_flag() {
+    let required = [
+        ("IMAGE", "r.test/f:v1"),
+        ("RUNTIME", PYTHON),
+        ("HANDLER", "a.b"),
+    ];
+    let platform_args = |args: &[String]| -> Vec<String> {
+        args.iter()
+            .filter(|a| a.starts_with("--platform"))
+            .cloned()
+            .collect()
+    };
+    let task = load_yaml(&template("tekton/task.yaml"));
+    let run = TaskRun::new(&required, &[]);
+    for (run, expected) in [
+        (run.clone(), "--platform="),
+        (
+            run.clone()
+                .param("PLATFORMS", "linux/amd64,linux/arm64".into()),
+            "--platform=linux/amd64,linux/arm64",
+        ),
+    ] {
+        let resolved = resolve_task(&task, &run.params, &[]).unwrap();
+        assert_eq!(platform_args(&resolved.steps[0].args), [expected]);
+    }
+    for file in [
+        "knative-build/buildtemplate.yaml",
+        "knative-build/clusterbuildtemplate.yaml",
+    ] {
+        let build_template = load_yaml(&template(file));
+        for (extra, expected) in [
+            (None, "--platform="),
+            (Some(("PLATFORMS", "linux/arm64")), "--platform=linux/arm64"),
+        ] {
+            let arguments: Vec<(&str, &str)> = required.into_iter().chain(extra).collect();
+            let applied = apply_build_template(&build_template, &arguments).unwrap();
+            assert_eq!(platform_args(&applied.steps[0].args), [expected], "{file}");
+        }
+    }
+    let pipeline = load_yaml(&template("tekton/pipeline.yaml"));
+    let build = pipeline["spec"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "build")
+        .unwrap();
+    assert!(name_values(&build["params"])
+        .contains(&("PLATFORMS".to_string(), "$(params.PLATFORMS)".to_string())));
 }
 
 /// The pods the templates make, as the restricted Pod Security Standard sees them: the

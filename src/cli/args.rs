@@ -265,6 +265,14 @@ pub struct BuildArgs {
     #[arg(long, value_name = "REF", alias = "destination")]
     pub image: Vec<String>,
 
+    /// Build for these platforms of the base image, comma-separated: linux/amd64,linux/arm64.
+    /// Each platform's image has its base's layers, its own dependency layer (installed by its
+    /// own interpreter, under emulation for another architecture) and the one code layer; the
+    /// outputs get an index of them, which the digest files and the Knative Service name
+    /// [default: every platform of a multi-platform base image (one image of a plain one)].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
+
     /// Write the image to an OCI layout (oci:DIR[:NAME]) or a tarball (tar:FILE[:NAME]), under
     /// NAME if given (a tag, or REPOSITORY:TAG). Repeatable.
     #[arg(long, value_name = "oci:DIR|tar:FILE")]
@@ -383,7 +391,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_sbom: bool,
 
-    /// Also write the image's SPDX SBOM to this file.
+    /// Also write the image's SPDX SBOM to this file; of a multi-platform build, the first
+    /// platform's (every platform's is attached to its own image in the registry).
     #[arg(value_parser = path_or_empty, long, value_name = "FILE")]
     pub sbom_file: Option<PathBuf>,
 
@@ -401,9 +410,17 @@ pub struct BaseArgs {
     pub runtime: String,
 
     /// The upstream language image: REF, oci:DIR[:TAG], or rootfs:DIR for a root filesystem
-    /// directory (e.g. made with debootstrap).
-    #[arg(long, value_name = "UPSTREAM")]
-    pub from: String,
+    /// directory (e.g. made with debootstrap), whose architecture is read from its binaries.
+    /// Every platform of a multi-platform image is made; repeat it with one rootfs:DIR per
+    /// platform (rootfs:/srv/amd64 --from rootfs:/srv/arm64) for a multi-platform base image
+    /// (an index). One platform makes a plain image.
+    #[arg(long, value_name = "UPSTREAM", alias = "upstream", required = true)]
+    pub from: Vec<String>,
+
+    /// Only these platforms of the upstreams, comma-separated: linux/amd64,linux/arm64; each
+    /// must be in one of them [default: every platform the upstreams have].
+    #[arg(long, value_name = "OS/ARCH[,OS/ARCH...]")]
+    pub platform: Option<String>,
 
     /// Where to publish: REF, oci:DIR[:TAG] or tar:FILE. Repeatable.
     #[arg(long, value_name = "REF", alias = "destination", required = true)]
@@ -662,6 +679,7 @@ impl EmptyMeansAbsent for BuildArgs {
             label: split_list(self.label),
             base_image: given(self.base_image),
             image: split_list(self.image),
+            platform: given(self.platform),
             output: split_list(self.output),
             digest_file: given(self.digest_file),
             image_ref_file: given(self.image_ref_file),

@@ -309,6 +309,7 @@ async fn run_build(args: BuildArgs) -> Result<ExitCode> {
         },
         source_date_epoch: source_date_epoch()?,
         sbom: !args.no_sbom,
+        platforms: platforms_flag(args.platform.as_deref())?,
     };
     if request.timeout_seconds == 0 {
         return Err(Error::Usage("--timeout must be at least 1 second".into()));
@@ -446,7 +447,12 @@ async fn run_base(args: BaseArgs) -> Result<ExitCode> {
         .collect::<Result<Vec<Location>>>()?;
     let request = BaseRequest {
         runtime: resolved.runtime,
-        upstream: args.from.parse()?,
+        upstreams: args
+            .from
+            .iter()
+            .map(|from| from.parse())
+            .collect::<Result<_>>()?,
+        platforms: platforms_flag(args.platform.as_deref())?,
         outputs,
         source_date_epoch: source_date_epoch()?,
     };

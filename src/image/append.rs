@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::layer::BuiltLayer;
-use super::{oci_architecture, Descriptor, ImageConfig, Manifest, MediaFamily};
+use super::{Descriptor, ImageConfig, Manifest, MediaFamily, Platform};
 use crate::cache::BlobStore;
 use crate::error::Result;
 use crate::transport::publish::{BuiltImage, Inherited};
@@ -40,14 +40,19 @@ pub struct Append {
 }
 
 impl Append {
-    /// An image of nothing yet: OCI media types, no layers, a config for this platform.
-    pub fn scratch(created: &str) -> Self {
-        let config = ImageConfig {
+    /// An image of nothing yet: OCI media types, no layers, a config for `platform`.
+    pub fn scratch(created: &str, platform: &Platform) -> Self {
+        let mut config = ImageConfig {
             created: Some(created.to_string()),
-            architecture: oci_architecture().to_string(),
-            os: "linux".to_string(),
+            architecture: platform.architecture.clone(),
+            os: platform.os.clone(),
             ..ImageConfig::default()
         };
+        if let Some(variant) = &platform.variant {
+            config
+                .other
+                .insert("variant".to_string(), variant.clone().into());
+        }
         Self {
             config,
             family: MediaFamily::Oci,
@@ -158,7 +163,7 @@ mod tests {
         let store = Cache::open(cache_dir.path()).unwrap().blobs();
         let (first, second, third) = (layer(&store, "a"), layer(&store, "b"), layer(&store, "c"));
 
-        let mut scratch = Append::scratch(CREATED);
+        let mut scratch = Append::scratch(CREATED, &Platform::this_machine());
         scratch.config.set_env([("PATH", "/bin")]);
         scratch.layer(&first, "first".to_string());
         scratch.layer(&second, "second".to_string());
@@ -223,7 +228,7 @@ mod tests {
     fn a_docker_base_keeps_its_media_types_and_takes_no_annotations() {
         let cache_dir = tempfile::tempdir().unwrap();
         let store = Cache::open(cache_dir.path()).unwrap().blobs();
-        let mut scratch = Append::scratch(CREATED);
+        let mut scratch = Append::scratch(CREATED, &Platform::this_machine());
         scratch.layer(&layer(&store, "a"), "a".to_string());
         let mut base = read_back(&scratch.finish(&store).unwrap(), &store, "oci:/b");
         base.manifest.media_type = Some(DOCKER_MANIFEST.to_string());

@@ -1,7 +1,10 @@
 //! Platforms (`linux/amd64`, `linux/arm64`): what an image's config says it runs on, what an
 //! index entry is labelled with, and what `--platform` asks for. Two platforms match when
 //! their OS and architecture are the same and their variants do not differ (`linux/arm64`
-//! is `linux/arm64/v8`, the only arm64 variant images carry).
+//! is `linux/arm64/v8`, the only arm64 variant images carry). A root filesystem's platform is
+//! read from its ELF binaries.
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +46,43 @@ impl Platform {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
         }
+    }
+
+    /// The platform of a root filesystem: the architecture its `env` (else `sh`) binary is
+    /// built for, read from the ELF header's `e_machine`. Images of it carry no variant
+    /// (`linux/arm64`, as [`Platform::this_machine`] has none either).
+    pub fn of_root_filesystem(root: &Path) -> Result<Self> {
+        let candidates = ["usr/bin/env", "bin/env", "usr/bin/sh", "bin/sh"];
+        let binary = candidates
+            .iter()
+            .find_map(|path| resolve_in(root, Path::new(path)))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "rootfs:{}: cannot tell its architecture: none of /{} is there to read",
+                    root.display(),
+                    candidates.join(", /")
+                ))
+            })?;
+        let mut header = [0u8; 20];
+        let read = std::fs::File::open(&binary)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header));
+        let architecture = read
+            .ok()
+            .and_then(|()| elf_architecture(&header))
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "rootfs:{}: cannot tell its architecture: {} is not an ELF binary of a \
+                     known architecture ({})",
+                    root.display(),
+                    binary.display(),
+                    ARCHITECTURES.join(", ")
+                ))
+            })?;
+        Ok(Self {
+            architecture: architecture.to_string(),
+            os: "linux".to_string(),
+            variant: None,
+        })
     }
 
     /// Whether `self` and `other` name the same platform (see the module doc on variants).
@@ -114,6 +154,50 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// Where `path` (relative to `root`) leads inside `root`, symbolic links followed as the
+/// root filesystem sees them (an absolute target is under `root`); none when it leads nowhere.
+fn resolve_in(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut path = path.to_path_buf();
+    for _ in 0..16 {
+        let full = root.join(&path);
+        let metadata = std::fs::symlink_metadata(&full).ok()?;
+        if !metadata.file_type().is_symlink() {
+            return metadata.is_file().then_some(full);
+        }
+        let target = std::fs::read_link(&full).ok()?;
+        path = match target.strip_prefix("/") {
+            Ok(absolute) => absolute.to_path_buf(),
+            Err(_) => path.parent().unwrap_or(Path::new("")).join(target),
+        };
+    }
+    None
+}
+
+/// The OCI architecture of an ELF header (its first 20 bytes): `e_machine`, in the byte order
+/// `EI_DATA` gives, with the class telling 32-bit from 64-bit where both share a machine.
+fn elf_architecture(header: &[u8; 20]) -> Option<&'static str> {
+    if header[..4] != *b"\x7fELF" {
+        return None;
+    }
+    let bytes = [header[18], header[19]];
+    let machine = match header[5] {
+        1 => u16::from_le_bytes(bytes),
+        2 => u16::from_be_bytes(bytes),
+        _ => return None,
+    };
+    let is_64 = header[4] == 2;
+    Some(match (machine, is_64) {
+        (0x3e, true) => "amd64",
+        (0xb7, true) => "arm64",
+        (0x28, false) => "arm",
+        (0x03, false) => "386",
+        (0x15, true) if header[5] == 1 => "ppc64le",
+        (0x16, true) => "s390x",
+        (0xf3, true) => "riscv64",
+        _ => return None,
+    })
+}
+
 /// `a, b, c` of some platforms, or `none`, for messages.
 pub fn list(platforms: &[Platform]) -> String {
     if platforms.is_empty() {
@@ -168,6 +252,38 @@ mod tests {
         let listed = Platform::parse_list("linux/amd64, linux/arm64,linux/arm64/v8").unwrap();
         assert_eq!(list(&listed), "linux/amd64, linux/arm64");
         assert!(Platform::parse_list("linux/amd64,").is_err());
+    }
+
+    #[test]
+    fn a_root_filesystem_is_of_its_binaries_architecture() {
+        let elf = |class: u8, machine: u16| {
+            let mut header = vec![0x7f, b'E', b'L', b'F', class, 1];
+            header.resize(18, 0);
+            header.extend(machine.to_le_bytes());
+            header.extend([0; 40]);
+            header
+        };
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("usr/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::write(bin.join("coreutils"), elf(2, 0xb7)).unwrap();
+        // A link as the root filesystem sees it: absolute targets are inside it.
+        std::os::unix::fs::symlink("/usr/bin/coreutils", bin.join("env")).unwrap();
+        let p = Platform::of_root_filesystem(root.path()).unwrap();
+        assert_eq!(p.to_string(), "linux/arm64");
+        std::fs::write(bin.join("coreutils"), elf(2, 0x3e)).unwrap();
+        let p = Platform::of_root_filesystem(root.path()).unwrap();
+        assert_eq!(p.to_string(), "linux/amd64");
+
+        std::fs::write(bin.join("coreutils"), "#!/bin/sh\n").unwrap();
+        let err = Platform::of_root_filesystem(root.path()).unwrap_err();
+        assert!(
+            err.is_usage() && err.to_string().contains("not an ELF binary"),
+            "{err}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let err = Platform::of_root_filesystem(empty.path()).unwrap_err();
+        assert!(err.to_string().contains("/usr/bin/env"), "{err}");
     }
 
     #[test]

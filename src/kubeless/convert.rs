@@ -174,6 +174,7 @@ async fn convert_one(
                 },
                 source_date_epoch: request.source_date_epoch,
                 sbom: true,
+                platforms: None,
             };
             let outcome = build(&build_request, ctx).await?;
             let pinned = outcome.published[0].clone();

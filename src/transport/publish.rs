@@ -154,6 +154,14 @@ impl Publication {
         }
     }
 
+    /// One platform's image as it is, several platforms' images as their [`index`](Self::index).
+    pub fn of(mut images: Vec<(Platform, BuiltImage)>) -> Self {
+        match images.len() {
+            1 => Self::image(images.remove(0).1),
+            _ => Self::index(images),
+        }
+    }
+
     /// The index of `images`, each entry labelled with its platform: a Docker manifest list
     /// when every image is a Docker schema 2 one, else an OCI index.
     pub fn index(images: Vec<(Platform, BuiltImage)>) -> Self {

@@ -173,32 +173,3 @@ pub fn write_layout(dir: &Path, name: &str, architectures: &[&str]) -> MultiPlat
         blobs,
     }
 }
-
-/// Names, in the layout at `dir`, an index holding the image named `image` alone, labelled
-/// `platform` (`linux/arm64`), `name`: what a multi-platform build of one platform writes.
-pub fn index_of_one(dir: &Path, image: &str, platform: &str, name: &str) -> String {
-    let mut top: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let manifests = top["manifests"].as_array_mut().unwrap();
-    let mut entry = manifests
-        .iter()
-        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == image)
-        .unwrap_or_else(|| panic!("no image named {image} in {}", dir.display()))
-        .clone();
-    entry.as_object_mut().unwrap().remove("annotations");
-    let (os, architecture) = platform.split_once('/').unwrap();
-    entry["platform"] = json!({ "architecture": architecture, "os": os });
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [entry],
-    }))
-    .unwrap();
-    let (digest, size) = blob(dir, &index);
-    manifests.push(json!({
-        "mediaType": OCI_INDEX, "digest": digest, "size": size,
-        "annotations": { "org.opencontainers.image.ref.name": name },
-    }));
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
-    digest
-}
