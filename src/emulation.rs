@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::image::platform::{ElfMachine, ELF_MACHINES};
 use crate::image::Platform;
 
 /// Where binfmt_misc is mounted.
@@ -41,13 +42,13 @@ fn check(dir: &Path, platform: &Platform, here: &Platform) -> Result<Emulation> 
     if platform.architecture == here.architecture {
         return Ok(Emulation::Native);
     }
-    let elf = Elf::of(&platform.architecture).ok_or_else(|| {
+    let elf = ElfMachine::of(&platform.architecture).ok_or_else(|| {
         Error::Run(format!(
             "the image is for {platform}, whose programs fnbuild cannot recognize for \
              emulation; it emulates {}",
             ELF_MACHINES
                 .iter()
-                .map(|(arch, ..)| *arch)
+                .map(|m| m.architecture)
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
@@ -119,39 +120,8 @@ fn check(dir: &Path, platform: &Platform, here: &Platform) -> Result<Emulation> 
     ))
 }
 
-/// Each architecture fnbuild can ask an emulator for: its OCI name, its qemu name, and its
-/// ELF class (1: 32-bit, 2: 64-bit), byte order (1: little, 2: big endian) and machine.
-const ELF_MACHINES: &[(&str, &str, u8, u8, u16)] = &[
-    ("amd64", "x86_64", 2, 1, 0x3e),
-    ("arm64", "aarch64", 2, 1, 0xb7),
-    ("arm", "arm", 1, 1, 0x28),
-    ("386", "i386", 1, 1, 0x03),
-    ("ppc64le", "ppc64le", 2, 1, 0x15),
-    ("s390x", "s390x", 2, 2, 0x16),
-    ("riscv64", "riscv64", 2, 1, 0xf3),
-];
-
-/// The ELF executables of one architecture, as binfmt_misc recognizes them.
-struct Elf {
-    qemu: &'static str,
-    class: u8,
-    big_endian: bool,
-    machine: u16,
-}
-
-impl Elf {
-    fn of(architecture: &str) -> Option<Self> {
-        ELF_MACHINES
-            .iter()
-            .find(|(arch, ..)| *arch == architecture)
-            .map(|&(_, qemu, class, data, machine)| Self {
-                qemu,
-                class,
-                big_endian: data == 2,
-                machine,
-            })
-    }
-
+/// What binfmt_misc matches of an architecture's executables.
+impl ElfMachine {
     /// The first 20 bytes of an executable (`e_type` 2) or a position-independent one (3).
     fn header(&self, e_type: u16) -> Vec<u8> {
         let half = |v: u16| {

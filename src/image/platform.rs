@@ -11,10 +11,58 @@ use serde::{Deserialize, Serialize};
 use super::{oci_architecture, ImageConfig};
 use crate::error::{Error, Result};
 
-/// The architectures `--platform` accepts, in the Go (OCI) spelling.
-const ARCHITECTURES: &[&str] = &[
-    "amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64",
+/// How each architecture `--platform` accepts (its Go/OCI name) shows in ELF executables, and
+/// the name of its qemu-user emulator.
+pub struct ElfMachine {
+    pub architecture: &'static str,
+    pub qemu: &'static str,
+    /// The ELF class: 1 for 32-bit, 2 for 64-bit.
+    pub class: u8,
+    pub big_endian: bool,
+    /// `e_machine`.
+    pub machine: u16,
+}
+
+pub const ELF_MACHINES: &[ElfMachine] = &[
+    elf_machine("amd64", "x86_64", 2, false, 0x3e),
+    elf_machine("arm64", "aarch64", 2, false, 0xb7),
+    elf_machine("arm", "arm", 1, false, 0x28),
+    elf_machine("386", "i386", 1, false, 0x03),
+    elf_machine("ppc64le", "ppc64le", 2, false, 0x15),
+    elf_machine("s390x", "s390x", 2, true, 0x16),
+    elf_machine("riscv64", "riscv64", 2, false, 0xf3),
 ];
+
+const fn elf_machine(
+    architecture: &'static str,
+    qemu: &'static str,
+    class: u8,
+    big_endian: bool,
+    machine: u16,
+) -> ElfMachine {
+    ElfMachine {
+        architecture,
+        qemu,
+        class,
+        big_endian,
+        machine,
+    }
+}
+
+impl ElfMachine {
+    pub fn of(architecture: &str) -> Option<&'static Self> {
+        ELF_MACHINES.iter().find(|m| m.architecture == architecture)
+    }
+}
+
+/// The architectures `--platform` accepts, for messages.
+fn architectures() -> String {
+    ELF_MACHINES
+        .iter()
+        .map(|m| m.architecture)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// An OS, an architecture and maybe a variant, as OCI index entries and configs carry them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -75,7 +123,7 @@ impl Platform {
                      known architecture ({})",
                     root.display(),
                     binary.display(),
-                    ARCHITECTURES.join(", ")
+                    architectures()
                 ))
             })?;
         Ok(Self {
@@ -121,7 +169,7 @@ impl std::str::FromStr for Platform {
             Error::Usage(format!(
                 "platform '{s}': {why}; expected OS/ARCH[/VARIANT] such as linux/amd64 or \
                  linux/arm64, ARCH one of {}",
-                ARCHITECTURES.join(", ")
+                architectures()
             ))
         };
         let parts: Vec<&str> = s.split('/').collect();
@@ -133,7 +181,7 @@ impl std::str::FromStr for Platform {
         if os != "linux" {
             return Err(bad(format!("function images run on linux, not '{os}'")));
         }
-        if !ARCHITECTURES.contains(&architecture) {
+        if ElfMachine::of(architecture).is_none() {
             return Err(bad(format!("unknown architecture '{architecture}'")));
         }
         Ok(Self {
@@ -173,29 +221,22 @@ fn resolve_in(root: &Path, path: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The OCI architecture of an ELF header (its first 20 bytes): `e_machine`, in the byte order
-/// `EI_DATA` gives, with the class telling 32-bit from 64-bit where both share a machine.
+/// The OCI architecture of an ELF header (its first 20 bytes): its class, byte order and
+/// `e_machine` (read in that byte order).
 fn elf_architecture(header: &[u8; 20]) -> Option<&'static str> {
     if header[..4] != *b"\x7fELF" {
         return None;
     }
     let bytes = [header[18], header[19]];
-    let machine = match header[5] {
-        1 => u16::from_le_bytes(bytes),
-        2 => u16::from_be_bytes(bytes),
+    let (big_endian, machine) = match header[5] {
+        1 => (false, u16::from_le_bytes(bytes)),
+        2 => (true, u16::from_be_bytes(bytes)),
         _ => return None,
     };
-    let is_64 = header[4] == 2;
-    Some(match (machine, is_64) {
-        (0x3e, true) => "amd64",
-        (0xb7, true) => "arm64",
-        (0x28, false) => "arm",
-        (0x03, false) => "386",
-        (0x15, true) if header[5] == 1 => "ppc64le",
-        (0x16, true) => "s390x",
-        (0xf3, true) => "riscv64",
-        _ => return None,
-    })
+    ELF_MACHINES
+        .iter()
+        .find(|m| m.class == header[4] && m.big_endian == big_endian && m.machine == machine)
+        .map(|m| m.architecture)
 }
 
 /// `a, b, c` of some platforms, or `none`, for messages.
