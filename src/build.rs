@@ -553,11 +553,22 @@ async fn image_root(
             ),
             None => String::new(),
         };
+        let this_machine = Platform::this_machine();
+        let other_platform = match base.platform.matches(&this_machine) {
+            true => String::new(),
+            false => format!(
+                " For the {platform} image of a multi-platform build, build it in a step on a \
+                 {platform} node, or leave it out with --platform {this_machine} (the \
+                 templates' PLATFORMS).",
+                platform = base.platform
+            ),
+        };
         return Err(Error::Deps(format!(
             "dependencies are installed by the base image's own interpreter: {here}running \
              it inside the base image's root filesystem needs a sandbox, which cannot be made \
              here: {why}. Or build in the builder image made from this base (`fnbuild \
-             builder-image --runtime {} --base-image BASE`; the templates' BUILDER_IMAGE)",
+             builder-image --runtime {} --base-image BASE`; the templates' \
+             BUILDER_IMAGE).{other_platform}",
             runtime.name
         )));
     }
