@@ -103,47 +103,10 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
     let runtime = resolved.runtime;
     let language = runtime.language;
 
-    let mut workspace = source::fetch(
-        &request.source,
-        &FetchOptions {
-            checksum: request.checksum.clone(),
-            limits: request.limits,
-            temp_parent: ctx.cache.session_dir().to_path_buf(),
-            sub_dir: request.sub_dir.clone(),
-            git: request.git.clone(),
-            s3: request.s3.clone(),
-            deadlines: request.deadlines,
-            single_file: SingleFileName::new(&request.handler.module, language.module_extensions()),
-        },
-    )
-    .await?;
-    tracing::info!(source = %request.source, "fetched the function's source");
-    let found = std::mem::take(&mut workspace.origin);
-    workspace.origin = request.origin.clone().or(found);
+    let workspace = fetch_source(request, language, ctx).await?;
     let module = handler_check::check(&workspace, &request.handler, language)?;
     let deps_files = find_deps_files(request, &workspace, language)?;
-
-    let base_location = match &request.base_image {
-        Some(location) => location.clone(),
-        None => runtime.base_image_ref().parse()?,
-    };
-    let store = ctx.cache.blobs();
-    let wanted = match &request.platforms {
-        Some(platforms) => Wanted::These(platforms),
-        None => Wanted::Every,
-    };
-    let bases = SourceImage::load_all(&base_location, wanted, ctx.registries, &store)
-        .await
-        .map_err(|e| match e {
-            Error::Registry(inner) => Error::Image(format!(
-                "cannot read the base image {base_location} of runtime {}: {inner}",
-                runtime.name
-            )),
-            other => other,
-        })?;
-    for base in &bases {
-        tracing::info!(base = %base_location, platform = %base.platform, digest = %base.digest, "read the base image's manifest and config");
-    }
+    let (base_location, bases) = load_bases(request, runtime, ctx).await?;
     let declared = match &deps_files {
         Some(files) if files.declares_dependencies()? => Some(files),
         _ => None,
@@ -159,54 +122,41 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         mtime: request.source_date_epoch,
         ..LayerOptions::default()
     };
-    // Each platform's deps are installed by its own interpreter, the platforms at once.
-    let several = bases.len() > 1;
-    let deps = futures_util::future::try_join_all(bases.iter().map(|base| {
-        let span = match several {
-            true => tracing::info_span!("platform", platform = %base.platform),
-            false => tracing::Span::none(),
-        };
-        async {
-            match declared {
-                Some(files) => {
-                    deps_layer(files, runtime, base, &request.install, &layer_options, ctx)
-                        .await
-                        .map(Some)
-                }
-                None => Ok(None),
-            }
-        }
-        .instrument(span)
-    }))
-    .await?;
+    let deps: Vec<Option<ResolvedDeps>> = match declared {
+        Some(files) => platforms_deps_layers(files, runtime, &bases, request, &layer_options, ctx)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => bases.iter().map(|_| None).collect(),
+    };
     // One code layer, the same in every platform's image.
     let code_layer = code_layer(&workspace, deps_files.as_ref(), layer_options, ctx.cache).await?;
-
-    let mut images = Vec::with_capacity(bases.len());
-    for (base, deps) in bases.iter().zip(&deps) {
-        let mut image = assemble(
-            request,
-            runtime,
-            base,
-            &workspace,
-            deps.as_ref().map(|d| d.layer.built()).as_ref(),
-            &code_layer,
-            ctx.cache,
-        )?;
-        if let Some(ResolvedDeps {
-            layer,
-            remote: Some(source),
-        }) = deps
-        {
-            image.inherited.push(Inherited {
-                source: source.clone(),
-                digests: [layer.digest.clone()].into(),
-            });
-        }
-        images.push((base.platform.clone(), image));
-    }
+    let images = bases
+        .iter()
+        .zip(&deps)
+        .map(|(base, deps)| {
+            let image = assemble(
+                request,
+                runtime,
+                base,
+                &workspace,
+                deps.as_ref(),
+                &code_layer,
+                ctx.cache,
+            )?;
+            Ok((base.platform.clone(), image))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let publication = Publication::of(images.clone());
-    let published = publish(&publication, &request.outputs, ctx.registries, &store).await?;
+    let published = publish(
+        &publication,
+        &request.outputs,
+        ctx.registries,
+        &ctx.cache.blobs(),
+    )
+    .await?;
+
     let created = rfc3339(request.source_date_epoch);
     let contents: Vec<sbom::Contents> = bases
         .iter()
@@ -234,13 +184,91 @@ pub async fn build(request: &BuildRequest, ctx: &BuildContext<'_>) -> Result<Bui
         }
     }
     let digest = publication.digest().clone();
-    let platforms: Vec<Platform> = images.iter().map(|(p, _)| p.clone()).collect();
+    let platforms: Vec<Platform> = images.into_iter().map(|(p, _)| p).collect();
     tracing::info!(%digest, platforms = %platform::list(&platforms), elapsed = ?started.elapsed(), "build finished");
     Ok(BuildOutcome {
         digest,
         published,
         sbom: sbom_document,
     })
+}
+
+/// The function's source, fetched into a workspace; its origin is what `--source-url` and
+/// `--source-revision` say, else what the fetch found.
+async fn fetch_source(
+    request: &BuildRequest,
+    language: Language,
+    ctx: &BuildContext<'_>,
+) -> Result<Workspace> {
+    let mut workspace = source::fetch(
+        &request.source,
+        &FetchOptions {
+            checksum: request.checksum.clone(),
+            limits: request.limits,
+            temp_parent: ctx.cache.session_dir().to_path_buf(),
+            sub_dir: request.sub_dir.clone(),
+            git: request.git.clone(),
+            s3: request.s3.clone(),
+            deadlines: request.deadlines,
+            single_file: SingleFileName::new(&request.handler.module, language.module_extensions()),
+        },
+    )
+    .await?;
+    tracing::info!(source = %request.source, "fetched the function's source");
+    let found = std::mem::take(&mut workspace.origin);
+    workspace.origin = request.origin.clone().or(found);
+    Ok(workspace)
+}
+
+/// Where the base image is (`--base-image`, else the runtime's), and its image for each
+/// platform built for: `--platform`'s, else every one it has.
+async fn load_bases(
+    request: &BuildRequest,
+    runtime: &Runtime,
+    ctx: &BuildContext<'_>,
+) -> Result<(Location, Vec<SourceImage>)> {
+    let location = match &request.base_image {
+        Some(location) => location.clone(),
+        None => runtime.base_image_ref().parse()?,
+    };
+    let wanted = match &request.platforms {
+        Some(platforms) => Wanted::These(platforms),
+        None => Wanted::Every,
+    };
+    let bases = SourceImage::load_all(&location, wanted, ctx.registries, &ctx.cache.blobs())
+        .await
+        .map_err(|e| match e {
+            Error::Registry(inner) => Error::Image(format!(
+                "cannot read the base image {location} of runtime {}: {inner}",
+                runtime.name
+            )),
+            other => other,
+        })?;
+    for base in &bases {
+        tracing::info!(base = %location, platform = %base.platform, digest = %base.digest, "read the base image's manifest and config");
+    }
+    Ok((location, bases))
+}
+
+/// Each platform's deps layer, installed by its own interpreter, the platforms at once (their
+/// logs marked with the platform when there are several).
+async fn platforms_deps_layers(
+    files: &DepsFiles,
+    runtime: &Runtime,
+    bases: &[SourceImage],
+    request: &BuildRequest,
+    options: &LayerOptions,
+    ctx: &BuildContext<'_>,
+) -> Result<Vec<ResolvedDeps>> {
+    let several = bases.len() > 1;
+    futures_util::future::try_join_all(bases.iter().map(|base| {
+        let span = match several {
+            true => tracing::info_span!("platform", platform = %base.platform),
+            false => tracing::Span::none(),
+        };
+        deps_layer(files, runtime, base, &request.install, options, ctx).instrument(span)
+    }))
+    .await
 }
 
 /// The base whose interpreter compiles the handler: this machine's platform's, else the
@@ -661,7 +689,7 @@ fn assemble(
     runtime: &Runtime,
     base: &SourceImage,
     workspace: &Workspace,
-    deps_layer: Option<&BuiltLayer>,
+    deps: Option<&ResolvedDeps>,
     code_layer: &BuiltLayer,
     cache: &Cache,
 ) -> Result<BuiltImage> {
@@ -697,8 +725,11 @@ fn assemble(
     {
         config.config.user = Some(function_image::USER.to_string());
     }
-    if let Some(deps) = deps_layer {
-        image.layer(deps, format!("fnbuild: {} dependencies", runtime.language));
+    if let Some(deps) = deps {
+        image.layer(
+            &deps.layer.built(),
+            format!("fnbuild: {} dependencies", runtime.language),
+        );
     }
     image.layer(
         code_layer,
@@ -710,5 +741,17 @@ fn assemble(
             .chain(workspace.origin.oci_keys())
             .map(|(key, value)| (key.to_string(), value.to_string())),
     );
-    image.finish(&cache.blobs())
+    let mut built = image.finish(&cache.blobs())?;
+    // A deps layer found in the cache repository is copied or mounted from there.
+    if let Some(ResolvedDeps {
+        layer,
+        remote: Some(source),
+    }) = deps
+    {
+        built.inherited.push(Inherited {
+            source: source.clone(),
+            digests: [layer.digest.clone()].into(),
+        });
+    }
+    Ok(built)
 }
