@@ -472,7 +472,8 @@ class Bench:
             raise BenchError('cargo is not installed: install a Rust toolchain (rustup) first')
 
         cache = Path(os.environ.get('FNBUILD_TEST_CACHE', '/var/cache/fnbuild-test'))
-        self.rootfs = {lang: cache / 'rootfs' / lang for lang in ('python', 'nodejs')}
+        self.rootfs = {name: cache / 'rootfs' / name
+                       for name in ('python', 'nodejs', 'python-arm64')}
         if not all((d / ROOTFS_MARKER).exists() for d in self.rootfs.values()):
             log('the runtime root filesystems are missing: running tests/setup.sh (minutes)')
             self.run('setup.sh', ['bash', str(REPO / 'tests/setup.sh')], passthrough=True,
@@ -659,15 +660,12 @@ class Bench:
         for linux/amd64 only, then the same for linux/amd64 + linux/arm64, each pushed."""
         port = self.registry[0]
         host = f'127.0.0.1:{port}'
-        cache = Path(os.environ.get('FNBUILD_TEST_CACHE', '/var/cache/fnbuild-test'))
-        arm64 = cache / 'rootfs' / 'python-arm64'
-        if not (arm64 / ROOTFS_MARKER).exists():
-            raise BenchError(f'{arm64} is missing: run tests/setup.sh (it builds it)')
         base = f'{host}/{MULTIARCH_BASE[0]}:{MULTIARCH_BASE[1]}'
         log(f'making the two-platform base image {base}')
         r = self.run('base-multiarch', [
             self.fnbuild, 'base', '--runtime', 'python3.13',
-            '--from', f'rootfs:{self.rootfs["python"]}', '--from', f'rootfs:{arm64}',
+            '--from', f'rootfs:{self.rootfs["python"]}',
+            '--from', f'rootfs:{self.rootfs["python-arm64"]}',
             '--image', base, '--cache-dir', str(self.tmp / 'base-cache-multiarch')],
             env=self.fnbuild_env)
         self.check_pushed(port, *MULTIARCH_BASE)

@@ -28,7 +28,7 @@ use crate::rootfs;
 use crate::runtime::{Catalog, Handler, Language, Runtime};
 use crate::sbom;
 use crate::source::{self, FetchOptions, SingleFileName, SourceSpec, Workspace};
-use crate::transport::publish::{publish, BuiltImage, Inherited, Publication};
+use crate::transport::publish::{publish, BuiltImage, Publication};
 use crate::transport::referrers;
 use crate::transport::{BlobSource, Location, SourceImage, Wanted};
 use tracing::Instrument;
@@ -726,10 +726,14 @@ fn assemble(
         config.config.user = Some(function_image::USER.to_string());
     }
     if let Some(deps) = deps {
+        let layer = deps.layer.built();
         image.layer(
-            &deps.layer.built(),
+            &layer,
             format!("fnbuild: {} dependencies", runtime.language),
         );
+        if let Some(source) = &deps.remote {
+            image.layer_found_at(&layer, source);
+        }
     }
     image.layer(
         code_layer,
@@ -741,17 +745,5 @@ fn assemble(
             .chain(workspace.origin.oci_keys())
             .map(|(key, value)| (key.to_string(), value.to_string())),
     );
-    let mut built = image.finish(&cache.blobs())?;
-    // A deps layer found in the cache repository is copied or mounted from there.
-    if let Some(ResolvedDeps {
-        layer,
-        remote: Some(source),
-    }) = deps
-    {
-        built.inherited.push(Inherited {
-            source: source.clone(),
-            digests: [layer.digest.clone()].into(),
-        });
-    }
-    Ok(built)
+    image.finish(&cache.blobs())
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::image::platform::{ElfMachine, ELF_MACHINES};
+use crate::image::platform::{self, ElfMachine};
 use crate::image::Platform;
 
 /// Where binfmt_misc is mounted.
@@ -46,11 +46,7 @@ fn check(dir: &Path, platform: &Platform, here: &Platform) -> Result<Emulation> 
         Error::Run(format!(
             "the image is for {platform}, whose programs fnbuild cannot recognize for \
              emulation; it emulates {}",
-            ELF_MACHINES
-                .iter()
-                .map(|m| m.architecture)
-                .collect::<Vec<_>>()
-                .join(", ")
+            platform::architectures()
         ))
     })?;
     let missing = |what: String, fix: String| {

@@ -264,6 +264,26 @@ fn split_entry_path(path: &Path) -> Option<(PathBuf, OsString)> {
 /// The host path of `relative` inside `root`, following symlinks as if `root` were `/`,
 /// creating missing directories.
 pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
+    walk_in_root(root, relative, Missing::Create)
+        .map(|found| found.expect("missing directories are created"))
+}
+
+/// The host path of the file or directory `relative` inside `root`, following symlinks as if
+/// `root` were `/`; none when something on the way is missing. Nothing is created.
+pub fn find_in_root(root: &Path, relative: &Path) -> Result<Option<PathBuf>> {
+    walk_in_root(root, relative, Missing::Absent)
+}
+
+/// What [`walk_in_root`] does about a part of the path that is not there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// Make it a directory (and the path must lead to a directory).
+    Create,
+    /// Stop: the path leads nowhere (it may lead to a file).
+    Absent,
+}
+
+fn walk_in_root(root: &Path, relative: &Path, missing: Missing) -> Result<Option<PathBuf>> {
     let mut resolved = PathBuf::new();
     let mut pending: VecDeque<OsString> = relative
         .components()
@@ -302,19 +322,21 @@ pub fn resolve_in_root(root: &Path, relative: &Path) -> Result<PathBuf> {
                 }
             }
             Ok(meta) if meta.is_dir() => resolved.push(&part),
+            Ok(_) if missing == Missing::Absent && pending.is_empty() => resolved.push(&part),
             Ok(_) => {
                 return Err(Error::Image(format!(
                     "{} is a file where a directory is needed",
                     resolved.join(&part).display()
                 )))
             }
+            Err(_) if missing == Missing::Absent => return Ok(None),
             Err(_) => {
                 fs::create_dir(&candidate).io_context("create directory", &candidate)?;
                 resolved.push(&part);
             }
         }
     }
-    Ok(root.join(resolved))
+    Ok(Some(root.join(resolved)))
 }
 
 fn remove_any(path: &Path) -> Result<()> {

@@ -69,7 +69,12 @@ fn index_platforms(index: &Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|m| {
-            format!("{}/{}", m["platform"]["os"], m["platform"]["architecture"]).replace('"', "")
+            let platform = &m["platform"];
+            format!(
+                "{}/{}",
+                platform["os"].as_str().unwrap(),
+                platform["architecture"].as_str().unwrap()
+            )
         })
         .collect()
 }
@@ -179,21 +184,20 @@ fn a_function_with_a_native_dependency_builds_for_both_platforms() {
     );
 
     // The index, by the digest every result names.
-    let index = skopeo_json(&registry, &["--raw"], &image("v1"));
+    let raw = success(
+        registry
+            .skopeo("inspect")
+            .arg("--raw")
+            .arg(format!("docker://{}", image("v1"))),
+    )
+    .stdout;
+    let index: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(
         index["mediaType"],
         "application/vnd.oci.image.index.v1+json"
     );
     assert_eq!(index_platforms(&index), ["linux/amd64", "linux/arm64"]);
-    let index_digest = common::sha256_digest(
-        &success(
-            registry
-                .skopeo("inspect")
-                .arg("--raw")
-                .arg(format!("docker://{}", image("v1"))),
-        )
-        .stdout,
-    );
+    let index_digest = common::sha256_digest(&raw);
     let pinned = printed_ref(&first);
     assert_eq!(
         pinned,

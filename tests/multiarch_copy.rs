@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::functions::{failure, success};
-use common::multiarch::{sha256, write_layout, MultiPlatform, ACCEPT_ANY};
-use common::{Registry, RegistryOptions};
+use common::multiarch::{write_layout, MultiPlatform, ACCEPT_ANY};
+use common::{sha256_digest, Registry, RegistryOptions};
 
 const NAME: &str = "multi";
 
@@ -50,7 +50,7 @@ fn stored(registry: &Registry, repository: &str, reference: &str) -> (String, Ve
         resp.text()
     );
     let digest = resp.header("docker-content-digest").unwrap().to_string();
-    assert_eq!(sha256(&resp.body), digest);
+    assert_eq!(sha256_digest(&resp.body), digest);
     (digest, resp.body)
 }
 
@@ -82,18 +82,6 @@ fn inspected_architecture(registry: &Registry, image: &str, arch: &str) -> Strin
     info["Architecture"].as_str().unwrap().to_string()
 }
 
-/// The tags of a repository (none when the repository does not exist).
-fn tags(registry: &Registry, repository: &str) -> Vec<String> {
-    let resp = registry.get(&format!("/v2/{repository}/tags/list"), None);
-    if resp.status == 404 {
-        return Vec::new();
-    }
-    resp.json()["tags"]
-        .as_array()
-        .map(|t| t.iter().map(|t| t.as_str().unwrap().to_string()).collect())
-        .unwrap_or_default()
-}
-
 #[test]
 fn push_keeps_the_index_and_every_entry_byte_for_byte() {
     let registry = Registry::start(RegistryOptions::default());
@@ -118,7 +106,7 @@ fn push_keeps_the_index_and_every_entry_byte_for_byte() {
             .arg("--raw")
             .arg(format!("docker://{to}")),
     );
-    assert_eq!(sha256(&raw.stdout), image.index_digest);
+    assert_eq!(sha256_digest(&raw.stdout), image.index_digest);
     assert_eq!(inspected_architecture(&registry, &to, "arm64"), "arm64");
     assert_eq!(inspected_architecture(&registry, &to, "amd64"), "amd64");
 }
@@ -172,7 +160,7 @@ fn bad_platforms_fail_naming_what_is_accepted_and_leave_no_tag() {
         assert_eq!(status, code, "{platform}: {stderr}");
         assert!(stderr.contains(expected), "{platform}: {stderr}");
         let names = if code == 2 {
-            "linux/amd64 or linux/arm64"
+            "ARCH one of amd64, arm64"
         } else {
             "platforms: linux/amd64, linux/arm64"
         };
@@ -193,7 +181,7 @@ fn bad_platforms_fail_naming_what_is_accepted_and_leave_no_tag() {
         cache.path(),
     ));
     assert!(stderr.contains("unknown architecture 'x86_64'"), "{stderr}");
-    assert_eq!(tags(&registry, "multi/bad"), Vec::<String>::new());
+    assert_eq!(registry.tags("multi/bad"), Vec::<String>::new());
 }
 
 #[test]

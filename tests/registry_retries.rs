@@ -27,8 +27,9 @@ struct Seen {
     answered: Option<u16>,
 }
 
-/// What the fixture does with the request numbered so (from 0) of that method: answer it
-/// with a status, headers and body, or forward it.
+/// What the fixture does with the request numbered so (from 0, counting every request it has
+/// seen, whatever its method) and of that method: answer it with a status, headers and body,
+/// or forward it.
 type Script = dyn Fn(usize, &str) -> Option<(u16, &'static str, &'static str)> + Send + Sync;
 
 /// An HTTP/1.1 server on 127.0.0.1, one request per connection: each request is answered as

@@ -12,7 +12,7 @@ use super::{Descriptor, ImageConfig, Manifest, MediaFamily, Platform};
 use crate::cache::BlobStore;
 use crate::error::Result;
 use crate::transport::publish::{BuiltImage, Inherited};
-use crate::transport::{Location, SourceImage};
+use crate::transport::{BlobSource, Location, SourceImage};
 
 /// The annotation naming the base image by digest.
 const BASE_DIGEST_ANNOTATION: &str = "org.opencontainers.image.base.digest";
@@ -94,6 +94,15 @@ impl Append {
         ));
         self.config
             .push_layer(layer.diff_id.clone(), &self.created, created_by);
+    }
+
+    /// Records that a layer's blob is not in the local blob store but at `source` (a deps layer
+    /// found in the cache repository): outputs copy or mount it from there.
+    pub fn layer_found_at(&mut self, layer: &BuiltLayer, source: &BlobSource) {
+        self.inherited.push(Inherited {
+            source: source.clone(),
+            digests: [layer.digest.clone()].into(),
+        });
     }
 
     /// Adds manifest annotations; a Docker schema 2 image has no place for them.

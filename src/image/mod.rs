@@ -161,14 +161,56 @@ impl Index {
             })
     }
 
-    /// The platforms of the images in the index, in its order. Entries without a platform, or
-    /// with `unknown/unknown` (the attestation manifests BuildKit adds), are not images to run.
-    pub fn platforms(&self) -> Vec<Platform> {
+    /// The entries that are images to run, in the index's order: not those without a
+    /// platform, or with `unknown/unknown` (the attestation manifests BuildKit adds).
+    pub fn runnable(&self) -> impl Iterator<Item = &Descriptor> {
         self.manifests
             .iter()
-            .filter_map(|d| d.platform.clone())
-            .filter(|p| p.os != "unknown")
-            .collect()
+            .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+    }
+
+    /// The platforms of the images in the index, in its order (see [`Index::runnable`]).
+    pub fn platforms(&self) -> Vec<Platform> {
+        self.runnable().filter_map(|d| d.platform.clone()).collect()
+    }
+}
+
+/// A manifest or index exactly as stored (its digest is over these bytes), with its media
+/// type.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+impl Stored {
+    /// Bytes read from where their descriptor gave the media type (or, when it gave none,
+    /// the bytes' own `mediaType` says it).
+    pub fn new(bytes: Vec<u8>, media_type: String) -> Self {
+        let media_type = if media_type.is_empty() {
+            sniff_media_type(&bytes).unwrap_or_default()
+        } else {
+            media_type
+        };
+        Self {
+            digest: Digest::of(&bytes),
+            bytes,
+            media_type,
+        }
+    }
+
+    pub fn is_index(&self) -> bool {
+        is_index(&self.media_type)
+    }
+
+    /// The descriptor naming it.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            self.media_type.clone(),
+            self.digest.clone(),
+            self.bytes.len() as u64,
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 //! is `linux/arm64/v8`, the only arm64 variant images carry). A root filesystem's platform is
 //! read from its ELF binaries.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +56,7 @@ impl ElfMachine {
 }
 
 /// The architectures `--platform` accepts, for messages.
-fn architectures() -> String {
+pub(crate) fn architectures() -> String {
     ELF_MACHINES
         .iter()
         .map(|m| m.architecture)
@@ -103,7 +103,10 @@ impl Platform {
         let candidates = ["usr/bin/env", "bin/env", "usr/bin/sh", "bin/sh"];
         let binary = candidates
             .iter()
-            .find_map(|path| resolve_in(root, Path::new(path)))
+            .find_map(|path| {
+                let found = crate::rootfs::find_in_root(root, Path::new(path)).ok()??;
+                found.is_file().then_some(found)
+            })
             .ok_or_else(|| {
                 Error::Usage(format!(
                     "rootfs:{}: cannot tell its architecture: none of /{} is there to read",
@@ -200,25 +203,6 @@ impl std::fmt::Display for Platform {
         }
         Ok(())
     }
-}
-
-/// Where `path` (relative to `root`) leads inside `root`, symbolic links followed as the
-/// root filesystem sees them (an absolute target is under `root`); none when it leads nowhere.
-fn resolve_in(root: &Path, path: &Path) -> Option<PathBuf> {
-    let mut path = path.to_path_buf();
-    for _ in 0..16 {
-        let full = root.join(&path);
-        let metadata = std::fs::symlink_metadata(&full).ok()?;
-        if !metadata.file_type().is_symlink() {
-            return metadata.is_file().then_some(full);
-        }
-        let target = std::fs::read_link(&full).ok()?;
-        path = match target.strip_prefix("/") {
-            Ok(absolute) => absolute.to_path_buf(),
-            Err(_) => path.parent().unwrap_or(Path::new("")).join(target),
-        };
-    }
-    None
 }
 
 /// The OCI architecture of an ELF header (its first 20 bytes): its class, byte order and

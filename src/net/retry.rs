@@ -104,12 +104,6 @@ impl RetryPolicy {
     }
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy::DEFAULT
-    }
-}
-
 /// Where a run of attempts stands.
 struct Backoff {
     policy: RetryPolicy,

@@ -27,6 +27,7 @@ use super::RegistryError;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
+use crate::image::Stored;
 use crate::net::{retry, RetryPolicy, Transience};
 use std::io::Write as _;
 
@@ -173,14 +174,6 @@ impl UploadFailure {
             UploadFailure::Fatal(_) => Transience::Permanent,
         }
     }
-}
-
-/// A manifest as fetched: its bytes, media type and digest.
-#[derive(Debug, Clone)]
-pub struct FetchedManifest {
-    pub bytes: Vec<u8>,
-    pub media_type: String,
-    pub digest: Digest,
 }
 
 /// The repositories and actions a request needs (`repository:NAME:pull,push`).
@@ -610,11 +603,7 @@ impl RegistryClient {
     // === manifests ===
 
     /// Fetches a manifest or index by tag or digest.
-    pub async fn get_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-    ) -> Result<FetchedManifest, RegistryError> {
+    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<Stored, RegistryError> {
         let scope = [(repo, "pull")];
         let response = self
             .send(&scope, |base| {
@@ -659,7 +648,7 @@ impl RegistryClient {
             Some(t) if t != "application/json" && !t.is_empty() => t,
             _ => crate::image::sniff_media_type(&bytes).unwrap_or_default(),
         };
-        Ok(FetchedManifest {
+        Ok(Stored {
             bytes,
             media_type,
             digest,

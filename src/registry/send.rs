@@ -17,7 +17,6 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 const TRANSIENT_CODES: [&str; 2] = ["TOOMANYREQUESTS", "UNAVAILABLE"];
 
 /// Sends requests to one registry, naming it in errors.
-#[derive(Clone)]
 pub(super) struct Sender {
     pub http: reqwest::Client,
     pub registry: String,

@@ -297,9 +297,17 @@ mod tests {
     }
 
     #[test]
-    fn userinfo_is_stripped() {
-        let shown = |url| RedactedUrl::new(url).to_string();
-        assert_eq!(shown("https://u:p@host/a.git"), "https://host/a.git");
-        assert_eq!(shown("ssh://git@host:22/a.git"), "ssh://host:22/a.git");
+    fn a_url_with_user_info_matches_as_without_it() {
+        let credentials = GitCredentials {
+            stored: ["https://alice:apw@git.local/team"]
+                .iter()
+                .filter_map(|l| parse_credential_line(l))
+                .collect(),
+            ..GitCredentials::default()
+        };
+        let found = credentials
+            .for_url("https://someone:old@git.local/team/fn.git")
+            .unwrap();
+        assert_eq!(found.username, "alice");
     }
 }

@@ -1,7 +1,7 @@
 //! Downloading a source file over http(s), streamed to disk with a size bound, retried as the
 //! network layer's [`RetryPolicy`] says (connection errors, 408, 429 and 5xx, a server's
 //! `Retry-After`); what arrives is reported to a [`Progress`], whose deadlines the caller
-//! enforces. URLs are shown as [`RedactedUrl`]s: without user info or query strings, which
+//! enforces. URLs are shown as `net::RedactedUrl`s: without user info or query strings, which
 //! often carry tokens (pre-signed URLs).
 
 use std::io::Write;
@@ -11,17 +11,18 @@ use futures_util::StreamExt;
 
 use super::deadline::{Progress, CONNECT_TIMEOUT};
 use crate::error::{Error, IoContext, Result};
-use crate::net::{retry, RedactedUrl, RetryPolicy, Transience};
+use crate::net::{retry, RetryPolicy, Transience};
 
-/// Downloads `url` into `dir`, named after the last path segment, and returns the file's path.
-/// How long a response may take to start or to go on is for the caller's deadlines.
+/// Downloads `url` (`shown` as its redacted form) into `dir`, named after the last path
+/// segment, and returns the file's path. How long a response may take to start or to go on is
+/// for the caller's deadlines.
 pub async fn download(
     url: &str,
+    shown: &str,
     dir: &Path,
     max_bytes: u64,
     progress: Progress,
 ) -> Result<PathBuf> {
-    let shown = RedactedUrl::new(url).to_string();
     let client = reqwest::Client::builder()
         .user_agent(concat!("fnbuild/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(CONNECT_TIMEOUT)
@@ -37,7 +38,7 @@ pub async fn download(
     std::fs::create_dir_all(dir.join("download")).io_context("create", dir.join("download"))?;
     RetryPolicy::SOURCE
         .run(
-            || try_download(&client, url, &shown, &path, max_bytes, &progress),
+            || try_download(&client, url, shown, &path, max_bytes, &progress),
             Failure::transience,
             |failure, attempt, wait| {
                 if let Failure::Download { message, .. } = failure {

@@ -267,7 +267,7 @@ async fn fetch_whole(spec: &SourceSpec, options: &FetchOptions) -> Result<Fetche
             let temp = temp_dir(options)?;
             let shown = RedactedUrl::new(url).to_string();
             let file = deadline::watch(&shown, options.deadlines, |progress| {
-                http::download(url, temp.path(), options.limits.max_bytes, progress)
+                http::download(url, &shown, temp.path(), options.limits.max_bytes, progress)
             })
             .await?;
             let mut fetched = from_file(&file, &shown, options, temp)?;

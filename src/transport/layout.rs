@@ -15,9 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::image::{self, Descriptor, Index, Manifest, Platform, OCI_INDEX};
+use crate::image::{self, Descriptor, Index, Manifest, Platform, Stored, OCI_INDEX};
 use crate::registry::Reference;
-use crate::transport::Stored;
 
 /// The annotation naming an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";

@@ -16,7 +16,7 @@ use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::image::{self, Descriptor, ImageConfig, Index, Manifest, Platform};
+use crate::image::{self, Descriptor, ImageConfig, Index, Manifest, Platform, Stored};
 use crate::registry::{Reference, Registries, RegistryClient};
 
 /// An image location as written on the command line.
@@ -116,45 +116,6 @@ pub enum BlobSource {
     Tarball(PathBuf),
 }
 
-/// A manifest or index exactly as stored (its digest is over these bytes), with its media
-/// type.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: String,
-}
-
-impl Stored {
-    /// Bytes read from a layout or tarball, whose index entry gave the media type (or, when it
-    /// gave none, the bytes' own `mediaType`).
-    pub fn new(bytes: Vec<u8>, media_type: String) -> Self {
-        let media_type = if media_type.is_empty() {
-            image::sniff_media_type(&bytes).unwrap_or_default()
-        } else {
-            media_type
-        };
-        Self {
-            digest: Digest::of(&bytes),
-            bytes,
-            media_type,
-        }
-    }
-
-    pub fn is_index(&self) -> bool {
-        image::is_index(&self.media_type)
-    }
-
-    /// The descriptor naming it.
-    pub fn descriptor(&self) -> Descriptor {
-        Descriptor::new(
-            self.media_type.clone(),
-            self.digest.clone(),
-            self.bytes.len() as u64,
-        )
-    }
-}
-
 /// What a location names, opened: its manifest or index, and where the manifests an index
 /// points to and every blob are read from.
 pub struct Opened {
@@ -172,17 +133,12 @@ impl Opened {
         let (named, blobs) = match location {
             Location::Registry(reference) => {
                 let client = registries.client(&reference.registry)?;
-                let fetched = client
+                let named = client
                     .get_manifest(&reference.repository, &reference.manifest_reference())
                     .await?;
                 let source = BlobSource::Registry {
                     client,
                     repository: reference.repository.clone(),
-                };
-                let named = Stored {
-                    bytes: fetched.bytes,
-                    digest: fetched.digest,
-                    media_type: fetched.media_type,
                 };
                 (named, source)
             }
@@ -257,6 +213,40 @@ pub enum Wanted<'a> {
     Every,
 }
 
+impl Wanted<'_> {
+    /// The entries of `index`, at `location`, that are wanted; an error names a platform it
+    /// lacks.
+    pub(crate) fn entries<'i>(
+        self,
+        index: &'i Index,
+        location: &Location,
+    ) -> Result<Vec<&'i Descriptor>> {
+        match self {
+            Wanted::ThisMachine => Ok(vec![index.manifest_for(&Platform::this_machine())?]),
+            Wanted::These(platforms) => platforms
+                .iter()
+                .map(|p| index.manifest_for(p))
+                .collect::<Result<_>>()
+                .map_err(|e| Error::Image(format!("{location}: {e}"))),
+            Wanted::Every => Ok(index.runnable().collect()),
+        }
+    }
+
+    /// Whether the one image at `location`, for `platform`, is what is wanted.
+    pub(crate) fn check_image(self, platform: &Platform, location: &Location) -> Result<()> {
+        let Wanted::These(platforms) = self else {
+            return Ok(());
+        };
+        match platforms.iter().find(|p| !p.matches(platform)) {
+            Some(missing) => Err(Error::Image(format!(
+                "{location} is a {platform} image, not a multi-platform one: it has no {missing} \
+                 image"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An image whose manifest and config are known; its layers are fetched on demand.
 #[derive(Clone)]
 pub struct SourceImage {
@@ -293,30 +283,10 @@ impl SourceImage {
         let opened = Opened::open(location, registries, store).await?;
         let Some(index) = opened.index()? else {
             let image = Self::read(&opened, opened.named.clone(), None, store).await?;
-            if let Wanted::These(platforms) = wanted {
-                if let Some(missing) = platforms.iter().find(|p| !p.matches(&image.platform)) {
-                    return Err(Error::Image(format!(
-                        "{location} is a {} image, not a multi-platform one: it has no {missing} \
-                         image",
-                        image.platform
-                    )));
-                }
-            }
+            wanted.check_image(&image.platform, location)?;
             return Ok(vec![image]);
         };
-        let entries: Vec<&Descriptor> = match wanted {
-            Wanted::ThisMachine => vec![index.manifest_for(&Platform::this_machine())?],
-            Wanted::These(platforms) => platforms
-                .iter()
-                .map(|p| index.manifest_for(p))
-                .collect::<Result<_>>()
-                .map_err(|e| Error::Image(format!("{location}: {e}")))?,
-            Wanted::Every => index
-                .manifests
-                .iter()
-                .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
-                .collect(),
-        };
+        let entries = wanted.entries(&index, location)?;
         let mut images = Vec::with_capacity(entries.len());
         for descriptor in entries {
             let stored = opened.entry(descriptor, store).await?;

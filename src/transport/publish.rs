@@ -13,12 +13,12 @@ use futures_util::stream::{self, TryStreamExt};
 
 use std::collections::HashSet;
 
-use super::{layout, local_blob, BlobSource, Location, Opened, SourceImage, Stored};
+use super::{layout, local_blob, BlobSource, Location, Opened, SourceImage, Wanted};
 use crate::blocking;
 use crate::cache::BlobStore;
 use crate::digest::Digest;
-use crate::error::{Error, Result};
-use crate::image::{self, platform, Descriptor, Index, Manifest, MediaFamily, Platform};
+use crate::error::Result;
+use crate::image::{self, Descriptor, Index, Manifest, MediaFamily, Platform, Stored};
 use crate::progress::{self, Blob, BlobOutcome, Reporter};
 use crate::registry::{Reference, Registries};
 
@@ -208,32 +208,22 @@ impl Publication {
         store: &BlobStore,
     ) -> Result<Self> {
         let opened = Opened::open(location, registries, store).await?;
+        let wanted = platforms.map(Wanted::These);
         let Some(mut index) = opened.index()? else {
-            if let Some(platforms) = platforms {
+            if let Some(wanted) = wanted {
                 let image = SourceImage::read(&opened, opened.named.clone(), None, store).await?;
-                if !matches!(platforms, [only] if only.matches(&image.platform)) {
-                    return Err(Error::Image(format!(
-                        "{location} is one {} image, not an index: --platform {} cannot be \
-                         copied from it",
-                        image.platform,
-                        platform::list(platforms)
-                    )));
-                }
+                wanted.check_image(&image.platform, location)?;
             }
             let image = BuiltImage::copy_of(&opened.named, &opened.blobs, location)?;
             return Ok(Self::image(image));
         };
         let mut top = opened.named.clone();
-        if let Some(platforms) = platforms {
-            let mut kept = Vec::with_capacity(platforms.len());
-            for wanted in platforms {
-                kept.push(
-                    index
-                        .manifest_for(wanted)
-                        .map_err(|e| Error::Image(format!("{location}: {e}")))?
-                        .clone(),
-                );
-            }
+        if let Some(wanted) = wanted {
+            let kept: Vec<Descriptor> = wanted
+                .entries(&index, location)?
+                .into_iter()
+                .cloned()
+                .collect();
             if kept.len() != index.manifests.len() {
                 index.manifests = kept;
                 let bytes = serde_json::to_vec(&index).expect("an index serializes");
@@ -269,6 +259,14 @@ impl Publication {
 
     fn is_index(&self) -> bool {
         self.top.is_index()
+    }
+
+    /// The manifests an index lists, stored before it (none for a plain image).
+    fn entries(&self) -> &[BuiltImage] {
+        match self.is_index() {
+            true => &self.images,
+            false => &[],
+        }
     }
 
     /// Every blob of every image once, with the image it is of.
@@ -315,17 +313,15 @@ pub async fn publish(
             Location::Registry(reference) => {
                 let client = registries.client(&reference.registry)?;
                 let repo = &reference.repository;
-                if publication.is_index() {
-                    for image in &publication.images {
-                        client
-                            .put_manifest(
-                                repo,
-                                &image.digest.to_string(),
-                                &image.manifest_bytes,
-                                image.media_type(),
-                            )
-                            .await?;
-                    }
+                for image in publication.entries() {
+                    client
+                        .put_manifest(
+                            repo,
+                            &image.digest.to_string(),
+                            &image.manifest_bytes,
+                            image.media_type(),
+                        )
+                        .await?;
                 }
                 let tag = reference.tag.clone().unwrap_or_else(|| digest.to_string());
                 let top = &publication.top;
@@ -357,15 +353,11 @@ fn write_local(
 ) -> Result<String> {
     let top = &publication.top;
     // An index's entries are blobs of the layout.
-    let entries: Vec<&[u8]> = if publication.is_index() {
-        publication
-            .images
-            .iter()
-            .map(|i| i.manifest_bytes.as_slice())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let entries: Vec<&[u8]> = publication
+        .entries()
+        .iter()
+        .map(|i| i.manifest_bytes.as_slice())
+        .collect();
     match output {
         Location::Registry(_) => unreachable!("registries are written through their client"),
         Location::Layout { dir, tag } => {

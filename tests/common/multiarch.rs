@@ -6,11 +6,11 @@
 
 use std::path::Path;
 
+use fnbuild::image::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+use super::{sha256_digest, tar_of};
+
 /// What a registry is asked for to get an index or a manifest as stored.
 pub const ACCEPT_ANY: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.oci.image.manifest.v1+json, \
@@ -46,29 +46,13 @@ impl MultiPlatform {
     }
 }
 
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 /// Writes a blob into the layout; its digest and size.
 fn blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
-    let digest = sha256(bytes);
+    let digest = sha256_digest(bytes);
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join(&digest["sha256:".len()..]), bytes).unwrap();
     (digest, bytes.len())
-}
-
-/// A tar holding one file.
-fn one_file_tar(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_cksum();
-    builder.append_data(&mut header, name, content).unwrap();
-    builder.into_inner().unwrap()
 }
 
 /// A manifest of `config` (with its media type) and `layers` (media type, bytes).
@@ -98,17 +82,17 @@ pub fn write_layout(dir: &Path, name: &str, architectures: &[&str]) -> MultiPlat
     let mut descriptors = Vec::new();
     let mut entries = Vec::new();
     for arch in architectures {
-        let layer = one_file_tar("etc/architecture", arch.as_bytes());
+        let layer = tar_of(&[("etc/architecture", arch.as_bytes())]);
         let config = serde_json::to_vec(&json!({
             "architecture": arch,
             "os": "linux",
             "config": { "Cmd": ["/bin/true"] },
-            "rootfs": { "type": "layers", "diff_ids": [sha256(&layer)] },
+            "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] },
         }))
         .unwrap();
         let bytes = manifest(
             dir,
-            "application/vnd.oci.image.config.v1+json",
+            OCI_CONFIG,
             &config,
             &[("application/vnd.oci.image.layer.v1.tar", layer)],
         );
@@ -125,7 +109,7 @@ pub fn write_layout(dir: &Path, name: &str, architectures: &[&str]) -> MultiPlat
     let statement = json!({ "_type": "https://in-toto.io/Statement/v0.1", "subject": [] });
     let attestation = manifest(
         dir,
-        "application/vnd.oci.image.config.v1+json",
+        OCI_CONFIG,
         br#"{"architecture":"unknown","os":"unknown","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#,
         &[(
             "application/vnd.in-toto+json",
